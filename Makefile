@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh clone: `make demo` (main job) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Every LSL call in this project runs loopback-only.
+export LSLAPICFG := $(CURDIR)/config/lsl_loopback.cfg
+DATA_DIR ?= $(HOME)/.cache/rohde/sim-default
+DEMO_SECONDS ?= 60
+
+.PHONY: install test test-fast lint demo data-demo bench clean
+
+install: $(STAMP)
+
+# Re-installs only when the project's requirements change; torch is pinned by constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[train,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# Main job on the embedded default.
+demo: $(STAMP)
+	$(BIN)/rohde data simulate --out $(DATA_DIR) --quick
+	$(BIN)/rohde data plot $(DATA_DIR) --out $(DATA_DIR)/plots
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

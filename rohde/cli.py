@@ -1,0 +1,53 @@
+"""`rohde` command line: one subcommand per job, each registered by the package that owns it.
+
+Registration modules import nothing heavy at import time (torch, matplotlib, pylsl load inside the
+handlers), so `rohde serve --help` never pulls in the training stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from rohde import __version__
+from rohde.core.errors import RohdeError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rohde.core import data_commands
+    from rohde.server import commands as server_commands
+    from rohde.training import commands as training_commands
+
+    parser = argparse.ArgumentParser(prog="rohde", description="Robust real-time HD-EMG gesture recognition.")
+    parser.add_argument("--version", action="version", version=f"rohde {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data_commands.register(subparsers)
+    training_commands.register(subparsers)
+    server_commands.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except RohdeError as exc:
+        logging.getLogger("rohde").error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

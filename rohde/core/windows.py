@@ -1,0 +1,98 @@
+"""Windows over filtered EMG: one window of `window_ms` every `hop_ms`.
+
+Training (`window_ends` + `extract_windows` over a filtered recording) and serving
+(`StreamWindower` over filtered chunks) produce windows ending at the same samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rohde.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    window_ms: float  # length of one decision window
+    hop_ms: float  # time between successive decisions
+
+    def __post_init__(self) -> None:
+        if self.window_ms <= 0 or self.hop_ms <= 0:
+            raise ConfigError(f"window_ms and hop_ms must be positive, got {self.window_ms}, {self.hop_ms}.")
+
+    def window_samples(self, fs_hz: float) -> int:
+        return max(1, int(round(self.window_ms * fs_hz / 1000.0)))
+
+    def hop_samples(self, fs_hz: float) -> int:
+        return max(1, int(round(self.hop_ms * fs_hz / 1000.0)))
+
+
+def window_ends(n_samples: int, window: int, hop: int) -> np.ndarray:
+    """Exclusive end index of every full window: window, window + hop, ... <= n_samples."""
+    if n_samples < window:
+        return np.zeros(0, dtype=np.int64)
+    return np.arange(window, n_samples + 1, hop, dtype=np.int64)
+
+
+def extract_windows(filtered: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """Windows `(n_windows, n_channels, window)` ending at `ends` from `(n_samples, n_channels)`."""
+    if len(ends) == 0:
+        return np.zeros((0, filtered.shape[1], window), dtype=np.float32)
+    offsets = np.arange(-window, 0)
+    idx = ends[:, None] + offsets[None, :]  # (N, W)
+    return np.ascontiguousarray(filtered[idx].transpose(0, 2, 1), dtype=np.float32)
+
+
+class StreamWindower:
+    """Ring buffer of filtered samples that emits a window every `hop` samples.
+
+    The first window ends at sample `window` of the stream, the next `hop` later, exactly as
+    `window_ends` counts them offline.
+    """
+
+    def __init__(self, n_channels: int, window: int, hop: int, *, capacity: int | None = None) -> None:
+        if window < 1 or hop < 1:
+            raise ConfigError(f"window and hop must be >= 1 sample, got {window}, {hop}.")
+        self.n_channels = n_channels
+        self.window = window
+        self.hop = hop
+        self.capacity = capacity or 4 * window + hop
+        self._buffer = np.zeros((self.capacity, n_channels), dtype=np.float32)
+        self._total = 0  # samples ever written
+        self._next_end = window  # stream sample index at which the next window ends
+
+    @property
+    def total_samples(self) -> int:
+        return self._total
+
+    def reset(self) -> None:
+        self._total = 0
+        self._next_end = self.window
+
+    def push(self, filtered: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Append `(n_samples, n_channels)`; return (end index, `(n_channels, window)`) per ready window."""
+        ready: list[tuple[int, np.ndarray]] = []
+        start = 0
+        n = filtered.shape[0]
+        while start < n:
+            # Write no further than the next window end so no sample it needs is overwritten.
+            take = min(n - start, self._next_end - self._total, self.capacity - self.window)
+            self._write(filtered[start : start + take])
+            start += take
+            while self._total >= self._next_end:
+                ready.append((self._next_end, self._read(self._next_end)))
+                self._next_end += self.hop
+        return ready
+
+    def _write(self, chunk: np.ndarray) -> None:
+        pos = self._total % self.capacity
+        first = min(len(chunk), self.capacity - pos)
+        self._buffer[pos : pos + first] = chunk[:first]
+        self._buffer[: len(chunk) - first] = chunk[first:]
+        self._total += len(chunk)
+
+    def _read(self, end: int) -> np.ndarray:
+        idx = np.arange(end - self.window, end) % self.capacity
+        return np.ascontiguousarray(self._buffer[idx].T)

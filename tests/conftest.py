@@ -1,0 +1,25 @@
+"""Test session set-up: loopback-only LSL before any LSL call, real-data location and policy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# liblsl reads its configuration once per process: set it before anything imports pylsl.
+os.environ["LSLAPICFG"] = str(REPO_ROOT / "config" / "lsl_loopback.cfg")
+
+FLEXEMG_DIR = Path(os.environ.get("ROHDE_FLEXEMG_DIR", REPO_ROOT.parent / "shared" / "data" / "flexemg"))
+
+
+@pytest.fixture(scope="session")
+def flexemg_dir() -> Path:
+    """The real flexemg data; missing data fails in CI and skips only on a developer's machine."""
+    if not (FLEXEMG_DIR / "data").is_dir():
+        message = f"Real data not found at {FLEXEMG_DIR} (set ROHDE_FLEXEMG_DIR)."
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return FLEXEMG_DIR
