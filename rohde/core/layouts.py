@@ -135,9 +135,7 @@ class ElectrodeLayout:
     def to_image(self, data: np.ndarray) -> np.ndarray:
         """Arrange `(..., n_channels)` values as `(..., n_grids, rows, cols)`; 0 where no electrode."""
         if data.shape[-1] != self.n_channels:
-            raise LayoutError(
-                f"Data has {data.shape[-1]} channels but layout {self.name!r} has {self.n_channels}."
-            )
+            raise LayoutError(f"Data has {data.shape[-1]} channels but layout {self.name!r} has {self.n_channels}.")
         index = self.index_array()
         image = np.take(data, np.where(index == NO_ELECTRODE, 0, index), axis=-1)
         image[..., index == NO_ELECTRODE] = 0
@@ -148,8 +146,7 @@ class ElectrodeLayout:
             "name": self.name,
             "n_channels": self.n_channels,
             "grids": [
-                {"name": g.name, "ied_mm": g.ied_mm, "channels": [list(row) for row in g.channels]}
-                for g in self.grids
+                {"name": g.name, "ied_mm": g.ied_mm, "channels": [list(row) for row in g.channels]} for g in self.grids
             ],
         }
 
@@ -197,14 +194,14 @@ def grid_layout(
     per_grid = rows * cols
     grids = []
     for g in range(n_grids):
-        local = np.arange(per_grid).reshape((cols, rows)).T if order == "column" else np.arange(per_grid).reshape(
-            (rows, cols)
+        local = (
+            np.arange(per_grid).reshape((cols, rows)).T
+            if order == "column"
+            else np.arange(per_grid).reshape((rows, cols))
         )
         channels = tuple(tuple(int(g * per_grid + c) for c in row) for row in local)
         grids.append(ElectrodeGrid(name=f"grid{g + 1}", channels=channels, ied_mm=ied_mm))
-    return ElectrodeLayout(
-        name=name or f"{n_grids}x{rows}x{cols}", grids=tuple(grids), n_channels=n_grids * per_grid
-    )
+    return ElectrodeLayout(name=name or f"{n_grids}x{rows}x{cols}", grids=tuple(grids), n_channels=n_grids * per_grid)
 
 
 def default_layout() -> ElectrodeLayout:
@@ -231,6 +228,4 @@ def layout_from_spec(spec: str) -> ElectrodeLayout:
     if len(parts) == 3 and all(p.isdigit() for p in parts):
         n_grids, rows, cols = (int(p) for p in parts)
         return grid_layout(n_grids, rows, cols)
-    raise LayoutError(
-        f"Unknown layout {spec!r}; use one of {sorted(PRESETS)} or GRIDSxROWSxCOLS such as '4x8x8'."
-    )
+    raise LayoutError(f"Unknown layout {spec!r}; use one of {sorted(PRESETS)} or GRIDSxROWSxCOLS such as '4x8x8'.")

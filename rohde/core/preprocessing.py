@@ -99,9 +99,7 @@ class StreamFilter:
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Filter the next `(n_samples, n_channels)` chunk in uV; returns float32 of the same shape."""
         if chunk.ndim != 2 or chunk.shape[1] != self.n_channels:
-            raise ConfigError(
-                f"Expected a chunk of shape (n_samples, {self.n_channels}), got {chunk.shape}."
-            )
+            raise ConfigError(f"Expected a chunk of shape (n_samples, {self.n_channels}), got {chunk.shape}.")
         if chunk.shape[0] == 0:
             return np.zeros((0, self.n_channels), dtype=np.float32)
         out, self._state = signal.sosfilt(self.sos, chunk, axis=0, zi=self._state)
@@ -125,12 +123,12 @@ class Normalization:
 
     @classmethod
     def fit(cls, filtered: np.ndarray, *, floor_uv: float = 1.0) -> Normalization:
-        """Fit on filtered training data `(n_samples, n_channels)`: one global robust RMS.
+        """Fit on filtered training data `(n_samples, n_channels)`: the median over channels of their RMS.
 
         A single scale shared by all channels keeps the spatial amplitude pattern (which carries the
         gesture) intact; the floor keeps silent data from inflating noise.
         """
-        rms = np.sqrt(np.median(filtered.astype(np.float64) ** 2, axis=0))
+        rms = np.sqrt(np.mean(filtered.astype(np.float64) ** 2, axis=0))
         scale = max(float(np.median(rms)), floor_uv)
         return cls(scale_uv=tuple([scale] * filtered.shape[1]))
 

@@ -1,0 +1,76 @@
+"""Packaging: the serving side imports without torch; the CLI answers --help for every command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_IMPORT_WITHOUT_TORCH = """
+import importlib, importlib.abc, pkgutil, sys
+
+class BlockTorch(importlib.abc.MetaPathFinder):
+    # Acts as if torch were not installed (a None in sys.modules would confuse scipy's checks).
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+import rohde.core, rohde.server
+names = ["rohde.cli"]
+for package in (rohde.core, rohde.server):
+    names += [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+for name in names:
+    importlib.import_module(name)
+import rohde.cli
+rohde.cli.build_parser()
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+assert not any(m.startswith("rohde.training.") and m != "rohde.training.commands" for m in sys.modules)
+print(len(names))
+"""
+
+
+def test_serving_and_core_import_without_torch() -> None:
+    result = subprocess.run([sys.executable, "-c", _IMPORT_WITHOUT_TORCH], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) >= 8
+
+
+def test_base_install_does_not_require_torch() -> None:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("torch") for dep in project["dependencies"])
+    assert any(dep.startswith("torch") for dep in project["optional-dependencies"]["train"])
+    assert all(dep.startswith("onnxruntime-gpu") for dep in project["optional-dependencies"]["gpu"])
+    assert "onnxruntime-gpu" not in " ".join(project["dependencies"])
+
+
+def _subcommands(prefix: list[str]) -> list[list[str]]:
+    import argparse
+
+    from rohde.cli import build_parser
+
+    parser = build_parser()
+    for word in prefix:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    found = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name in action.choices:
+                found += _subcommands([*prefix, name])
+    return found
+
+
+def test_every_subcommand_has_help() -> None:
+    commands = _subcommands([])
+    assert len(commands) > 1
+    for words in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "rohde.cli", *words, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, (words, result.stderr)
+        assert "usage: rohde" in result.stdout
