@@ -11,6 +11,7 @@ Arrays:
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def load_recording(path: str | Path) -> Recording:
             samples = data["samples"]
             labels = data["labels"]
             mask = data["disturbance_mask"] if "disturbance_mask" in data.files else None
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise RecordingFormatError(f"{str(path)!r} is not a RoHDE recording ({exc}).") from exc
     if header.get("format_version") != FORMAT_VERSION:
         raise RecordingFormatError(
