@@ -29,8 +29,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Main job on the embedded default.
+# Main job on the embedded default: simulated amplifier -> server (shipped model) -> live gestures.
 demo: $(STAMP)
+	$(BIN)/rohde demo --duration $(DEMO_SECONDS)
+
+# Simulate the quick dataset and draw its plots.
+data-demo: $(STAMP)
 	$(BIN)/rohde data simulate --out $(DATA_DIR) --quick
 	$(BIN)/rohde data plot $(DATA_DIR) --out $(DATA_DIR)/plots
 

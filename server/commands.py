@@ -1,13 +1,142 @@
-"""Command-line registration for this package (filled in as the subsystem lands)."""
+"""`rohde serve`, `rohde simulate`, `rohde replay`, `rohde demo`; heavy imports inside the handlers."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
-    del subparsers
+    serve = subparsers.add_parser("serve", help="run the real-time gesture server (LSL in, WebSocket/REST out)")
+    serve.add_argument("--config", help="JSON or TOML settings file (also ROHDE_CONFIG)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8000; 0 = any free port)")
+    serve.add_argument("--models-dir", help="folder of model packages (default: the repository's models/)")
+    serve.add_argument("--model", help="package to activate at start-up (default rohde-default)")
+    serve.add_argument("--stream-name", help="serve LSL streams with this name")
+    serve.add_argument("--stream-type", help="serve LSL streams of this type (default EMG)")
+    serve.add_argument("--stream-source-id", help="serve the LSL stream with this source_id")
+    serve.add_argument("--max-streams", type=int, help="streams served at once (default 4)")
+    serve.add_argument("--vote-k", type=int, help="majority vote over the last k windows (default 5)")
+    serve.add_argument("--confidence-threshold", type=float, help="reject decisions below (default 0.5)")
+    serve.add_argument("--no-marker-outlet", action="store_true", help="do not publish decisions on LSL")
+    serve.add_argument("--port-file", help="write the bound port to this file once listening")
+    serve.set_defaults(handler=_serve)
+
+    for name, help_text in (("simulate", "LSL outlet playing the embedded simulator in real time"),
+                            ("replay", "LSL outlet replaying a recording (.rohde.npz, .xdf, flexemg .mat)")):
+        p = subparsers.add_parser(name, help=help_text)
+        if name == "replay":
+            p.add_argument("file", help="recording to play (looped unless --once)")
+            p.add_argument("--once", action="store_true", help="stop at the end of the recording")
+        else:
+            p.add_argument("--subject", type=int, default=0, help="simulated subject (default 0)")
+            p.add_argument("--session", type=int, default=0, help="simulated session (default 0)")
+            p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+            p.add_argument("--schedule", default="clean,CA,LC", help="conditions in turn (default clean,CA,LC)")
+            p.add_argument("--condition-s", type=float, default=30.0, help="seconds per condition (default 30)")
+        p.add_argument("--name", default="RoHDE-Sim", help="LSL stream name (default RoHDE-Sim)")
+        p.add_argument("--source-id", default=None, help="LSL source_id (default: derived from the name)")
+        p.add_argument("--type", default="EMG", help="LSL stream type (default EMG)")
+        p.add_argument("--chunk-ms", type=float, default=20.0, help="push every this many ms (default 20)")
+        p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+        p.add_argument("--no-markers", action="store_true", help="no truth marker stream")
+        p.set_defaults(handler=_simulate if name == "simulate" else _replay)
+
+    demo = subparsers.add_parser("demo", help="simulated amplifier + server + live decisions against the truth")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds and summarise")
+    demo.add_argument("--models-dir", default=None, help="folder of model packages (default: repository models/)")
+    demo.add_argument("--model", default="rohde-default", help="model package (default rohde-default)")
+    demo.add_argument("--condition-s", type=float, default=None,
+                      help="seconds per condition (default: a third of --duration, else 30)")
+    demo.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    demo.add_argument("--quiet", action="store_true", help="only print the summary")
+    demo.set_defaults(handler=_demo)
 
 
-__all__ = ["register", "argparse"]
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rohde.server.app import create_app
+    from rohde.server.settings import load_settings
+
+    settings = load_settings(
+        args.config, host=args.host, port=args.port, models_dir=args.models_dir, model=args.model,
+        stream_name=args.stream_name, stream_type=args.stream_type, stream_source_id=args.stream_source_id,
+        max_streams=args.max_streams, vote_k=args.vote_k, confidence_threshold=args.confidence_threshold,
+        marker_outlet=False if args.no_marker_outlet else None,
+    )
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, workers=1,
+                            log_level="info", lifespan="on", ws="websockets-sansio")
+    server = uvicorn.Server(config)
+    if args.port_file:
+        _write_port_when_started(server, Path(args.port_file))
+    server.run()
+    return 0
+
+
+def _write_port_when_started(server: Any, port_file: Path) -> None:
+    """Write the really bound port (useful with --port 0) once uvicorn listens."""
+
+    def wait() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            threading.Event().wait(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(port_file)
+
+    threading.Thread(target=wait, name="rohde-port-file", daemon=True).start()
+
+
+def _play(amplifier: Any, duration: float | None) -> int:
+    stopper = amplifier.stop
+    signal.signal(signal.SIGTERM, lambda *_: stopper())
+    logger.info("Streaming %r (%s) until stopped.", amplifier.name, amplifier.source_id)
+    try:
+        sent = amplifier.run(duration_s=duration)
+    except KeyboardInterrupt:
+        amplifier.stop()
+        return 130
+    logger.info("Sent %d samples.", sent)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from rohde.server.amplifier import LslAmplifier, SimulatorSource
+    from rohde.server.settings import default_lsl_config
+
+    source = SimulatorSource.create(subject=args.subject, session=args.session, seed=args.seed,
+                                    schedule=[s.strip() for s in args.schedule.split(",") if s.strip()],
+                                    condition_s=args.condition_s)
+    amplifier = LslAmplifier(source, name=args.name, source_id=args.source_id or f"{args.name}-{args.seed}",
+                             stream_type=args.type, chunk_ms=args.chunk_ms, markers=not args.no_markers,
+                             lsl_config=default_lsl_config())
+    return _play(amplifier, args.duration)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from rohde.core.datasets import load_any
+    from rohde.server.amplifier import LslAmplifier, RecordingSource
+    from rohde.server.settings import default_lsl_config
+
+    recording = load_any(args.file)
+    amplifier = LslAmplifier(RecordingSource(recording, loop=not args.once), name=args.name,
+                             source_id=args.source_id or f"{args.name}-replay", stream_type=args.type,
+                             chunk_ms=args.chunk_ms, markers=not args.no_markers, lsl_config=default_lsl_config())
+    return _play(amplifier, args.duration)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rohde.server.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(duration_s=args.duration, models_dir=args.models_dir, model=args.model,
+                                condition_s=args.condition_s, seed=args.seed, quiet=args.quiet))

@@ -28,6 +28,9 @@ for name in names:
     importlib.import_module(name)
 import rohde.cli
 rohde.cli.build_parser()
+from rohde.server.app import create_app
+from rohde.server.settings import load_settings
+create_app(load_settings())
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
 assert not any(m.startswith("rohde.training.") and m != "rohde.training.commands" for m in sys.modules)
 print(len(names))

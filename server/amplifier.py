@@ -1,0 +1,228 @@
+"""Simulated and replayed amplifiers: LSL outlets that behave like real hardware.
+
+`LslAmplifier` pushes a `ChunkSource` in real time: chunks of `chunk_ms` at the nominal rate,
+float32 uV, channel labels, units and the electrode layout (JSON) in the stream's `desc`, and a
+second stream (type `Markers`, 3 string channels: gesture name, condition, index of the sample in
+the stream, so a subscriber can place every window in the source exactly) with the true gesture and
+condition, pushed whenever either changes and stamped with the time of the sample where it changes,
+and repeated every `marker_repeat_s` so that a subscriber that joins late learns the truth soon.
+Timestamps are regular: sample i of the stream carries `t0 + i / fs_hz`.
+
+Sources: `SimulatorSource` (the embedded `rohde.core.simulator.LiveSimulator`, with its gesture
+and disturbance schedule) and `RecordingSource` (any loaded `Recording`, looped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from rohde.core.errors import ConfigError
+from rohde.core.layouts import ElectrodeLayout
+from rohde.core.recording import Recording
+from rohde.server.lsl_inlet import import_pylsl
+
+logger = logging.getLogger(__name__)
+
+UNUSABLE_MARKER = "pause"  # a cue naming no gesture: readers label the samples unusable
+
+
+@dataclass(frozen=True)
+class SourceChunk:
+    samples: np.ndarray  # (n, n_channels) float32 uV
+    labels: np.ndarray  # (n,) int16 gesture index, -1 unusable
+    condition: str  # condition in force for this chunk
+
+
+class ChunkSource(Protocol):
+    @property
+    def fs_hz(self) -> float: ...
+    @property
+    def n_channels(self) -> int: ...
+    @property
+    def layout(self) -> ElectrodeLayout: ...
+    @property
+    def gesture_names(self) -> Sequence[str]: ...
+    def read(self, n_samples: int) -> SourceChunk: ...
+
+
+class RecordingSource:
+    """Plays a `Recording` from memory, looping at its end."""
+
+    def __init__(self, recording: Recording, *, loop: bool = True) -> None:
+        self.recording = recording
+        self.loop = loop
+        self._pos = 0
+
+    @property
+    def fs_hz(self) -> float:
+        return self.recording.fs_hz
+
+    @property
+    def n_channels(self) -> int:
+        return self.recording.n_channels
+
+    @property
+    def layout(self) -> ElectrodeLayout:
+        return self.recording.layout
+
+    @property
+    def gesture_names(self) -> Sequence[str]:
+        return self.recording.gesture_names
+
+    @property
+    def finished(self) -> bool:
+        return not self.loop and self._pos >= self.recording.n_samples
+
+    def read(self, n_samples: int) -> SourceChunk:
+        rec = self.recording
+        parts, labels = [], []
+        remaining = n_samples
+        while remaining > 0:
+            if self._pos >= rec.n_samples:
+                if not self.loop:
+                    break
+                self._pos = 0
+            take = min(remaining, rec.n_samples - self._pos)
+            parts.append(rec.samples[self._pos : self._pos + take])
+            labels.append(rec.labels[self._pos : self._pos + take])
+            self._pos += take
+            remaining -= take
+        if not parts:
+            return SourceChunk(np.zeros((0, rec.n_channels), np.float32), np.zeros(0, np.int16), rec.condition)
+        return SourceChunk(np.concatenate(parts).astype(np.float32, copy=False), np.concatenate(labels),
+                           rec.condition)
+
+
+class SimulatorSource:
+    """Adapter from the embedded `LiveSimulator` to `ChunkSource`."""
+
+    def __init__(self, simulator: Any) -> None:
+        self.simulator = simulator
+
+    @classmethod
+    def create(cls, *, subject: int = 0, session: int = 0, seed: int = 0,
+               schedule: Sequence[str] = ("clean", "CA", "LC"), condition_s: float = 30.0) -> SimulatorSource:
+        from rohde.core.simulator import LiveSimulator  # the simulator is only needed by this source
+
+        return cls(LiveSimulator(subject=subject, session=session, seed=seed, schedule=tuple(schedule),
+                                 condition_s=condition_s))
+
+    @property
+    def fs_hz(self) -> float:
+        return float(self.simulator.fs_hz)
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.simulator.n_channels)
+
+    @property
+    def layout(self) -> ElectrodeLayout:
+        layout: ElectrodeLayout = self.simulator.layout
+        return layout
+
+    @property
+    def gesture_names(self) -> Sequence[str]:
+        return tuple(self.simulator.gesture_names)
+
+    def read(self, n_samples: int) -> SourceChunk:
+        chunk = self.simulator.read(n_samples)
+        return SourceChunk(np.asarray(chunk.samples, np.float32), np.asarray(chunk.labels, np.int16),
+                           str(chunk.condition))
+
+
+class LslAmplifier:
+    """Plays a `ChunkSource` as an LSL EMG outlet plus a truth marker outlet; `run` until stopped."""
+
+    def __init__(self, source: ChunkSource, *, name: str = "RoHDE-Sim", source_id: str = "rohde-sim",
+                 stream_type: str = "EMG", chunk_ms: float = 20.0, markers: bool = True,
+                 marker_repeat_s: float = 1.0, lsl_config: Path | None = None) -> None:
+        if chunk_ms <= 0:
+            raise ConfigError(f"chunk_ms must be positive, got {chunk_ms}.")
+        self.source = source
+        self.name = name
+        self.source_id = source_id
+        self.chunk_samples = max(1, int(round(chunk_ms * source.fs_hz / 1000.0)))
+        self._pylsl = import_pylsl(lsl_config)
+        self.outlet = self._pylsl.StreamOutlet(self._emg_info(stream_type), self.chunk_samples)
+        self.marker_outlet = None
+        if markers:
+            info = self._pylsl.StreamInfo(f"{name}-truth", "Markers", 3, self._pylsl.IRREGULAR_RATE,
+                                          self._pylsl.cf_string, f"{source_id}-truth")
+            info.desc().append_child_value("content", "truth: [gesture, condition, stream sample index]")
+            self.marker_outlet = self._pylsl.StreamOutlet(info)
+        self._stop = threading.Event()
+        self.samples_sent = 0
+        self._last_marker: tuple[str, str] | None = None
+        self._repeat_samples = max(1, int(marker_repeat_s * source.fs_hz))
+        self._last_marker_sample = 0
+
+    def _emg_info(self, stream_type: str) -> Any:
+        src = self.source
+        info = self._pylsl.StreamInfo(self.name, stream_type, src.n_channels, src.fs_hz, self._pylsl.cf_float32,
+                                      self.source_id)
+        desc = info.desc()
+        channels = desc.append_child("channels")
+        for label in src.layout.channel_labels():
+            ch = channels.append_child("channel")
+            ch.append_child_value("label", label)
+            ch.append_child_value("unit", "microvolts")
+            ch.append_child_value("type", "EMG")
+        desc.append_child_value("layout", src.layout.to_json())
+        desc.append_child_value("gestures", json.dumps(list(src.gesture_names)))
+        desc.append_child("acquisition").append_child_value("manufacturer", "RoHDE")
+        return info
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, *, duration_s: float | None = None) -> int:
+        """Push in real time until `stop()`, `duration_s`, or the end of a non-looping source."""
+        local_clock = self._pylsl.local_clock
+        fs = self.source.fs_hz
+        t0 = local_clock()
+        limit = None if duration_s is None else int(duration_s * fs)
+        while not self._stop.is_set():
+            due = int((local_clock() - t0) * fs)
+            if limit is not None:
+                due = min(due, limit)
+            n = due - self.samples_sent
+            if n >= self.chunk_samples or (limit is not None and due == limit and n > 0):
+                chunk = self.source.read(n)
+                got = len(chunk.labels)
+                if got == 0:
+                    break
+                first_stamp = t0 + self.samples_sent / fs
+                self._push_markers(chunk, first_stamp, fs)
+                self.outlet.push_chunk(chunk.samples, first_stamp + (got - 1) / fs)
+                self.samples_sent += got
+            elif limit is not None and self.samples_sent >= limit:
+                break
+            else:
+                self._stop.wait(self.chunk_samples / fs / 2)
+        return self.samples_sent
+
+    def _push_markers(self, chunk: SourceChunk, first_stamp: float, fs: float) -> None:
+        if self.marker_outlet is None:
+            return
+        names = self.source.gesture_names
+        labels = chunk.labels
+        # Index 0 too: a change can fall exactly on a chunk boundary (the check below skips repeats).
+        changes = {0} | {int(i) for i in np.nonzero(np.diff(labels))[0] + 1}
+        for i in sorted(changes):
+            label = int(labels[i])
+            marker = (names[label] if 0 <= label < len(names) else UNUSABLE_MARKER, chunk.condition)
+            if marker != self._last_marker:
+                self.marker_outlet.push_sample([*marker, str(self.samples_sent + i)], first_stamp + i / fs)
+                self._last_marker = marker
+                self._last_marker_sample = self.samples_sent + i
+        if self._last_marker is not None and self.samples_sent - self._last_marker_sample >= self._repeat_samples:
+            self.marker_outlet.push_sample([*self._last_marker, str(self.samples_sent)], first_stamp)
+            self._last_marker_sample = self.samples_sent

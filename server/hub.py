@@ -1,0 +1,92 @@
+"""WebSocket fan-out: every client has its own bounded queue and its own sender task.
+
+`publish` only appends to each client's queue (dropping and counting the oldest message when the
+queue is full) and wakes its sender, so a slow client never stalls the pipeline or the other
+clients. Pipeline threads call `publish_threadsafe`, which hops onto the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Client:
+    client_id: int
+    stream_filter: str | None  # only messages of this stream (status messages without a stream pass)
+    maxlen: int
+    queue: deque[str] = field(init=False)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sent: int = 0
+    dropped: int = 0
+
+    def __post_init__(self) -> None:
+        self.queue = deque(maxlen=self.maxlen)
+
+
+class Hub:
+    """Registry of WebSocket clients; lives on the event loop."""
+
+    def __init__(self, *, queue_size: int, on_drop: Callable[[int], None] | None = None) -> None:
+        self.queue_size = queue_size
+        self._clients: dict[int, Client] = {}
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_drop = on_drop
+        self.published = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def register(self, stream_filter: str | None = None) -> Client:
+        client = Client(next(self._ids), stream_filter, self.queue_size)
+        self._clients[client.client_id] = client
+        return client
+
+    def unregister(self, client: Client) -> None:
+        self._clients.pop(client.client_id, None)
+
+    @property
+    def clients(self) -> list[Client]:
+        return list(self._clients.values())
+
+    def publish(self, message: BaseModel) -> None:
+        """Queue `message` for every client that wants it (event-loop thread only)."""
+        text = message.model_dump_json()
+        stream_id = getattr(message, "stream_id", None)
+        self.published += 1
+        for client in list(self._clients.values()):
+            if client.stream_filter and stream_id is not None and stream_id != client.stream_filter:
+                continue
+            if len(client.queue) == client.maxlen:
+                client.dropped += 1  # deque(maxlen) drops the oldest on append
+                if self._on_drop is not None:
+                    self._on_drop(1)
+            client.queue.append(text)
+            client.wake.set()
+
+    def publish_threadsafe(self, message: BaseModel) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self.publish, message)
+        except RuntimeError:  # the loop is shutting down
+            logger.debug("Event loop closed; message of %s not delivered.", getattr(message, "stream_id", None))
+
+    @staticmethod
+    async def next_message(client: Client) -> str:
+        """Wait for and pop the oldest queued message of `client`."""
+        while not client.queue:
+            client.wake.clear()
+            await client.wake.wait()
+        return client.queue.popleft()

@@ -1,0 +1,61 @@
+"""Messages pushed to WebSocket subscribers; every one is a pydantic model with a schema version.
+
+`PredictionMessage` carries one decision per window; `StatusMessage` announces stream loss,
+recovery, refusal and model changes. Clients tell them apart by `kind`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MESSAGE_SCHEMA_VERSION = 1
+
+StatusEvent = Literal[
+    "hello", "stream_connected", "stream_lost", "stream_recovered", "stream_refused", "model_changed"
+]
+
+
+class PredictionMessage(BaseModel):
+    """One decision for one window of one stream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    schema_version: int = MESSAGE_SCHEMA_VERSION
+    kind: Literal["prediction"] = "prediction"
+    stream_id: str  # stable id of the stream (kept across a recovery with a new source_id)
+    seq: int = Field(ge=0)  # per-stream sequence number of decisions
+    lsl_time: float  # LSL timestamp (local clock, corrected) of the window's last sample
+    server_time: float  # Unix time when the decision was made
+    gesture: str  # smoothed decision (majority vote over the last `vote_k` windows)
+    gesture_index: int  # index of `gesture` in `labels`
+    confidence: float  # probability of the window's own top class
+    window_gesture: str  # the window's own top class, before voting
+    probabilities: list[float]  # all class probabilities of this window, in `labels` order
+    labels: list[str]  # class names of the model
+    rejected: bool  # True when the decision must not be acted on
+    reject_reason: str | None = None  # low_confidence, nonfinite_input, bad_channels
+    vote_k: int  # majority-vote length used
+    confidence_threshold: float  # rejection threshold used
+    latency_ms: float  # processing latency: last sample pulled -> decision ready
+    model_name: str
+    model_version: str
+    bad_channels: list[int]  # 0-based channels the quality monitor currently flags
+    condition_flags: list[str] = Field(default_factory=list)  # flags seen in this window (nonfinite, ...)
+
+
+class StatusMessage(BaseModel):
+    """A change of state: stream found, lost, recovered or refused, or a new active model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    schema_version: int = MESSAGE_SCHEMA_VERSION
+    kind: Literal["status"] = "status"
+    event: StatusEvent
+    server_time: float
+    stream_id: str | None = None
+    detail: str = ""
+    source_id: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None

@@ -1,0 +1,155 @@
+"""Server metrics in the Prometheus text exposition format (version 0.0.4), without a client library.
+
+Counters and histograms are updated from pipeline threads and read by the `/metrics` route, so
+every update holds one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+# Latency buckets in seconds: the interesting range is 0.1 ms to a hop (tens of ms).
+LATENCY_BUCKETS_S: tuple[float, ...] = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class Histogram:
+    """Cumulative-bucket histogram; also keeps recent raw values for median/p99 reports."""
+
+    def __init__(self, buckets: Sequence[float], *, keep_last: int = 20000) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.total = 0.0
+        self.n = 0
+        self._recent = np.zeros(keep_last, dtype=np.float64)
+        self._recent_n = 0
+
+    def observe(self, value: float) -> None:
+        for i, edge in enumerate(self.buckets):
+            if value <= edge:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self.total += value
+        self.n += 1
+        self._recent[self._recent_n % len(self._recent)] = value
+        self._recent_n += 1
+
+    def quantiles(self, qs: Iterable[float]) -> list[float]:
+        n = min(self._recent_n, len(self._recent))
+        if n == 0:
+            return [float("nan") for _ in qs]
+        return [float(np.quantile(self._recent[:n], q)) for q in qs]
+
+
+class ServerMetrics:
+    """All counters the server exposes; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.windows_processed: dict[str, int] = {}
+        self.windows_rejected: dict[str, int] = {}
+        self.gaps: dict[str, int] = {}
+        self.missing_samples: dict[str, int] = {}
+        self.overflows: dict[str, int] = {}
+        self.nonfinite_samples: dict[str, int] = {}
+        self.dropped_messages = 0
+        self.windows_dropped = 0  # prepared for a model generation no longer loaded
+        self.batches = 0
+        self.inference_latency = Histogram(LATENCY_BUCKETS_S)  # ONNX Runtime run per batch
+        self.processing_latency = Histogram(LATENCY_BUCKETS_S)  # last sample pulled -> decision ready
+        self.model_swaps = 0
+
+    def add(self, counter: str, stream_id: str, value: int = 1) -> None:
+        with self._lock:
+            table: dict[str, int] = getattr(self, counter)
+            table[stream_id] = table.get(stream_id, 0) + value
+
+    def count_dropped(self, n: int = 1) -> None:
+        with self._lock:
+            self.dropped_messages += n
+
+    def count_windows_dropped(self, n: int) -> None:
+        with self._lock:
+            self.windows_dropped += n
+
+    def observe_batch(self, inference_s: float, processing_s: Sequence[float]) -> None:
+        with self._lock:
+            self.batches += 1
+            self.inference_latency.observe(inference_s)
+            for value in processing_s:
+                self.processing_latency.observe(value)
+
+    def count_swap(self) -> None:
+        with self._lock:
+            self.model_swaps += 1
+
+    def latency_summary_ms(self) -> dict[str, float]:
+        with self._lock:
+            median, p99 = self.processing_latency.quantiles((0.5, 0.99))
+            return {"median_ms": median * 1000, "p99_ms": p99 * 1000, "n": self.processing_latency.n}
+
+    def render(self, stream_states: dict[str, str]) -> str:
+        """The whole exposition text; `stream_states` maps stream id -> state name."""
+        with self._lock:
+            lines: list[str] = []
+            per_stream = (
+                ("rohde_windows_processed_total", "Windows run through the model.", self.windows_processed),
+                ("rohde_windows_rejected_total", "Decisions marked rejected.", self.windows_rejected),
+                ("rohde_stream_gaps_total", "Timestamp gaps detected in a stream.", self.gaps),
+                ("rohde_stream_missing_samples_total", "Samples estimated lost in gaps.", self.missing_samples),
+                ("rohde_stream_overflows_total", "Gaps caused by the inlet buffer overflowing.", self.overflows),
+                ("rohde_stream_nonfinite_samples_total", "NaN or Inf samples received.", self.nonfinite_samples),
+            )
+            for name, help_text, table in per_stream:
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+                lines += [f'{name}{{stream="{_escape(s)}"}} {v}' for s, v in sorted(table.items())]
+            lines += [
+                "# HELP rohde_ws_dropped_messages_total Messages dropped for slow WebSocket clients.",
+                "# TYPE rohde_ws_dropped_messages_total counter",
+                f"rohde_ws_dropped_messages_total {self.dropped_messages}",
+                "# HELP rohde_windows_dropped_total Windows whose model was unloaded before they ran.",
+                "# TYPE rohde_windows_dropped_total counter",
+                f"rohde_windows_dropped_total {self.windows_dropped}",
+                "# HELP rohde_inference_batches_total ONNX Runtime batches run.",
+                "# TYPE rohde_inference_batches_total counter",
+                f"rohde_inference_batches_total {self.batches}",
+                "# HELP rohde_model_swaps_total Successful model activations after start-up.",
+                "# TYPE rohde_model_swaps_total counter",
+                f"rohde_model_swaps_total {self.model_swaps}",
+            ]
+            lines += _histogram_lines(
+                "rohde_inference_latency_seconds", "ONNX Runtime time per batch.", self.inference_latency
+            )
+            lines += _histogram_lines(
+                "rohde_processing_latency_seconds",
+                "Time from pulling a window's last sample to its decision.",
+                self.processing_latency,
+            )
+        lines += [
+            "# HELP rohde_stream_state Current state of each stream (1 for the state it is in).",
+            "# TYPE rohde_stream_state gauge",
+        ]
+        lines += [
+            f'rohde_stream_state{{stream="{_escape(s)}",state="{st}"}} 1' for s, st in sorted(stream_states.items())
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _histogram_lines(name: str, help_text: str, hist: Histogram) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    cumulative = 0
+    for edge, count in zip(hist.buckets, hist.counts, strict=False):
+        cumulative += count
+        lines.append(f'{name}_bucket{{le="{edge}"}} {cumulative}')
+    lines.append(f'{name}_bucket{{le="+Inf"}} {hist.n}')
+    lines.append(f"{name}_sum {hist.total}")
+    lines.append(f"{name}_count {hist.n}")
+    return lines
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

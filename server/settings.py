@@ -1,0 +1,121 @@
+"""Server settings: pydantic-settings with the `ROHDE_` env prefix, an optional config file, CLI flags.
+
+Precedence, highest first: explicit overrides (CLI flags), environment variables (`ROHDE_*`), the
+config file (JSON or TOML, `ROHDE_CONFIG` or `--config`), the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rohde.core.errors import ConfigError
+
+ENV_PREFIX = "ROHDE_"
+# `server/` sits at the repository root beside `models/` and `config/` (editable install).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_models_dir() -> Path:
+    return REPO_ROOT / "models"
+
+
+def default_lsl_config() -> Path:
+    return REPO_ROOT / "config" / "lsl_loopback.cfg"
+
+
+class ServerSettings(BaseSettings):
+    """Everything `rohde serve` can be told; one instance is passed to `create_app`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, protected_namespaces=())
+
+    # HTTP
+    host: str = "127.0.0.1"  # bind address; loopback unless deliberately opened
+    port: int = Field(default=8000, ge=0, le=65535)  # 0 picks a free port
+    admin_token: str | None = None  # bearer token for PUT /models/active; None disables model changes
+
+    # Models
+    models_dir: Path = Field(default_factory=default_models_dir)  # folder of model packages
+    model: str = "rohde-default"  # package (folder name under models_dir) activated at start-up
+    providers: list[str] | None = None  # ONNX Runtime providers to try, in order; None = CUDA if present, else CPU
+
+    # Streams
+    stream_name: str | None = None  # pick LSL streams by name ...
+    stream_type: str | None = "EMG"  # ... and/or by type ...
+    stream_source_id: str | None = None  # ... and/or by source_id
+    max_streams: int = Field(default=4, ge=1)  # streams served at once (one worker each)
+    inlet_buffer_s: int = Field(default=10, ge=1)  # liblsl inlet buffer; older samples are dropped on overflow
+    pull_interval_ms: float = Field(default=2.0, gt=0)  # sleep between non-blocking pulls when idle
+    resolve_interval_s: float = Field(default=1.0, gt=0)  # how often the watchdog looks for (re)appearing streams
+    stale_after_s: float = Field(default=1.0, gt=0)  # a connected stream silent this long is declared lost
+    gap_tolerance_samples: int = Field(default=4, ge=1)  # timestamp jumps beyond this many sample periods are gaps
+    reset_after_gap_ms: float = Field(default=100.0, ge=0)  # gaps longer than this restart the filter
+
+    # Decisions
+    vote_k: int = Field(default=5, ge=1)  # majority vote over the last k windows
+    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # below: the decision is rejected
+    max_batch: int = Field(default=64, ge=1)  # most windows in one inference batch
+    reject_bad_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # flat/saturated share that rejects
+
+    # Quality monitor
+    quality_window_s: float = Field(default=0.5, gt=0)  # raw history each quality estimate looks at
+    quality_interval_s: float = Field(default=0.25, gt=0)  # how often quality is re-estimated
+    flat_std_uv: float = Field(default=0.5, ge=0)  # raw standard deviation below this: flat channel
+    saturation_uv: float = Field(default=6000.0, gt=0)  # |raw| at or above this: saturated
+    powerline_ratio: float = Field(default=0.8, gt=0, le=1)  # share of >20 Hz power within +-2 Hz of mains
+    artifact_uv: float = Field(default=100.0, gt=0)  # RMS in 1-20 Hz (no EMG there) above which: artifact
+    mains_hz: float = Field(default=50.0, gt=0)  # power-line frequency for the quality monitor
+
+    # Outputs
+    ws_queue_size: int = Field(default=256, ge=1)  # messages held per WebSocket client before dropping oldest
+    marker_outlet: bool = True  # publish decisions as an LSL marker stream
+    marker_stream_name: str = "RoHDE-Decisions"  # name of that marker stream
+
+    lsl_config: Path = Field(default_factory=default_lsl_config)  # LSLAPICFG used when none is set
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @property
+    def stream_query(self) -> dict[str, str]:
+        """The LSL properties a stream must have to be served."""
+        query = {"name": self.stream_name, "type": self.stream_type, "source_id": self.stream_source_id}
+        return {k: v for k, v in query.items() if v}
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist; give an existing JSON or TOML file.")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"Config file {str(path)!r} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {str(path)!r} must hold a table of settings.")
+    return data
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> ServerSettings:
+    """Build settings from defaults, a config file, `ROHDE_*` variables and `overrides` (None = not given)."""
+    config_file = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
+    values: dict[str, Any] = {}
+    if config_file:
+        file_values = _read_config_file(Path(config_file))
+        # The environment beats the file: keep only file values no variable overrides.
+        values.update({k: v for k, v in file_values.items() if ENV_PREFIX + k.upper() not in os.environ})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServerSettings(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid server settings: {exc}") from exc

@@ -1,0 +1,201 @@
+"""End to end with real parts: `rohde replay` (a pylsl outlet) and `rohde serve` in subprocesses, a real
+WebSocket client and an LSL inlet on the truth markers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from rohde.server.lsl_inlet import import_pylsl
+
+from .conftest import LSL_CONFIG, ROHDE, ModelSet, free_port, lsl_env, unique, wait_for
+
+pytestmark = [pytest.mark.lsl, pytest.mark.timeout(150)]
+logger = logging.getLogger(__name__)  # figures: run with --log-cli-level=INFO
+
+
+def start_server(processes: list[subprocess.Popen[bytes]], tmp_path: Path, model_set: ModelSet,
+                 stream_name: str, *extra: str) -> str:
+    port = free_port()
+    log = (tmp_path / f"server-{port}.log").open("wb")
+    processes.append(subprocess.Popen(
+        [ROHDE, "serve", "--port", str(port), "--models-dir", str(model_set.models_dir), "--model", "good",
+         "--stream-name", stream_name, *extra],
+        env={**lsl_env(), "ROHDE_RESOLVE_INTERVAL_S": "0.2"}, stdout=log, stderr=subprocess.STDOUT))
+    base = f"http://127.0.0.1:{port}"
+
+    def is_ready() -> bool:
+        try:
+            return httpx.get(f"{base}/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(is_ready, 40, 0.2)
+    return base
+
+
+def start_outlet(processes: list[subprocess.Popen[bytes]], recording_file: Path, name: str,
+                 source_id: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([ROHDE, "replay", str(recording_file), "--name", name, "--source-id", source_id],
+                            env=lsl_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    processes.append(proc)
+    return proc
+
+
+def messages_until(ws: ClientConnection, predicate: Any, timeout_s: float) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            message = json.loads(ws.recv(timeout=max(0.05, deadline - time.monotonic())))
+        except TimeoutError:
+            break
+        seen.append(message)
+        if predicate(message):
+            return seen
+    raise TimeoutError(f"no matching message in {timeout_s} s; last: {seen[-3:]}")
+
+
+def collect(base: str, name: str, seconds: float) -> tuple[list[dict[str, Any]], list[list[str]], list[float]]:
+    """Decisions of stream `name` over `seconds`, and the truth markers of its amplifier."""
+    pylsl = import_pylsl(LSL_CONFIG)
+    (truth_info,) = wait_for(lambda: pylsl.resolve_byprop("name", f"{name}-truth", 1, 1.0), 10)
+    truth = pylsl.StreamInlet(truth_info, processing_flags=pylsl.proc_clocksync)
+    truth.open_stream(timeout=5)
+    predictions: list[dict[str, Any]] = []
+    with connect(f"ws://127.0.0.1:{base.split(':')[-1]}/ws?stream={name}") as ws:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            message = json.loads(ws.recv(timeout=5))
+            if message["kind"] == "prediction":
+                predictions.append(message)
+    markers, stamps = truth.pull_chunk(timeout=1.0)
+    assert predictions and markers, "no decisions or no truth markers arrived"
+    return predictions, markers, stamps
+
+
+def compare_with_offline(predictions: list[dict[str, Any]], markers: list[list[str]], stamps: list[float], *,
+                         samples: np.ndarray, labels: np.ndarray, fs_hz: float, package_dir: Path,
+                         what: str) -> tuple[float, float, float]:
+    """Place each live window in the source stream (a truth marker carries its sample index), run the
+    same window offline (filter from sample 0, ONNX Runtime), and score both against the true labels.
+
+    `samples` `(n, C)` and `labels` `(n,)` are the source stream from its first sample. Returns live
+    accuracy, offline accuracy (same windows, usable labels only) and the live/offline agreement.
+    """
+    import onnxruntime as ort
+
+    from rohde.core.model_package import load_model_package
+    from rohde.core.preprocessing import filter_recording
+
+    package = load_model_package(package_dir)
+    t0 = stamps[0] - int(markers[0][2]) / fs_hz  # LSL time of the stream's sample 0
+    window = package.metadata.window_samples
+    ends = np.array([int(round((p["lsl_time"] - t0) * fs_hz)) + 1 for p in predictions])
+    assert (ends > window).all() and (ends <= len(samples)).all()
+    normalized = package.normalization.apply(filter_recording(samples[: ends.max()], package.preprocessing))
+    session = ort.InferenceSession(str(package.onnx_path), providers=["CPUExecutionProvider"])
+    batch = np.stack([normalized[e - window : e].T for e in ends])
+    offline = np.argmax(session.run(None, {package.metadata.input_name: batch})[0], axis=1)
+    names = package.metadata.labels
+    live = np.array([names.index(p["window_gesture"]) for p in predictions])
+    truth = labels[ends - 1]
+    usable = truth >= 0
+    live_accuracy = float(np.mean(live[usable] == truth[usable]))
+    offline_accuracy = float(np.mean(offline[usable] == truth[usable]))
+    agreement = float(np.mean(live == offline))
+    latencies = np.array([p["latency_ms"] for p in predictions])
+    logger.info("%s: live accuracy %.3f, offline %.3f on the same %d windows, live/offline agreement %.3f; "
+                "processing latency median %.2f ms, p99 %.2f ms", what, live_accuracy, offline_accuracy,
+                int(usable.sum()), agreement, np.median(latencies), np.percentile(latencies, 99))
+    assert usable.sum() > 150  # about 20 decisions per second
+    # The truth markers alone (latest marker at or before a window's end, as `rohde demo` scores) give
+    # the same labels as the source.
+    order = np.argsort(stamps, kind="stable")
+    sorted_stamps = np.asarray(stamps)[order]
+    scored = np.array([p["lsl_time"] >= sorted_stamps[0] for p in predictions])
+    latest = np.searchsorted(sorted_stamps, [p["lsl_time"] for p in predictions], side="right") - 1
+    from_markers = [markers[order[i]][0] for i in latest]
+    source = [names[t] if t >= 0 else "pause" for t in truth]
+    same = np.array([a == b for a, b in zip(from_markers, source, strict=True)])
+    assert same[scored].mean() >= 0.99, [(a, b) for a, b, ok in zip(from_markers, source, same, strict=True) if not ok]
+    return live_accuracy, offline_accuracy, agreement
+
+
+def test_live_decisions_follow_the_truth(tmp_path: Path, model_set: ModelSet,
+                                         processes: list[subprocess.Popen[bytes]]) -> None:
+    name = unique("e2e")
+    recording = model_set.recording
+    start_outlet(processes, recording.save(tmp_path / "replay"), name, name)
+    base = start_server(processes, tmp_path, model_set, name)
+    predictions, markers, stamps = collect(base, name, 14.0)
+    loops = 40  # the replay loops the 8 s recording; enough copies for every live window
+    live_accuracy, offline_accuracy, agreement = compare_with_offline(
+        predictions, markers, stamps, samples=np.tile(recording.samples, (loops, 1)),
+        labels=np.tile(recording.labels, loops), fs_hz=recording.fs_hz, package_dir=model_set.models_dir / "good",
+        what="replayed recording")
+    assert abs(live_accuracy - offline_accuracy) <= 0.02
+    assert agreement >= 0.97
+    smoothed = [p["gesture"] for p in predictions]
+    assert set(smoothed) == set(recording.gesture_names)  # follows every scheduled gesture
+    assert "rohde_processing_latency_seconds_count" in httpx.get(f"{base}/metrics").text
+
+
+def test_killed_outlet_recovers_with_same_and_new_source_id(tmp_path: Path, model_set: ModelSet,
+                                                            processes: list[subprocess.Popen[bytes]]) -> None:
+    name = unique("restart")
+    recording_file = model_set.recording.save(tmp_path / "replay")
+    first = start_outlet(processes, recording_file, name, f"{name}-a")
+    base = start_server(processes, tmp_path, model_set, name)
+    stream_id = f"{name}-a"
+    with connect(f"ws://127.0.0.1:{base.split(':')[-1]}/ws") as ws:
+        messages_until(ws, lambda m: m["kind"] == "prediction", 15)
+        for new_source in (f"{name}-a", f"{name}-b"):  # same source_id, then a new one
+            first.send_signal(signal.SIGKILL)
+            first.wait(5)
+            lost = messages_until(ws, lambda m: m.get("event") == "stream_lost", 10)[-1]
+            assert lost["stream_id"] == stream_id
+            state = httpx.get(f"{base}/streams").json()["streams"][0]
+            assert state["state"] == "lost" and state["reason"]
+            first = start_outlet(processes, recording_file, name, new_source)
+            back = messages_until(ws, lambda m: m.get("event") == "stream_recovered", 20)[-1]
+            assert back["stream_id"] == stream_id and back["source_id"] == new_source
+            after = messages_until(ws, lambda m: m["kind"] == "prediction", 10)[-1]
+            assert after["stream_id"] == stream_id
+    streams = httpx.get(f"{base}/streams").json()["streams"]
+    assert len(streams) == 1 and streams[0]["lost_count"] == 2 and streams[0]["recovered_count"] == 2
+    assert streams[0]["source_id"] == f"{name}-b"
+
+
+@pytest.mark.slow
+def test_simulated_amplifier_live_accuracy_matches_offline(tmp_path: Path, simulator_models: Path,
+                                                           processes: list[subprocess.Popen[bytes]]) -> None:
+    """`rohde simulate` -> `rohde serve` -> WebSocket: each live window is located in the simulator's
+    sample stream (via the truth markers) and compared with the offline evaluation of the same window."""
+    from rohde.core.simulator import LiveSimulator
+
+    name, seed, live_s = unique("sim"), 21, 14.0
+    processes.append(subprocess.Popen(
+        [ROHDE, "simulate", "--name", name, "--source-id", name, "--seed", str(seed), "--schedule", "clean"],
+        env=lsl_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    model_set = ModelSet(simulator_models, None, 0.0)  # type: ignore[arg-type]
+    base = start_server(processes, tmp_path, model_set, name)
+    predictions, markers, stamps = collect(base, name, live_s)
+    sim = LiveSimulator(seed=seed, schedule=("clean",), condition_s=30.0)
+    t0 = stamps[0] - int(markers[0][2]) / sim.fs_hz
+    chunk = sim.read(int((max(p["lsl_time"] for p in predictions) - t0 + 1.0) * sim.fs_hz))
+    live_accuracy, offline_accuracy, agreement = compare_with_offline(
+        predictions, markers, stamps, samples=chunk.samples, labels=chunk.labels, fs_hz=sim.fs_hz,
+        package_dir=simulator_models / "good", what="simulator stream")
+    assert abs(live_accuracy - offline_accuracy) <= 0.02
+    assert agreement >= 0.97
