@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rohde.training.lda import LDA, ledoit_wolf_shrinkage
 
 from rohde.core.errors import ConfigError
+from rohde.training.lda import LDA, ledoit_wolf_shrinkage
 
 
 def _blobs(

@@ -1,0 +1,57 @@
+"""The whole pipeline with the tiny config on small simulated data, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rohde.cli import main
+from rohde.core.model_package import load_model_package
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.slow
+def test_rohde_train_then_evaluate(small_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models" / "tiny"
+    code = main(["train", "--data", str(small_dataset), "--out", str(out), "--config", str(CONFIGS / "tiny.json"),
+                 "--work-dir", str(tmp_path / "work"), "--no-progress"])  # fmt: skip
+    assert code == 0
+    package = load_model_package(out)
+    assert set(package.metadata.metrics) == {"clean", "CA", "LC"}
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert set(report["models"]) == {"clean", "seen_disturbed", "generic", "oracle", "rohde", "lda"}
+    for per in report["models"].values():
+        for m in per.values():
+            assert 0.0 <= m["accuracy"] <= 1.0 and len(m["accuracy_vs_votes"]) == 3
+    assert set(report["fraction_sweep"]) == {"0", "0.5", "1"}
+    assert report["export"]["parity_max_abs_diff"] <= 1e-4
+    assert set(report["gan_quality"]["metrics"]) == {"CA", "LC"}
+    for name in ("report.md", "accuracy_vs_votes.png", "accuracy_vs_generated_fraction.png", "confusion.png",
+                 "gan_synthetic_vs_real.png"):  # fmt: skip
+        assert (out / "report" / name).is_file()
+    assert (tmp_path / "work" / "checkpoints" / "rohde_f0.5.pt").is_file()
+    assert not any(p.suffix == ".pt" for p in out.rglob("*"))  # the package holds no pickles
+
+    test_only = tmp_path / "test_session"
+    test_only.mkdir()
+    for path in small_dataset.glob("*sess2*"):
+        (test_only / path.name).write_bytes(path.read_bytes())
+    evaluated = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(out), "--data", str(test_only), "--out", str(evaluated)]) == 0
+    result = json.loads((evaluated / "report.json").read_text())["models"]["rohde-tiny"]
+    # ONNX Runtime on the package scores the test session as the pipeline scored the PyTorch model.
+    for condition in ("clean", "CA", "LC"):
+        expected = report["models"]["rohde"][condition]
+        assert result[condition]["n_windows"] == expected["n_windows"]
+        assert abs(result[condition]["accuracy"] - expected["accuracy"]) <= 0.01
+    assert (evaluated / "report.md").is_file() and (evaluated / "accuracy_vs_votes.png").is_file()
+
+
+def test_train_refuses_a_bad_config(small_dataset: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"augment": {"copies": 0}}))
+    code = main(["train", "--data", str(small_dataset), "--out", str(tmp_path / "m"), "--config", str(bad)])
+    assert code == 2
