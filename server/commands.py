@@ -36,8 +36,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
             p.add_argument("file", help="recording to play (looped unless --once)")
             p.add_argument("--once", action="store_true", help="stop at the end of the recording")
         else:
-            p.add_argument("--subject", type=int, default=0, help="simulated subject (default 0)")
-            p.add_argument("--session", type=int, default=0, help="simulated session (default 0)")
+            p.add_argument("--subject", type=int, default=1,
+                           help="simulated subject (default 1: a subject of the default training data)")
+            p.add_argument("--session", type=int, default=3,
+                           help="simulated session (default 3: a day the shipped model never saw)")
             p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
             p.add_argument("--schedule", default="clean,CA,LC", help="conditions in turn (default clean,CA,LC)")
             p.add_argument("--condition-s", type=float, default=30.0, help="seconds per condition (default 30)")
