@@ -199,3 +199,58 @@ def test_simulated_amplifier_live_accuracy_matches_offline(tmp_path: Path, simul
         package_dir=simulator_models / "good", what="simulator stream")
     assert abs(live_accuracy - offline_accuracy) <= 0.02
     assert agreement >= 0.97
+
+
+def _stalled_websocket(port: int, path: str) -> Any:
+    """A real WebSocket client over TCP that completes the handshake and then never reads.
+
+    Its tiny receive buffer makes the server's socket back up within seconds, as a client on a
+    congested link or a frozen browser tab would.
+    """
+    import base64
+    import os
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response.split(b"\r\n")[0], response
+    return sock
+
+
+def test_stalled_websocket_client_loses_oldest_and_never_stalls_others(
+    tmp_path: Path, model_set: ModelSet, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    name = unique("slow")
+    start_outlet(processes, model_set.recording.save(tmp_path / "replay"), name, name)
+    base = start_server(processes, tmp_path, model_set, name, "--ws-queue-size", "8")
+    port = int(base.split(":")[-1])
+    stalled = _stalled_websocket(port, f"/ws?stream={name}")
+    try:
+        sequences: list[int] = []
+        with connect(f"ws://127.0.0.1:{port}/ws?stream={name}") as ws:
+            end = time.monotonic() + 20.0
+            while time.monotonic() < end:
+                try:
+                    message = json.loads(ws.recv(timeout=5))
+                except TimeoutError:
+                    raise AssertionError(f"attentive client starved after {len(sequences)} decisions") from None
+                if message["kind"] == "prediction":
+                    sequences.append(message["seq"])
+        metrics = httpx.get(f"{base}/metrics").text
+    finally:
+        stalled.close()
+    dropped = next(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("rohde_ws_dropped_messages_total"))
+    assert dropped > 0, "the stalled client never lost a message: its socket did not back up"
+    # The attentive client saw every decision, in order, at the full rate (about 20 per second).
+    assert len(sequences) > 300
+    assert np.all(np.diff(sequences) == 1), "the attentive client missed decisions"
