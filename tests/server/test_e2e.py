@@ -186,12 +186,13 @@ def test_simulated_amplifier_live_accuracy_matches_offline(tmp_path: Path, simul
 
     name, seed, live_s = unique("sim"), 21, 14.0
     processes.append(subprocess.Popen(
-        [ROHDE, "simulate", "--name", name, "--source-id", name, "--seed", str(seed), "--schedule", "clean"],
+        [ROHDE, "simulate", "--name", name, "--source-id", name, "--seed", str(seed), "--schedule", "clean",
+         "--subject", "0", "--session", "0"],
         env=lsl_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     model_set = ModelSet(simulator_models, None, 0.0)  # type: ignore[arg-type]
     base = start_server(processes, tmp_path, model_set, name)
     predictions, markers, stamps = collect(base, name, live_s)
-    sim = LiveSimulator(seed=seed, schedule=("clean",), condition_s=30.0)
+    sim = LiveSimulator(subject=0, session=0, seed=seed, schedule=("clean",), condition_s=30.0)
     t0 = stamps[0] - int(markers[0][2]) / sim.fs_hz
     chunk = sim.read(int((max(p["lsl_time"] for p in predictions) - t0 + 1.0) * sim.fs_hz))
     live_accuracy, offline_accuracy, agreement = compare_with_offline(
