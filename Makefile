@@ -38,5 +38,9 @@ data-demo: $(STAMP)
 	$(BIN)/rohde data simulate --out $(DATA_DIR) --quick
 	$(BIN)/rohde data plot $(DATA_DIR) --out $(DATA_DIR)/plots
 
+# Benchmarks with real parts (outlets, server, WebSocket clients); writes bench/results.json and bench/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/rohde bench --out bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rohde import benchmarks
     from rohde.core import data_commands
     from rohde.server import commands as server_commands
     from rohde.training import commands as training_commands
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.register(subparsers)
     training_commands.register(subparsers)
     server_commands.register(subparsers)
+    benchmarks.register(subparsers)
     return parser
 
 

@@ -45,7 +45,8 @@ Announce = Callable[[str, str, str, str | None], None]  # (event, stream_id, det
 class IngestConfig:
     buffer_s: int = 10  # liblsl inlet buffer length
     max_chunk_s: float = 0.5  # largest pull, in seconds of samples
-    pull_interval_s: float = 0.002  # idle sleep between non-blocking pulls
+    pull_interval_s: float = 0.002  # idle sleep after a pull that came back empty
+    pull_wait_s: float = 0.05  # a pull waits in liblsl up to this long for the next chunk (no polling)
     stale_after_s: float = 1.0  # silence after which a connected stream is lost
     gap_tolerance_samples: int = 4  # timestamp jumps beyond this many periods are gaps
     reset_after_gap_ms: float = 100.0  # longer gaps restart the filter and the windows
@@ -192,7 +193,7 @@ class StreamWorker:
                     self._stop.wait(0.05)
                     continue
                 try:
-                    samples, stamps = reader.pull()
+                    samples, stamps = reader.pull(self._config.pull_wait_s)
                 except ConnectionError as exc:
                     self._mark_lost(str(exc))
                     continue
@@ -348,13 +349,13 @@ class StreamWorker:
             bad_channels_nf = ~finite.all(axis=0)
             last_bad = int(np.nonzero(~finite.all(axis=1))[0][-1])
             pipe.nonfinite_until = pipe.total + last_bad + 1 + pipe.window
-        quality.push(samples, bad_channels_nf)
 
         idx = (pipe.total + np.arange(n)) % pipe.ts_capacity
         pipe.timestamps[idx] = stamps
         pipe.total += n
         ready = pipe.windower.push(pipe.filter.process(samples))
         if not ready:
+            quality.push(samples, bad_channels_nf)
             return
         bad = tuple(quality.bad_channels)
         hard_fraction = quality.hard_bad_fraction()
@@ -376,6 +377,9 @@ class StreamWorker:
             )
             self._jobs.put(job)
             self.windows_emitted += 1
+        # The quality estimate (an FFT of every channel, a few ms) runs after the windows are queued, so it
+        # never delays a decision; their bad-channel list is the estimate of the chunk before.
+        quality.push(samples, bad_channels_nf)
 
     def _check_gap(self, first_stamp: float, pipe: _Pipeline) -> None:
         last = self.last_lsl_time

@@ -150,14 +150,17 @@ class InletReader:
         self._inlet.open_stream(timeout=timeout_s)
         self.description = StreamDescription.from_info(self._inlet.info(timeout=timeout_s))
 
-    def pull(self) -> tuple[np.ndarray, np.ndarray]:
+    def pull(self, wait_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Samples `(n, n_channels)` float32 (a view valid until the next pull) and timestamps `(n,)`.
 
+        With `wait_s > 0`, waits inside liblsl up to `wait_s` for the first sample, then takes what
+        else is there: the thread wakes once per arriving chunk instead of polling.
         Timestamps are in the local LSL clock (clock correction applied by liblsl). Raises
         ConnectionError when the outlet is gone.
         """
         try:
-            _, stamps = self._inlet.pull_chunk(timeout=0.0, max_samples=self._max_chunk, dest_obj=self._buffer)
+            _, stamps = self._inlet.pull_chunk(timeout=wait_s, max_samples=self._max_chunk, dest_obj=self._buffer,
+                                               min_samples=1 if wait_s > 0 else None)
         except self._lost_error as exc:
             raise ConnectionError(f"Stream {self.description.name!r} was lost: {exc}") from exc
         n = len(stamps)

@@ -205,7 +205,8 @@ def test_simulated_amplifier_live_accuracy_matches_offline(tmp_path: Path, simul
 def _stalled_websocket(port: int, path: str) -> Any:
     """A real WebSocket client over TCP that completes the handshake and then never reads.
 
-    Its tiny receive buffer makes the server's socket back up within seconds, as a client on a
+    Its tiny receive buffer and segment size (loopback segments are 64 kB, and the kernel sizes the
+    server's send buffer from them) make the server's socket back up within seconds, as a client on a
     congested link or a frozen browser tab would.
     """
     import base64
@@ -214,6 +215,7 @@ def _stalled_websocket(port: int, path: str) -> Any:
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(

@@ -1,0 +1,44 @@
+"""Smoke test of the bench harness: a tiny configuration runs end to end and writes valid results.
+
+Real parts only (outlet process, `rohde serve` subprocess, WebSocket client); no timing asserts,
+since absolute times on a shared machine say nothing about correctness.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rohde.benchmarks import BenchConfig, build_tiny_package, run_bench
+
+
+@pytest.mark.lsl
+@pytest.mark.timeout(180)
+def test_bench_harness_writes_results(tmp_path: Path) -> None:
+    model = build_tiny_package(tmp_path / "models" / "tiny")
+    out = tmp_path / "bench"
+    config = BenchConfig(model=model, out_dir=out, sections=("inference", "latency", "soak"), latency_streams=(1,),
+                         capacity_probes=0, step_s=2.0, warmup_s=0.5, soak_s=2.0, soak_streams=1,
+                         batch_sizes=(1, 2), inference_s=0.05, command="pytest tests/test_bench.py")
+    run_bench(config)
+
+    results = json.loads((out / "results.json").read_text())
+    cpu = results["cpu"]
+    assert results["gpu"] is None
+    assert cpu["meta"]["command"] == "pytest tests/test_bench.py"
+    assert cpu["meta"]["machine"]["logical_cpus"] >= 1
+    steps = cpu["latency"]["steps"]
+    assert [s["n_streams"] for s in steps][:1] == [1]
+    first = steps[0]
+    assert first["decisions_received"] > 0
+    assert first["e2e_latency_ms"]["n"] > 0 and first["e2e_latency_ms"]["p50"] > 0
+    assert first["unmatched_decisions"] == 0
+    assert cpu["latency"]["capacity_streams"] in (0, 1)
+    assert cpu["soak"]["memory_samples"]
+    rows = cpu["inference"]["rows"]
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert cpu["inference"]["parity_max_abs"] < 1e-4
+    markdown = (out / "RESULTS.md").read_text()
+    assert "Decision latency" in markdown and "ONNX Runtime vs PyTorch" in markdown
