@@ -30,6 +30,7 @@ from rohde.server.inference import ActiveModel, ModelManager
 from rohde.server.lsl_inlet import InletReader, StreamDescription, StreamQuery, check_stream_fits_model
 from rohde.server.metrics import ServerMetrics
 from rohde.server.quality import QualityMonitor, QualityThresholds
+from rohde.server.threads import OwnedThread
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,8 @@ class StreamWorker:
         self._config = config
         self._announce = announce
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = OwnedThread(self._run, name=f"rohde-stream-{stream_id}")
+        self._stop = self._thread.stop_event
         self._reader: InletReader | None = None
         self._pending: StreamDescription | None = None
         self._pending_info: Any = None
@@ -138,24 +139,17 @@ class StreamWorker:
 
     # ---- ownership -------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"rohde-stream-{self.stream_id}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout_s)
+        self._thread.stop(timeout_s)
         with self._lock:
             self._close_reader()
             self.state = STOPPED
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.alive
 
     def attach(self, info: Any) -> None:
         """Hand the worker a (new or returning) stream; the worker thread validates and opens it."""

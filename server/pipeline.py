@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -21,6 +20,7 @@ from rohde.server.inference import ModelManager
 from rohde.server.ingest import WindowJob
 from rohde.server.messages import PredictionMessage
 from rohde.server.metrics import ServerMetrics
+from rohde.server.threads import OwnedThread
 
 logger = logging.getLogger(__name__)
 
@@ -41,27 +41,20 @@ class InferenceLoop:
         self.max_batch = max_batch
         self._smoothers: dict[str, DecisionSmoother] = {}
         self._seq: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = OwnedThread(self._run, name="rohde-inference")
+        self._stop = self._thread.stop_event
         self.error: str | None = None
         self.windows_dropped_no_model = 0
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="rohde-inference", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout_s)
+        self._thread.stop(timeout_s)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.alive
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 
 from rohde.server.inference import ModelManager
 from rohde.server.ingest import LOST, REFUSED, Announce, IngestConfig, StreamWorker, WindowJob
 from rohde.server.lsl_inlet import StreamDescription, StreamQuery, StreamResolver
 from rohde.server.metrics import ServerMetrics
+from rohde.server.threads import OwnedThread
 
 logger = logging.getLogger(__name__)
 
@@ -37,25 +37,19 @@ class StreamManager:
         self.max_streams = max_streams
         self.resolve_interval_s = resolve_interval_s
         self.workers: dict[str, StreamWorker] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = OwnedThread(self._run, name="rohde-watchdog")
+        self._stop = self._thread.stop_event
         self.error: str | None = None
         self.scans = 0
         self._resolver: StreamResolver | None = None
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._resolver = StreamResolver(self.query, lsl_config=self._config.lsl_config)
-        self._thread = threading.Thread(target=self._run, name="rohde-watchdog", daemon=True)
+        if self._resolver is None:
+            self._resolver = StreamResolver(self.query, lsl_config=self._config.lsl_config)
         self._thread.start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout_s)
+        self._thread.stop(timeout_s)
         for worker in list(self.workers.values()):
             worker.stop()
         resolver, self._resolver = self._resolver, None
@@ -64,7 +58,7 @@ class StreamManager:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.alive
 
     def states(self) -> dict[str, str]:
         return {sid: w.state for sid, w in list(self.workers.items())}

@@ -1,0 +1,41 @@
+"""One owned worker thread: idempotent start and stop, joined with a timeout."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+
+class OwnedThread:
+    """Runs `target` on a daemon thread; `stop_event` tells the target's loop to end."""
+
+    def __init__(self, target: Callable[[], None], *, name: str) -> None:
+        self._target = target
+        self.name = name
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread; a second call while it runs does nothing."""
+        if self._thread is not None:
+            return
+        self.stop_event.clear()
+        self._thread = threading.Thread(target=self._target, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask the thread to end and wait up to `timeout_s`; safe to call more than once."""
+        self.stop_event.set()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        thread.join(timeout_s)
+        if thread.is_alive():
+            logger.warning("Thread %s did not stop within %.1f s.", self.name, timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
