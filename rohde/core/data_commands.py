@@ -27,6 +27,7 @@ import numpy as np
 from rohde.core.datasets import find_recordings, load_any
 from rohde.core.errors import ConfigError, RecordingFormatError
 from rohde.core.gestures import UNUSABLE
+from rohde.core.lda import LDA
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import SUFFIX, Recording
 
@@ -291,8 +292,6 @@ def _features_of(paths: list[Path], args: argparse.Namespace) -> list[_Features]
 
 
 def _score(train: list[_Features], tests: dict[str, list[_Features]]) -> list[dict[str, Any]]:
-    from rohde.training.lda import LDA
-
     X = np.concatenate([f.X for f in train])
     y = np.concatenate([f.y for f in train])
     if len(np.unique(y)) < 2:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rohde.core.errors import ConfigError
-from rohde.training.lda import LDA, ledoit_wolf_shrinkage
+from rohde.core.lda import LDA, ledoit_wolf_shrinkage
 
 
 def _blobs(
