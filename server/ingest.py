@@ -1,9 +1,10 @@
 """Stream ingestion: one worker per LSL stream (the watchdog that finds and recovers them is in `watchdog`).
 
-A `StreamWorker` owns one inlet and one thread: non-blocking pulls into a preallocated buffer, gap
-and overflow counting from LSL timestamps, NaN/Inf handling, the live quality monitor, the shared
-causal `StreamFilter`, and a `StreamWindower` (the ring buffer of filtered samples) that emits a
-window every hop as a `WindowJob` on the inference queue.
+A `StreamWorker` owns one inlet and one thread: pulls into a preallocated buffer that wait in liblsl
+for the samples of the next window (one wake-up per hop, not per outlet chunk), gap and overflow
+counting from LSL timestamps, NaN/Inf handling, the live quality monitor, the shared causal
+`StreamFilter`, and a `StreamWindower` (the ring buffer of filtered samples) that emits a window
+every hop as a `WindowJob` on the inference queue.
 
 A worker notices loss itself (LostError from liblsl, or no samples for `stale_after_s`), announces
 it and waits for `attach` to hand it the stream again.
@@ -47,7 +48,8 @@ class IngestConfig:
     buffer_s: int = 10  # liblsl inlet buffer length
     max_chunk_s: float = 0.5  # largest pull, in seconds of samples
     pull_interval_s: float = 0.002  # idle sleep after a pull that came back empty
-    pull_wait_s: float = 0.05  # a pull waits in liblsl up to this long for the next chunk (no polling)
+    pull_wait_s: float = 0.1  # longest wait in liblsl for the next window's samples (> the largest gap between
+    # window ends, so one wake per window); bounds how late a stop or a silent stream is seen
     stale_after_s: float = 1.0  # silence after which a connected stream is lost
     gap_tolerance_samples: int = 4  # timestamp jumps beyond this many periods are gaps
     reset_after_gap_ms: float = 100.0  # longer gaps restart the filter and the windows
@@ -92,6 +94,12 @@ class _Pipeline:
         self.timestamps = np.zeros(self.ts_capacity, dtype=np.float64)
         self.total = 0
         self.nonfinite_until = 0  # windows ending at or before this index contain a non-finite sample
+
+    def samples_to_window_end(self) -> int:
+        """Samples still to arrive until the next window ends (ends at `window`, `window + hop`, ...)."""
+        if self.total < self.window:
+            return self.window - self.total
+        return self.windower.hop - (self.total - self.window) % self.windower.hop
 
     def reset(self) -> None:
         self.filter.reset()
@@ -187,7 +195,8 @@ class StreamWorker:
                     self._stop.wait(0.05)
                     continue
                 try:
-                    samples, stamps = reader.pull(self._config.pull_wait_s)
+                    samples, stamps = reader.pull(self._config.pull_wait_s,
+                                                  min_samples=self._samples_wanted(reader.max_chunk))
                 except ConnectionError as exc:
                     self._mark_lost(str(exc))
                     continue
@@ -204,6 +213,13 @@ class StreamWorker:
             logger.exception("Stream worker %s failed.", self.stream_id)
             self.error = f"{type(exc).__name__}: {exc}"
             self.state = STOPPED
+
+    def _samples_wanted(self, max_chunk: int) -> int:
+        """How many samples a pull waits for: those missing until the next window end, since no decision
+        can come sooner; the thread then wakes once per hop instead of once per outlet chunk."""
+        pipe = self._pipeline  # the current model's windows: a swap that changes them changes this count
+        missing = 1 if pipe is None else pipe.samples_to_window_end()
+        return min(max(missing, 1), max_chunk)
 
     def _take_pending(self) -> None:
         with self._lock:
@@ -320,9 +336,26 @@ class StreamWorker:
         if reader is not None:
             reader.close()
 
-    # ---- per chunk ------------------------------------------------------------------------------
+    # ---- per pull -------------------------------------------------------------------------------
     def _process(self, samples: np.ndarray, stamps: np.ndarray, *, full: bool) -> None:
+        """One pull, which spans several outlet chunks: a gap can fall inside it, so the runs between
+        gaps go through one by one, each gap is counted and a long one restarts the windows where it is."""
         pulled_at = time.perf_counter()
+        for start, stop in self._runs(stamps):
+            if start > 0:
+                self._prev_pull_full = False  # a gap inside one pull is the source's, not an overflow
+            self._process_run(samples[start:stop], stamps[start:stop], pulled_at)
+        self._prev_pull_full = full
+
+    def _runs(self, stamps: np.ndarray) -> list[tuple[int, int]]:
+        """Index ranges `[start, stop)` of `stamps` `(n,)` with no gap inside."""
+        if self.description is None:
+            return [(0, len(stamps))]
+        cuts = (np.flatnonzero(np.diff(stamps) > self._max_step_s(self.description)) + 1).tolist()
+        bounds = [0, *cuts, len(stamps)]
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+    def _process_run(self, samples: np.ndarray, stamps: np.ndarray, pulled_at: float) -> None:
         pipe = self._pipeline
         quality = self._quality
         if pipe is None or quality is None:
@@ -331,7 +364,6 @@ class StreamWorker:
         self.samples_received += n
         self._check_gap(stamps[0], pipe)
         self.last_lsl_time = float(stamps[-1])
-        self._prev_pull_full = full
 
         finite = np.isfinite(samples)
         bad_channels_nf: np.ndarray | None = None
@@ -372,8 +404,12 @@ class StreamWorker:
             self._jobs.put(job)
             self.windows_emitted += 1
         # The quality estimate (an FFT of every channel, a few ms) runs after the windows are queued, so it
-        # never delays a decision; their bad-channel list is the estimate of the chunk before.
+        # never delays a decision; their bad-channel list is the estimate of the pull before.
         quality.push(samples, bad_channels_nf)
+
+    def _max_step_s(self, desc: StreamDescription) -> float:
+        """The longest step between two timestamps that is not a gap."""
+        return (1 + self._config.gap_tolerance_samples) / desc.fs_hz
 
     def _check_gap(self, first_stamp: float, pipe: _Pipeline) -> None:
         last = self.last_lsl_time
@@ -381,7 +417,7 @@ class StreamWorker:
             return
         period = 1.0 / self.description.fs_hz
         delta = first_stamp - last
-        if delta <= (1 + self._config.gap_tolerance_samples) * period:
+        if delta <= self._max_step_s(self.description):
             return
         missing = int(round(delta / period)) - 1
         self._metrics.add("gaps", self.stream_id)

@@ -132,7 +132,7 @@ class StreamResolver:
 
 
 class InletReader:
-    """One open inlet with a preallocated pull buffer; `pull` never blocks."""
+    """One open inlet with a preallocated pull buffer; `pull` waits in liblsl at most `wait_s`."""
 
     def __init__(self, info: Any, *, buffer_s: int, max_chunk: int, lsl_config: Path | None = None) -> None:
         pylsl = import_pylsl(lsl_config)
@@ -150,17 +150,22 @@ class InletReader:
         self._inlet.open_stream(timeout=timeout_s)
         self.description = StreamDescription.from_info(self._inlet.info(timeout=timeout_s))
 
-    def pull(self, wait_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def pull(self, wait_s: float = 0.0, *, min_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Samples `(n, n_channels)` float32 (a view valid until the next pull) and timestamps `(n,)`.
 
-        With `wait_s > 0`, waits inside liblsl up to `wait_s` for the first sample, then takes what
-        else is there: the thread wakes once per arriving chunk instead of polling.
+        With `wait_s > 0`, waits inside liblsl up to `wait_s` until `min_samples` (1 to `max_chunk`)
+        have arrived, then takes what else is there, up to `max_chunk`; on timeout, what did arrive.
+        The thread sleeps until the samples its caller needs are in instead of waking per chunk.
+        With `wait_s == 0`, takes what is there now.
         Timestamps are in the local LSL clock (clock correction applied by liblsl). Raises
         ConnectionError when the outlet is gone.
         """
+        if not 1 <= min_samples <= self._max_chunk:
+            raise ValueError(f"min_samples must be between 1 and max_chunk ({self._max_chunk}), got {min_samples}; "
+                             "clamp it to that range.")
         try:
             _, stamps = self._inlet.pull_chunk(timeout=wait_s, max_samples=self._max_chunk, dest_obj=self._buffer,
-                                               min_samples=1 if wait_s > 0 else None)
+                                               min_samples=min_samples if wait_s > 0 else None)
         except self._lost_error as exc:
             raise ConnectionError(f"Stream {self.description.name!r} was lost: {exc}") from exc
         n = len(stamps)
