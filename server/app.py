@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +24,7 @@ from rohde import __version__
 from rohde.core.errors import ModelPackageError
 from rohde.server.hub import Hub
 from rohde.server.inference import ModelManager
-from rohde.server.ingest import IngestConfig, WindowJob
+from rohde.server.ingest import IngestConfig, JobQueue
 from rohde.server.lsl_inlet import StreamQuery
 from rohde.server.markers import DecisionMarkerOutlet
 from rohde.server.messages import PredictionMessage, StatusMessage
@@ -96,7 +95,7 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
         models.activate(settings.model)
     except ModelPackageError as exc:
         logger.error("Starting without a model (not ready): %s", exc)
-    jobs: queue.Queue[WindowJob] = queue.Queue()
+    jobs = JobQueue(settings.inference_queue_size, metrics)
 
     def announce(event: str, stream_id: str, detail: str, source_id: str | None) -> None:
         hub.publish_threadsafe(StatusMessage(event=event, server_time=time.time(), stream_id=stream_id,  # type: ignore[arg-type]

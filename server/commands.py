@@ -26,6 +26,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     serve.add_argument("--vote-k", type=int, help="majority vote over the last k windows (default 5)")
     serve.add_argument("--confidence-threshold", type=float, help="reject decisions below (default 0.5)")
     serve.add_argument("--ws-queue-size", type=int, help="messages held per WebSocket client (default 256)")
+    serve.add_argument("--inference-queue-size", type=int,
+                       help="windows waiting for inference before the oldest are shed (default 256)")
     serve.add_argument("--no-marker-outlet", action="store_true", help="do not publish decisions on LSL")
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
     serve.set_defaults(handler=_serve)
@@ -73,7 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
         args.config, host=args.host, port=args.port, models_dir=args.models_dir, model=args.model,
         stream_name=args.stream_name, stream_type=args.stream_type, stream_source_id=args.stream_source_id,
         max_streams=args.max_streams, vote_k=args.vote_k, confidence_threshold=args.confidence_threshold,
-        ws_queue_size=args.ws_queue_size, marker_outlet=False if args.no_marker_outlet else None,
+        ws_queue_size=args.ws_queue_size, inference_queue_size=args.inference_queue_size,
+        marker_outlet=False if args.no_marker_outlet else None,
     )
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, workers=1,
                             log_level="info", lifespan="on", ws="websockets-sansio")

@@ -74,6 +74,31 @@ class WindowJob:
     flags: tuple[str, ...]
 
 
+class JobQueue(queue.Queue[WindowJob]):
+    """The bounded inference queue. When inference falls behind (more streams than the machine can
+    serve), the oldest window is shed: a late decision is worthless for control, and the memory of an
+    unbounded backlog grows without limit. Each shed window is counted for its stream."""
+
+    def __init__(self, maxsize: int, metrics: ServerMetrics) -> None:
+        if maxsize < 1:
+            raise ValueError(f"The inference queue needs room for at least one window, got maxsize={maxsize}.")
+        super().__init__(maxsize)
+        self._metrics = metrics
+
+    def offer(self, job: WindowJob) -> None:
+        """Queue `job`, shedding the oldest queued windows while the queue is full."""
+        while True:
+            try:
+                self.put_nowait(job)
+                return
+            except queue.Full:
+                try:
+                    shed = self.get_nowait()
+                except queue.Empty:
+                    continue  # the inference loop took one meanwhile: room again
+                self._metrics.add("windows_shed", shed.stream_id)
+
+
 def _signature(package: ModelPackage) -> tuple[Any, ...]:
     """What the filter and windower depend on; equal signatures let a swap keep their state."""
     meta = package.metadata
@@ -111,7 +136,7 @@ class _Pipeline:
 class StreamWorker:
     """Owns one stream's inlet, thread and pipeline; `start`, `attach`, `stop` (idempotent)."""
 
-    def __init__(self, stream_id: str, *, query: StreamQuery, models: ModelManager, jobs: queue.Queue[WindowJob],
+    def __init__(self, stream_id: str, *, query: StreamQuery, models: ModelManager, jobs: JobQueue,
                  metrics: ServerMetrics, config: IngestConfig, announce: Announce) -> None:
         self.stream_id = stream_id
         self.query = query
@@ -401,7 +426,7 @@ class StreamWorker:
                 lsl_time=float(pipe.timestamps[(end - 1) % pipe.ts_capacity]), pulled_at=pulled_at,
                 bad_channels=bad, reject_reason=reason, flags=tuple(flags),
             )
-            self._jobs.put(job)
+            self._jobs.offer(job)
             self.windows_emitted += 1
         # The quality estimate (an FFT of every channel, a few ms) runs after the windows are queued, so it
         # never delays a decision; their bad-channel list is the estimate of the pull before.

@@ -56,6 +56,7 @@ class ServerMetrics:
         self.missing_samples: dict[str, int] = {}
         self.overflows: dict[str, int] = {}
         self.nonfinite_samples: dict[str, int] = {}
+        self.windows_shed: dict[str, int] = {}  # discarded, oldest first, because inference fell behind
         self.dropped_messages = 0
         self.windows_dropped = 0  # prepared for a model generation no longer loaded
         self.batches = 0
@@ -103,6 +104,8 @@ class ServerMetrics:
                 ("rohde_stream_missing_samples_total", "Samples estimated lost in gaps.", self.missing_samples),
                 ("rohde_stream_overflows_total", "Gaps caused by the inlet buffer overflowing.", self.overflows),
                 ("rohde_stream_nonfinite_samples_total", "NaN or Inf samples received.", self.nonfinite_samples),
+                ("rohde_windows_shed_total", "Windows discarded unprocessed, oldest first, because inference fell "
+                 "behind (inference queue full).", self.windows_shed),
             )
             for name, help_text, table in per_stream:
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]

@@ -73,6 +73,7 @@ class ServerSettings(BaseSettings):
     mains_hz: float = Field(default=50.0, gt=0)  # power-line frequency for the quality monitor
 
     # Outputs
+    inference_queue_size: int = Field(default=256, ge=1)  # windows waiting for inference before the oldest are shed
     ws_queue_size: int = Field(default=256, ge=1)  # messages held per WebSocket client before dropping oldest
     marker_outlet: bool = True  # publish decisions as an LSL marker stream
     marker_stream_name: str = "RoHDE-Decisions"  # name of that marker stream

@@ -11,10 +11,9 @@ reported in `/health`.
 from __future__ import annotations
 
 import logging
-import queue
 
 from rohde.server.inference import ModelManager
-from rohde.server.ingest import LOST, REFUSED, Announce, IngestConfig, StreamWorker, WindowJob
+from rohde.server.ingest import LOST, REFUSED, Announce, IngestConfig, JobQueue, StreamWorker
 from rohde.server.lsl_inlet import StreamDescription, StreamQuery, StreamResolver
 from rohde.server.metrics import ServerMetrics
 from rohde.server.threads import OwnedThread
@@ -25,7 +24,7 @@ logger = logging.getLogger(__name__)
 class StreamManager:
     """Owns every StreamWorker and the watchdog thread that resolves, recovers and supervises them."""
 
-    def __init__(self, *, query: StreamQuery, models: ModelManager, jobs: queue.Queue[WindowJob],
+    def __init__(self, *, query: StreamQuery, models: ModelManager, jobs: JobQueue,
                  metrics: ServerMetrics, config: IngestConfig, announce: Announce, max_streams: int,
                  resolve_interval_s: float) -> None:
         self.query = query

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -224,8 +223,8 @@ def run_scripted(models: ModelManager, monkeypatch: pytest.MonkeyPatch, config: 
         return made[-1]
 
     monkeypatch.setattr(ingest, "InletReader", make_inlet)
-    jobs: queue.Queue[ingest.WindowJob] = queue.Queue()
     metrics = ServerMetrics()
+    jobs = ingest.JobQueue(100_000, metrics)
     worker = ingest.StreamWorker("s", query=ingest.StreamQuery(name="fake"), models=models, jobs=jobs,
                                  metrics=metrics, config=config, announce=lambda *_: None)
     pylsl = import_pylsl(LSL_CONFIG)
@@ -285,3 +284,19 @@ def test_gap_inside_one_pull_is_counted_and_restarts_the_windows(model_set: Mode
     # The windows restart at the gap: the first one after it ends 200 samples after sample 430.
     assert [job.end_index for job in emitted] == [*range(200, 431, 50), *range(200, 1000 - 430 + 1, 50)]
     assert emitted[5].lsl_time == pytest.approx(100.0 + (430 + 199) / FS_HZ + 0.3)
+
+
+def _job(stream_id: str, end: int) -> ingest.WindowJob:
+    return ingest.WindowJob(stream_id=stream_id, generation=0, window=np.zeros((2, 4), np.float32), end_index=end,
+                            lsl_time=0.0, pulled_at=0.0, bad_channels=(), reject_reason=None, flags=())
+
+
+def test_full_inference_queue_sheds_the_oldest_windows_and_counts_them_per_stream() -> None:
+    metrics = ServerMetrics()
+    jobs = ingest.JobQueue(3, metrics)
+    for end in range(5):
+        jobs.offer(_job("a" if end < 2 else "b", end))
+    kept = [jobs.get_nowait().end_index for _ in range(jobs.qsize())]
+    assert kept == [2, 3, 4]  # the newest windows stay, in order
+    assert metrics.windows_shed == {"a": 2}
+    assert 'rohde_windows_shed_total{stream="a"} 2' in metrics.render({})
