@@ -49,6 +49,13 @@ def test_rohde_train_then_evaluate(small_dataset: Path, tmp_path: Path) -> None:
         assert abs(result[condition]["accuracy"] - expected["accuracy"]) <= 0.01
     assert (evaluated / "report.md").is_file() and (evaluated / "accuracy_vs_votes.png").is_file()
 
+    # Re-running the same command from scratch reproduces every figure (seeded end to end on CPU).
+    again = tmp_path / "models" / "tiny-again"
+    assert main(["train", "--data", str(small_dataset), "--out", str(again), "--config", str(CONFIGS / "tiny.json"),
+                 "--work-dir", str(tmp_path / "work-again"), "--no-progress"]) == 0  # fmt: skip
+    rerun = json.loads((again / "report" / "report.json").read_text())
+    assert rerun["models"] == report["models"] and rerun["fraction_sweep"] == report["fraction_sweep"]
+
 
 def test_train_refuses_a_bad_config(small_dataset: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
