@@ -1,6 +1,6 @@
 """`rohde data ...`: simulate, inspect, plot recordings and run the LDA baseline.
 
-- `rohde data simulate --out DIR [--preset default|quick | --quick] [--seed N]`
+- `rohde data simulate --out DIR [--preset default|full|quick | --quick] [--seed N]`
 - `rohde data info PATH [--json]`: channels, fs, duration, layout, condition, per-class sample
   counts, disturbance fraction and RMS range of a file, or of every recording in a folder.
 - `rohde data plot PATH --out FILE_OR_DIR`: one PNG for a file; for a folder, one PNG per
@@ -30,6 +30,7 @@ from rohde.core.gestures import UNUSABLE
 from rohde.core.lda import LDA
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import SUFFIX, Recording
+from rohde.core.simulator import PRESETS, simulate_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
     sim = data_sub.add_parser("simulate", help="write a simulated HD-EMG data set (*.rohde.npz + dataset.json)")
     sim.add_argument("--out", type=Path, required=True, help="output folder")
-    sim.add_argument("--preset", choices=("default", "quick"), default="default", help="data set size")
+    sim.add_argument("--preset", choices=sorted(PRESETS), default="default", help="data set size and protocol")
     sim.add_argument("--quick", action="store_const", const="quick", dest="preset", help="same as --preset quick")
     sim.add_argument("--seed", type=int, default=0, help="random seed")
     sim.set_defaults(handler=_cmd_simulate)
@@ -112,8 +113,6 @@ def default_preprocessing(recording: Recording, notch: str = "auto") -> Preproce
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from rohde.core.simulator import simulate_dataset
-
     paths = simulate_dataset(args.out, preset=args.preset, seed=args.seed)
     logger.info("Wrote %d files to %s (preset %s, seed %d).", len(paths), args.out, args.preset, args.seed)
     return 0

@@ -218,21 +218,23 @@ class DatasetPreset:
     config: SimulatorConfig = field(default_factory=SimulatorConfig)
 
 
-# A 192-channel, 2048 Hz float32 recording is ~1.5 MB per second on disk (noise barely compresses),
-# so "default" keeps each trial to one pass through the gestures (~13 s, ~19 MB) and writes
-# 3 x 2 x 4 trials (~450 MB); "full" is the longer protocol (~2 GB) for when disk and time allow.
+# A 192-channel, 2048 Hz float32 recording is ~1.5 MB per second on disk (noise barely compresses).
+# "default" holds each gesture 2 s (one pass per trial, ~23 s, ~35 MB) and writes 3 subjects x
+# 3 sessions x 5 trials (~1.6 GB): two sessions to train across electrode placements, one unseen
+# session to test, and enough clean trials that the model sees each gesture at many efforts.
+# "full" is the live simulator's own protocol (3 s holds, two passes; ~6 GB) for when disk and time allow.
 PRESETS: dict[str, DatasetPreset] = {
     "default": DatasetPreset(
         subjects=3,
-        sessions=2,
-        trials=(("clean", 2), ("CA", 1), ("LC", 1)),
-        config=SimulatorConfig(rest_s=0.7, gesture_s=1.0, ramp_s=0.2, repetitions=1),
+        sessions=3,
+        trials=(("clean", 3), ("CA", 1), ("LC", 1)),
+        config=SimulatorConfig(rest_s=1.0, gesture_s=2.0, ramp_s=0.3, repetitions=1),
     ),
     "full": DatasetPreset(
         subjects=3,
-        sessions=2,
+        sessions=3,
         trials=(("clean", 4), ("CA", 2), ("LC", 2)),
-        config=SimulatorConfig(rest_s=1.0, gesture_s=1.5, ramp_s=0.2, repetitions=2),
+        config=SimulatorConfig(),
     ),
     "quick": DatasetPreset(
         subjects=1,
