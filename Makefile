@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 # Every LSL call in this project runs loopback-only.
 export LSLAPICFG := $(CURDIR)/config/lsl_loopback.cfg
 DATA_DIR ?= $(HOME)/.cache/rohde/sim-default
+QUICK_DIR ?= $(HOME)/.cache/rohde/sim-quick
 DEMO_SECONDS ?= 60
 
-.PHONY: install test test-fast lint demo data-demo bench clean
+.PHONY: install test test-fast lint demo data-demo model bench clean
 
 install: $(STAMP)
 
@@ -35,8 +36,13 @@ demo: $(STAMP)
 
 # Simulate the quick dataset and draw its plots.
 data-demo: $(STAMP)
-	$(BIN)/rohde data simulate --out $(DATA_DIR) --quick
-	$(BIN)/rohde data plot $(DATA_DIR) --out $(DATA_DIR)/plots
+	$(BIN)/rohde data simulate --out $(QUICK_DIR) --quick
+	$(BIN)/rohde data plot $(QUICK_DIR) --out $(QUICK_DIR)/plots
+
+# Re-make the shipped model from the simulated default data set (about 12 minutes on 2 cores).
+model: $(STAMP)
+	$(BIN)/rohde data simulate --out $(DATA_DIR) --preset default --seed 0
+	$(BIN)/rohde train --data $(DATA_DIR) --out models/rohde-default --config configs/default.json
 
 # Benchmarks with real parts (outlets, server, WebSocket clients); writes bench/results.json and bench/RESULTS.md.
 bench: $(STAMP)
