@@ -25,10 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import fft as sp_fft
 
 from rohde.core.errors import ConfigError
 
 FLAGS = ("flat", "saturated", "powerline", "artifact", "nonfinite")
+_HARD = [FLAGS.index(f) for f in ("flat", "saturated", "nonfinite")]  # no usable EMG at all
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class QualityMonitor:
         freqs = np.fft.rfftfreq(self._n, 1.0 / fs_hz)
         self._taper = np.hanning(self._n).astype(np.float32)[:, None]
         # Band RMS from the tapered spectrum (Parseval): sqrt(2 * sum |X|^2 / (n * sum(taper^2))).
-        self._power_scale = 2.0 / (self._n * float(np.sum(self._taper.astype(np.float64) ** 2)))
+        self._power_scale = np.float32(2.0 / (self._n * float(np.sum(self._taper.astype(np.float64) ** 2))))
         self._low_band = (freqs >= 1.0) & (freqs < 20.0)
         self._above_20 = freqs >= 20.0
         mains = np.zeros_like(freqs, dtype=bool)
@@ -78,9 +80,8 @@ class QualityMonitor:
             mains |= np.abs(freqs - k * self.thresholds.mains_hz) <= 2.0
             k += 1
         self._mains = mains & self._above_20
-        self.channels: list[ChannelQuality] = [
-            ChannelQuality(c, (), 0.0, 0.0, 0.0) for c in range(n_channels)
-        ]
+        self._flags = np.zeros((n_channels, len(FLAGS)), dtype=bool)  # latest estimate, per channel and flag
+        self._stats = np.zeros((n_channels, 3))  # rms_uv, powerline_share, lowband_uv
         self.bad_channels: list[int] = []
 
     def push(self, raw: np.ndarray, nonfinite_channels: np.ndarray | None = None) -> None:
@@ -101,45 +102,44 @@ class QualityMonitor:
             self._estimate()
 
     def _estimate(self) -> None:
+        # Vectorised in float32: it runs in the stream's thread beside the inference thread, so the
+        # less time it holds the interpreter, the less it delays decisions (no per-channel Python loop).
         t = self.thresholds
         order = (self._written + np.arange(self._n)) % self._n  # oldest first, for the taper
-        raw = self._raw[order].astype(np.float64)
+        raw = self._raw[order]
         centred = raw - raw.mean(axis=0)
         std = centred.std(axis=0)
         peak = np.abs(raw).max(axis=0)
-        power = np.abs(np.fft.rfft(centred * self._taper, axis=0)) ** 2  # (n_freqs, n_channels)
-        eps = 1e-12
-        above = power[self._above_20].sum(axis=0) + eps
+        spectrum = sp_fft.rfft(centred * self._taper, axis=0)  # (n_freqs, n_channels) complex64
+        power = spectrum.real**2 + spectrum.imag**2
+        above = power[self._above_20].sum(axis=0) + 1e-12
         mains_share = power[self._mains].sum(axis=0) / above
         low_uv = np.sqrt(power[self._low_band].sum(axis=0) * self._power_scale)
-        nonfinite = self._nonfinite_until > self._written
-        channels = []
-        bad = []
-        for c in range(self.n_channels):
-            flags = []
-            if std[c] < t.flat_std_uv:
-                flags.append("flat")
-            if peak[c] >= t.saturation_uv:
-                flags.append("saturated")
-            if std[c] >= t.flat_std_uv and mains_share[c] > t.powerline_ratio:
-                flags.append("powerline")
-            if low_uv[c] > t.artifact_uv:
-                flags.append("artifact")
-            if nonfinite[c]:
-                flags.append("nonfinite")
-            if flags:
-                bad.append(c)
-            channels.append(
-                ChannelQuality(c, tuple(flags), float(std[c]), float(mains_share[c]), float(low_uv[c]))
-            )
-        self.channels = channels
-        self.bad_channels = bad
+        flat = std < t.flat_std_uv
+        masks = {
+            "flat": flat,
+            "saturated": peak >= t.saturation_uv,
+            "powerline": ~flat & (mains_share > t.powerline_ratio),
+            "artifact": low_uv > t.artifact_uv,
+            "nonfinite": self._nonfinite_until > self._written,
+        }
+        self._flags = np.stack([masks[f] for f in FLAGS], axis=1)  # (n_channels, n_flags)
+        self._stats = np.stack([std, mains_share, low_uv], axis=1).astype(np.float64)  # (n_channels, 3)
+        self.bad_channels = np.flatnonzero(self._flags.any(axis=1)).tolist()
+
+    @property
+    def channels(self) -> list[ChannelQuality]:
+        """Per-channel quality of the latest estimate (built on demand, for the REST API)."""
+        return [
+            ChannelQuality(c, tuple(f for f, on in zip(FLAGS, self._flags[c], strict=True) if on),
+                           float(self._stats[c, 0]), float(self._stats[c, 1]), float(self._stats[c, 2]))
+            for c in range(self.n_channels)
+        ]
 
     def hard_bad_fraction(self) -> float:
         """Share of channels that carry no usable EMG (flat, saturated or non-finite)."""
-        hard = {"flat", "saturated", "nonfinite"}
-        return sum(1 for ch in self.channels if hard.intersection(ch.flags)) / self.n_channels
+        return float(self._flags[:, _HARD].any(axis=1).mean())
 
     def summary(self) -> dict[str, object]:
-        counts = {flag: sum(1 for ch in self.channels if flag in ch.flags) for flag in FLAGS}
+        counts = {flag: int(n) for flag, n in zip(FLAGS, self._flags.sum(axis=0), strict=True)}
         return {"bad_channels": list(self.bad_channels), "flag_counts": counts}
