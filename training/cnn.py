@@ -57,7 +57,7 @@ class FilterBankFrontend(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x.unsqueeze(1))  # (B, F, C, T')
-        power = y.pow(2).mean(dim=-1)  # (B, F, C)
+        power = (y * y).mean(dim=-1)  # (B, F, C); a Mul, cheaper than Pow in ONNX Runtime
         return torch.log(power + 1e-6).transpose(1, 2)  # (B, C, F)
 
 
@@ -70,7 +70,9 @@ class GridHead(nn.Module):
         self.n_grids, self.rows, self.cols = (int(s) for s in index.shape)
         self.n_channels = layout.n_channels
         present = index != NO_ELECTRODE
-        # Missing sites read an appended zero channel; the mask zeroes them again after the norm.
+        # Missing sites read an appended zero channel; the mask zeroes them again after the norm. A
+        # layout with every site filled needs neither (and the graph saves a Concat per window).
+        self.pad_missing = not bool(present.all())
         flat = np.where(present, index, layout.n_channels).reshape(-1)
         self.gather_index: torch.Tensor
         self.site_mask: torch.Tensor
@@ -101,11 +103,14 @@ class GridHead(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         b, _, f = feats.shape
-        padded = torch.cat([feats, feats.new_zeros(b, 1, f)], dim=1)  # (B, C+1, F)
-        sites = padded.index_select(1, self.gather_index)  # (B, G*R*Cc, F)
+        if self.pad_missing:
+            feats = torch.cat([feats, feats.new_zeros(b, 1, f)], dim=1)  # (B, C+1, F)
+        sites = feats.index_select(1, self.gather_index)  # (B, G*R*Cc, F)
         img = sites.reshape(b, self.n_grids, self.rows, self.cols, f).permute(0, 1, 4, 2, 3)  # (B, G, F, R, Cc)
         img = img.reshape(b * self.n_grids, f, self.rows, self.cols)
-        img = self.norm(img) * self.site_mask.repeat(b, 1, 1, 1)  # (B*G, F, R, Cc)
+        img = self.norm(img)  # (B*G, F, R, Cc)
+        if self.pad_missing:
+            img = img * self.site_mask.repeat(b, 1, 1, 1)
         z = self.convs(img)  # (B*G, H, R', Cc')
         z = z.reshape(b, -1)  # grids side by side: (B, G*H*R'*Cc')
         return self.head(z)
