@@ -83,6 +83,7 @@ class BenchConfig:
     pull_interval_ms: float | None = None  # server setting for the latency runs; None = the server default
     quality_interval_s: float | None = None  # server setting for the latency runs; None = the server default
     label: str = ""  # key of this run in results.json; default "cpu" or "gpu"
+    merge: bool = False  # replace only the measured sections of the stored run with this label
     command: str = ""  # the command line, recorded with the figures
 
     def __post_init__(self) -> None:
@@ -866,7 +867,7 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
     threads: list[threading.Thread] = []
     if kind == "ours":
         from rohde.server.inference import ModelManager
-        from rohde.server.ingest import CONNECTED, IngestConfig, StreamWorker, WindowJob
+        from rohde.server.ingest import CONNECTED, IngestConfig, JobQueue, StreamWorker
         from rohde.server.lsl_inlet import StreamQuery, resolve
         from rohde.server.metrics import ServerMetrics
         from rohde.server.quality import QualityThresholds
@@ -879,9 +880,10 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
 
         models = ModelManager(model.parent)
         models.activate(model.name)
-        jobs: queue.Queue[WindowJob] = queue.Queue()
+        metrics = ServerMetrics()
+        jobs = JobQueue(100_000, metrics)
         query = StreamQuery(name=name, source_id=source_id)
-        worker = StreamWorker("bench", query=query, models=models, jobs=jobs, metrics=ServerMetrics(),
+        worker = StreamWorker("bench", query=query, models=models, jobs=jobs, metrics=metrics,
                               config=ingest, announce=lambda *_: None)
         infos = resolve(query, timeout_s=5.0, lsl_config=LSL_CONFIG)
         if not infos:
@@ -903,6 +905,8 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
             time.sleep(0.05)
 
         def samples() -> int:
+            if worker.error:
+                raise RohdeError(f"Our stream worker failed: {worker.error}")
             return worker.samples_received
 
         cleanup = worker.stop
@@ -981,6 +985,8 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
         t.join(2.0)
     cleanup()
     wall = w1 - w0
+    if s1 == s0:  # a reader that got nothing measured nothing: refuse rather than report its idle CPU
+        raise RohdeError(f"Ingestion reader {kind!r} received nothing in {seconds:.0f} s.")
     result_file.write_text(json.dumps({
         "kind": kind, "cpu_s": c1 - c0, "wall_s": wall, "cpu_s_per_stream_s": (c1 - c0) / wall,
         "samples_or_reads": s1 - s0, "rss_mb": proc_rss_mb(os.getpid()),
@@ -1024,7 +1030,8 @@ def bench_ingestion(config: BenchConfig, model: Path, workdir: Path) -> dict[str
     return {
         "stream": f"{meta.n_channels} ch float32 at {meta.fs_hz:g} Hz, chunks of {config.chunk_ms:g} ms",
         "seconds_each": config.ingest_s, "order": "consumers one after another on the same outlet",
-        "ours_settings": "StreamWorker: non-blocking pulls every 2 ms into a preallocated buffer, gap check, "
+        "ours_settings": "StreamWorker: pulls that wait in liblsl for the samples missing until the next window "
+                         "end, into a preallocated buffer; gap check, "
                          "quality monitor, StreamFilter (band-pass + notches), windower, normalisation; windows "
                          "taken by a thread that discards them",
         "mne_lsl_settings": "StreamLSL(bufsize=2 s), acquisition_delay 1 ms, same band-pass (Butterworth SOS) and "
@@ -1037,8 +1044,11 @@ def bench_ingestion(config: BenchConfig, model: Path, workdir: Path) -> dict[str
 
 # ---- report ------------------------------------------------------------------------------------------------
 
-def write_outputs(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Merge `results` into out_dir/results.json (GPU figures beside the CPU ones) and regenerate RESULTS.md."""
+def write_outputs(results: dict[str, Any], out_dir: Path, *, merge: bool = False) -> tuple[Path, Path]:
+    """Merge `results` into out_dir/results.json (GPU figures beside the CPU ones) and regenerate RESULTS.md.
+
+    With `merge`, only the sections measured now replace those of the stored run with the same label;
+    its `meta.remeasured` lists each such partial run (date, command, sections)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "results.json"
     existing: dict[str, Any] = {}
@@ -1048,7 +1058,14 @@ def write_outputs(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
         except json.JSONDecodeError:
             existing = {}
     key = results["meta"].get("label") or ("gpu" if results["meta"].get("gpu") else "cpu")
-    existing[key] = results
+    stored = existing.get(key)
+    if merge and isinstance(stored, dict):
+        sections = [k for k in results if k != "meta"]
+        stored["meta"].setdefault("remeasured", []).append(
+            {"date_utc": results["meta"]["date_utc"], "command": results["meta"]["command"], "sections": sections})
+        stored.update({k: results[k] for k in sections})
+    else:
+        existing[key] = results
     existing.setdefault("cpu", None)
     existing.setdefault("gpu", None)
     json_path.write_text(json.dumps(_finite(existing), indent=2, default=_json_default, allow_nan=False) + "\n")
@@ -1093,7 +1110,10 @@ def render_markdown(all_results: dict[str, Any]) -> str:
                   f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gb']} GB, "
                   f"load average at start {m['load_avg_1_5_15']}; Python {m['python']}; "
                   + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-                  f"- Model: {meta['model_source']}", f"- Wall time of the run: {meta.get('wall_s', 'n/a')} s", ""]
+                  f"- Model: {meta['model_source']}", f"- Wall time of the run: {meta.get('wall_s', 'n/a')} s"]
+        lines += [f"- Re-measured {', '.join(r['sections'])} on {r['date_utc']}: `{r['command']}`"
+                  for r in meta.get("remeasured", [])]
+        lines += [""]
         if key != "cpu" and all_results.get("cpu"):
             lines += _md_compare(all_results["cpu"], res, key)
         lines += _md_latency(res.get("latency"))
@@ -1103,12 +1123,18 @@ def render_markdown(all_results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _g(value: float | None) -> str:
+    """A count or figure for a table; results.json stores what could not be measured as null."""
+    return "n/a" if value is None else f"{value:g}"
+
+
 def _md_latency(lat: dict[str, Any] | None) -> list[str]:
     if not lat:
         return []
     lines = ["### Decision latency and capacity", "",
              f"{lat['n_channels']} ch at {lat['fs_hz']:g} Hz, window {lat['window_ms']:g} ms, "
-             f"hop {lat['hop_ms']:g} ms, server pull interval {lat.get('pull_interval_ms', 2.0):g} ms, "
+             f"hop {lat['hop_ms']:g} ms, server pulls wait in liblsl for each window's samples (idle sleep "
+             f"after an empty pull {lat.get('pull_interval_ms', 2.0):g} ms), "
              f"outlets push every {lat['chunk_ms']:g} ms; {lat['step_s']:g} s measured per row after "
              f"{lat['warmup_s']:g} s warm-up. End-to-end = outlet push of a window's last sample -> WebSocket "
              "client receipt. Server processing = the server's own `latency_ms` (chunk pulled -> decision built: "
@@ -1122,8 +1148,8 @@ def _md_latency(lat: dict[str, Any] | None) -> list[str]:
         lines.append(
             f"| {s['n_streams']} | {e['p50']} | {e['p95']} | {e['p99']} | {e['max']} | {p['p50']} / {p['p99']} | "
             f"{d['p50']} / {d['p99']} | {s['server_cpu_cores']} | {s['server_rss_mb']['end']} | "
-            f"{lost['missing_samples']:g} / {lost['gaps']:g} / {lost['overflows']:g} / "
-            f"{lost['tail_samples_not_pulled']} / {lost['ws_dropped_messages']:g} | "
+            f"{_g(lost['missing_samples'])} / {_g(lost['gaps'])} / {_g(lost['overflows'])} / "
+            f"{_g(lost['tail_samples_not_pulled'])} / {_g(lost['ws_dropped_messages'])} | "
             f"{'yes' if s['realtime_ok'] else 'no'} |")
     for s in lat["steps"]:
         if s.get("failed") or s.get("client_errors"):
@@ -1239,7 +1265,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         if os.environ.get("ROHDE_BENCH_KEEP_LOGS"):
             shutil.copytree(workdir, config.out_dir / "logs", dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("*.npz"))
-    write_outputs(results, config.out_dir)
+    write_outputs(results, config.out_dir, merge=config.merge)
     return results
 
 
@@ -1271,6 +1297,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     p.add_argument("--quality-interval-s", type=float,
                    help="server quality-estimate interval for latency runs (default: server's)")
     p.add_argument("--label", default="", help="key of this run in results.json (default cpu or gpu)")
+    p.add_argument("--merge", action="store_true",
+                   help="replace only the measured sections of the stored run with this label (re-measure one part)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke configuration (seconds, not minutes)")
     p.set_defaults(handler=_bench)
 
@@ -1282,7 +1310,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         latency_streams=_ints(args.latency_streams), capacity_probes=args.capacity_probes,
         step_s=args.step_s, soak_s=args.soak_s, soak_streams=args.soak_streams, ingest_s=args.ingest_s,
         ingest_kinds=tuple(k.strip() for k in args.ingest_kinds.split(",") if k.strip()),
-        chunk_ms=args.chunk_ms, inference_s=args.inference_s, gpu=args.gpu, label=args.label,
+        chunk_ms=args.chunk_ms, inference_s=args.inference_s, gpu=args.gpu, label=args.label, merge=args.merge,
         pull_interval_ms=args.pull_interval_ms, quality_interval_s=args.quality_interval_s,
         command=_command_line(),
     )
