@@ -120,12 +120,6 @@ class _Pipeline:
         self.total = 0
         self.nonfinite_until = 0  # windows ending at or before this index contain a non-finite sample
 
-    def samples_to_window_end(self) -> int:
-        """Samples still to arrive until the next window ends (ends at `window`, `window + hop`, ...)."""
-        if self.total < self.window:
-            return self.window - self.total
-        return self.windower.hop - (self.total - self.window) % self.windower.hop
-
     def reset(self) -> None:
         self.filter.reset()
         self.windower.reset()
@@ -243,8 +237,8 @@ class StreamWorker:
         """How many samples a pull waits for: those missing until the next window end, since no decision
         can come sooner; the thread then wakes once per hop instead of once per outlet chunk."""
         pipe = self._pipeline  # the current model's windows: a swap that changes them changes this count
-        missing = 1 if pipe is None else pipe.samples_to_window_end()
-        return min(max(missing, 1), max_chunk)
+        missing = 1 if pipe is None else pipe.windower.samples_until_next_window
+        return min(missing, max_chunk)
 
     def _take_pending(self) -> None:
         with self._lock:

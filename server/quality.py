@@ -83,6 +83,7 @@ class QualityMonitor:
         self._flags = np.zeros((n_channels, len(FLAGS)), dtype=bool)  # latest estimate, per channel and flag
         self._stats = np.zeros((n_channels, 3))  # rms_uv, powerline_share, lowband_uv
         self.bad_channels: list[int] = []
+        self._hard_fraction = 0.0  # share of channels flagged flat, saturated or non-finite
 
     def push(self, raw: np.ndarray, nonfinite_channels: np.ndarray | None = None) -> None:
         """Add raw `(n_samples, n_channels)` uV (non-finite values already replaced)."""
@@ -126,6 +127,7 @@ class QualityMonitor:
         self._flags = np.stack([masks[f] for f in FLAGS], axis=1)  # (n_channels, n_flags)
         self._stats = np.stack([std, mains_share, low_uv], axis=1).astype(np.float64)  # (n_channels, 3)
         self.bad_channels = np.flatnonzero(self._flags.any(axis=1)).tolist()
+        self._hard_fraction = float(self._flags[:, _HARD].any(axis=1).mean())
 
     @property
     def channels(self) -> list[ChannelQuality]:
@@ -138,7 +140,7 @@ class QualityMonitor:
 
     def hard_bad_fraction(self) -> float:
         """Share of channels that carry no usable EMG (flat, saturated or non-finite)."""
-        return float(self._flags[:, _HARD].any(axis=1).mean())
+        return self._hard_fraction
 
     def summary(self) -> dict[str, object]:
         counts = {flag: int(n) for flag, n in zip(FLAGS, self._flags.sum(axis=0), strict=True)}

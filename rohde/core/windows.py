@@ -67,6 +67,11 @@ class StreamWindower:
     def total_samples(self) -> int:
         return self._total
 
+    @property
+    def samples_until_next_window(self) -> int:
+        """Samples still to be pushed before the next window is ready (at least 1)."""
+        return self._next_end - self._total
+
     def reset(self) -> None:
         self._total = 0
         self._next_end = self.window
