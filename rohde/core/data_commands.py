@@ -7,6 +7,8 @@
   representative recording (one clean, one CA, one LC) in the output folder.
 - `rohde data baseline --data DIR` or `--train DIR --test DIR`: per-subject LDA on per-channel
   RMS features of 200 ms windows (hop 50 ms) filtered with the shared causal chain.
+- `rohde data spread PATH [--json]`: how much the holds of one gesture differ from each other,
+  per subject and session of the clean recordings (`rohde.core.hold_spread`).
 
 Heavy imports (the simulator, matplotlib, the LDA of the training package) stay inside handlers.
 """
@@ -27,6 +29,7 @@ import numpy as np
 from rohde.core.datasets import find_recordings, load_any
 from rohde.core.errors import ConfigError, RecordingFormatError
 from rohde.core.gestures import UNUSABLE
+from rohde.core.hold_spread import HoldSpread, hold_patterns, hold_spread
 from rohde.core.lda import LDA
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import SUFFIX, Recording
@@ -78,6 +81,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     base.add_argument("--json", type=Path, help="also write the result rows to this JSON file")
     _add_load_options(base)
     base.set_defaults(handler=_cmd_baseline)
+
+    spread = data_sub.add_parser("spread", help="hold-to-hold spread of gesture patterns per subject and session")
+    spread.add_argument("path", type=Path, help="a folder of recordings (or one recording with several holds)")
+    spread.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_load_options(spread)
+    spread.set_defaults(handler=_cmd_spread)
 
 
 def _add_load_options(parser: argparse.ArgumentParser) -> None:
@@ -402,4 +411,40 @@ def _cmd_baseline(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+# -------------------------------------------------------------------------------------- spread
+
+
+def hold_spreads(paths: list[Path], args: argparse.Namespace) -> dict[str, HoldSpread]:
+    """The hold spread of the clean recordings of each subject and session, keyed `subject/session`."""
+    groups: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    for path in paths:
+        recording = _load(path, args)
+        if recording.condition != "clean":
+            continue
+        key = f"{recording.subject}/{recording.session}"
+        groups[key].extend(hold_patterns(recording, default_preprocessing(recording)))
+    if not groups:
+        raise RecordingFormatError("No clean recordings found; the hold spread is measured on clean holds.")
+    return {key: hold_spread(groups[key]) for key in sorted(groups)}
+
+
+def _cmd_spread(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    spreads = hold_spreads(_recordings(args.path), args)
+    if args.json:
+        out.write(json.dumps({k: v.to_dict() for k, v in spreads.items()}, indent=2) + "\n")
+        return 0
+    out.write(f"{'subject/session':<24}{'holds':>6}{'gestures':>9}{'corr':>8}{'dispersion':>11}{'nearest':>9}\n")
+    for key, v in spreads.items():
+        out.write(
+            f"{key:<24}{v.n_holds:>6}{v.n_gestures:>9}{v.corr_to_mean:>8.3f}{v.dispersion:>11.3f}"
+            f"{v.nearest_mean_accuracy:>9.3f}\n"
+        )
+    out.write(
+        "corr: median correlation of a hold's pattern with its gesture's mean; dispersion: spread of the holds "
+        "over the distance between gestures; nearest: holds nearer their own gesture's mean than any other.\n"
+    )
     return 0

@@ -34,6 +34,7 @@ from scipy import signal
 
 from rohde.core.electrode_geometry import ElectrodeGeometry, electrode_geometry
 from rohde.core.errors import ConfigError
+from rohde.core.gestures import REST_GESTURES
 from rohde.core.layouts import ElectrodeLayout
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,6 @@ SYNERGIES: dict[str, dict[str, float]] = {
     "wrist_extension": {"extensor_carpi_radialis": 0.45, "extensor_carpi_ulnaris": 0.42,
                         "extensor_digitorum": 0.25, "supinator": 0.08},
 }  # fmt: skip
-REST_GESTURES = ("no_movement", "rest")
 
 N_TERRITORIES = 3  # motor-unit territories (independent sub-sources) per muscle
 CONDUCTION_VELOCITY_M_S = 4.0  # mean muscle-fibre conduction velocity

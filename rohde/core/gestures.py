@@ -13,6 +13,9 @@ DEFAULT_GESTURES: tuple[str, ...] = (
     "wrist_extension",
 )
 
+# Names of the rest class (no gesture held), compared in lower case.
+REST_GESTURES: tuple[str, ...] = ("no_movement", "rest")
+
 # Label of samples that must not be used (transitions, unusable margins).
 UNUSABLE = -1
 

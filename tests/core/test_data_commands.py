@@ -126,3 +126,21 @@ def test_simulate_quick_writes_a_dataset(tmp_path: Path) -> None:
     files = sorted(p.name for p in tmp_path.glob("*.rohde.npz"))
     assert files == sorted(r["file"] for r in index["recordings"])
     assert {load_any(tmp_path / f).condition for f in files} >= {"clean", "CA", "LC"}
+
+
+def test_spread_of_the_clean_trials(sim_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "spread", str(sim_dir), "--json"]) == 0
+    spreads = json.loads(capsys.readouterr().out)
+    (row,) = spreads.values()  # one subject and session; the CA and LC trials are left out
+    assert list(spreads) == ["s01/sess1"]
+    assert row["n_holds"] == 3 * 3 and row["n_gestures"] == 3
+    assert main(["data", "spread", str(sim_dir)]) == 0
+    assert "s01/sess1" in capsys.readouterr().out
+
+
+@pytest.mark.realdata
+def test_spread_of_real_holds(flexemg_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "spread", str(flexemg_dir / "data" / "001-Session1Train"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out).values()
+    assert row["n_holds"] == 40 and row["n_gestures"] == 4  # ten trials of four gestures
+    assert row["nearest_mean_accuracy"] == 1.0 and row["corr_to_mean"] > 0.95
