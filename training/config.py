@@ -105,6 +105,7 @@ class SplitConfig:
     val_trials: int = 1  # clean training trials held out (per subject) for model selection
     disturbed_trials: int = 1  # real disturbed trials per condition and subject the GAN and (b) see
     inject_missing: bool = True  # inject CA/LC with the disturbance models where the data has none
+    inject_test: bool = False  # also inject CA/LC into every clean test trial (paired clean/disturbed tests)
     drop_edge_fraction: float = 0.0  # drop this share of each gesture segment at both ends (flexemg)
 
     def __post_init__(self) -> None:

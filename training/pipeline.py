@@ -10,6 +10,10 @@ Splits (never selected on test data):
 - "folders" mode (flexemg): `split.train_dirs` hold the training session, `split.test_dirs` the
   test session. Where a condition has no real recording, the disturbance models inject it
   (`inject_missing`), into training trials for the "seen" disturbed set and into every test trial.
+- `split.inject_test` also injects each condition into every clean test trial where recorded
+  disturbed trials exist: each disturbed test then holds the very EMG of the clean test, so the
+  drop from clean to disturbed is the cost of the disturbance alone, not of which holds the few
+  disturbed trials happen to contain.
 
 All models train on windows built by the shared preprocessing; the CNN's filter-bank frontend is
 fixed, so its output is cached per window and only the grid head is trained.
@@ -158,10 +162,13 @@ def make_split(
         test += clean
         for k, condition in enumerate(conditions):
             real = [r for r in mine if r.condition == condition]
-            if not real and split.inject_missing:
-                real = [_inject(r, condition, seed=config.seed * 1000 + 500 + 17 * k + i) for i, r in enumerate(clean)]
-                notes.append(f"subject {subject}: test {condition} injected into {len(real)} clean test trial(s)")
             test += real
+            if split.inject_test or (not real and split.inject_missing):
+                test += [_inject(r, condition, seed=config.seed * 1000 + 500 + 17 * k + i) for i, r in enumerate(clean)]
+                notes.append(
+                    f"subject {subject}: test {condition} = {len(real)} recorded trial(s) + {len(clean)} clean test "
+                    "trial(s) with it injected"
+                )
     return DataSplit(train=train, val=val, seen_disturbed=seen, test=test, notes=notes)
 
 
