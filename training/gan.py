@@ -80,7 +80,7 @@ __all__ = [
     "train_disturbance_gan",
 ]
 
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: linear upsampling and noise inputs in the generator
 _MODEL_JSON = "gan.json"
 _MODEL_WEIGHTS = "generator.pt"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -202,8 +202,9 @@ class DisturbanceGAN:
         if n == 0:
             return np.zeros((0, n_region, self.segment_samples), dtype=np.float32)
         z = rng.standard_normal((n, self.config.latent_dim)).astype(np.float32)
+        noise_source = torch.Generator().manual_seed(int(rng.integers(2**62)))
         with torch.inference_mode():
-            y = self.generator(torch.from_numpy(z), torch.full((n,), index, dtype=torch.long))
+            y = self.generator(torch.from_numpy(z), torch.full((n,), index, dtype=torch.long), noise_source)
         y_np = y[:, :n_region, :].numpy()
         # The training segments were zero-mean in uV; make the generated ones so exactly.
         return remove_segment_mean(inverse_signed_log(y_np, self.scales_uv[condition], self.clips[condition]))
@@ -553,7 +554,7 @@ def _train(
             for _ in range(config.critic_steps):
                 real, cond = real_batch()
                 with torch.no_grad():
-                    fake = generator(noise(), cond)
+                    fake = generator(noise(), cond, torch_rng)
                 d_real, d_fake = critic(real, cond).mean(), critic(fake, cond).mean()
                 gp = gradient_penalty(critic, real, fake, cond, generator=torch_rng)
                 loss_d = d_fake - d_real + config.gp_weight * gp
@@ -561,7 +562,7 @@ def _train(
                 loss_d.backward()
                 opt_d.step()
             cond = torch.from_numpy(np_rng.integers(len(conditions), size=config.batch_size)).to(device)
-            loss_g = -critic(generator(noise(), cond), cond).mean()
+            loss_g = -critic(generator(noise(), cond, torch_rng), cond).mean()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()

@@ -131,13 +131,38 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
+NOISE_INIT = 0.1  # starting strength of the generator's noise inputs
+
+
+class NoiseInput(nn.Module):
+    """Adds independent Gaussian noise to every feature and sample, scaled per condition and feature.
+
+    StyleGAN's noise inputs (Karras et al. 2019): the broadband texture of a disturbance (EMG-level
+    activity between CA strikes, the small noise of a lifted LC electrode) comes from here, with its
+    own learned strength per condition, instead of from upsampling artefacts that every condition
+    shares. The weights start at `NOISE_INIT`: from zero, CA's texture grew too slowly to be learned
+    in a few hundred steps.
+    """
+
+    def __init__(self, n_conditions: int, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((n_conditions, channels), NOISE_INIT))
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # (B, C, T)
+        return x + self.weight[condition].unsqueeze(-1) * noise
+
+
 class Generator(nn.Module):
     """z `(B, latent_dim)` + condition index `(B,)` -> segment `(B, n_channels, segment_samples)`.
 
     A linear stem makes a short `(width * 2**n_up, T / 2**n_up)` sequence; each stage doubles the
-    length (nearest upsampling + conv, which avoids transposed-conv checkerboards; linear upsampling
-    was tried and starved the output of high-frequency power) and halves the width.
+    length (linear upsampling + conv + noise input) and halves the width. Nearest upsampling was
+    used before: its steps put a broadband floor into every output, 10-30 x the real one for LC;
+    linear upsampling alone starved CA of high-frequency power, which the noise inputs now supply.
     The output is linear: the data are signed-log scaled, so transients stay in a few units.
+    `forward` draws its noise from `generator` (a `torch.Generator`), so a seeded one gives
+    reproducible segments.
     """
 
     def __init__(
@@ -159,27 +184,28 @@ class Generator(nn.Module):
         self.start_width = width * 2**n_up
         self.embed = nn.Embedding(n_conditions, latent_dim)
         self.stem = nn.Linear(2 * latent_dim, self.start_width * self.start_len)
-        stages: list[nn.Module] = []
         w = self.start_width
         pad = kernel_size // 2
+        self.convs = nn.ModuleList()
+        self.noises = nn.ModuleList()
         for _ in range(n_up):
-            stages += [
-                nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.Conv1d(w, w // 2, kernel_size, padding=pad),
-                nn.LeakyReLU(0.2),
-            ]
+            self.convs.append(nn.Conv1d(w, w // 2, kernel_size, padding=pad))
+            self.noises.append(NoiseInput(n_conditions, w // 2))
             w //= 2
-        self.body = nn.Sequential(*stages)
         self.head = nn.Conv1d(w, n_channels, kernel_size, padding=pad)
         # (n_conditions, n_channels) 1.0 on the condition's region channels, 0.0 on the padding.
         self.register_buffer("channel_masks", channel_masks.float())
         self.apply(init_weights)
 
-    def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, condition: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         h = torch.cat([z, self.embed(condition)], dim=1)  # (B, 2 * latent_dim)
         h = nn.functional.leaky_relu(self.stem(h), 0.2)
         h = h.view(z.shape[0], self.start_width, self.start_len)  # (B, W0, T0)
-        h = self.body(h)  # (B, width, T0 * 2**n_up)
+        for conv, noise in zip(self.convs, self.noises, strict=True):
+            h = nn.functional.interpolate(h, scale_factor=2, mode="linear", align_corners=False)
+            h = nn.functional.leaky_relu(noise(conv(h), condition, generator), 0.2)  # (B, W, 2T)
         x = self.head(h)[:, :, : self.segment_samples]  # (B, C, T)
         masks: torch.Tensor = self.channel_masks  # type: ignore[assignment]
         return x * masks[condition].unsqueeze(-1)
