@@ -77,12 +77,13 @@ def markdown(report: dict[str, Any]) -> str:
     sweep = report.get("fraction_sweep") or {}
     if sweep:
         lines += ["## RoHDE accuracy (%) against the fraction of generated training windows", ""]
-        lines.append("| fraction | " + " | ".join(conds) + " |")
-        lines.append("|---" * (len(conds) + 1) + "|")
+        lines.append("| fraction | " + " | ".join(conds) + " | validation | shipped |")
+        lines.append("|---" * (len(conds) + 3) + "|")
         for frac, per in sorted(sweep.items(), key=lambda kv: float(kv[0])):
-            lines.append(f"| {frac} | " + " | ".join(_pct(per.get(c, {}).get("accuracy", float("nan"))) for c in conds)
-                         + " |")  # fmt: skip
-        lines.append("")
+            cells = [_pct(per.get(c, {}).get("accuracy", float("nan"))) for c in conds]
+            cells += [_pct(per.get("val_accuracy", float("nan"))), "yes" if per.get("selected") else ""]
+            lines.append(f"| {frac} | " + " | ".join(cells) + " |")
+        lines += ["", "The shipped RoHDE model is the fraction with the best validation accuracy.", ""]
     quality = (report.get("gan_quality") or {}).get("metrics") or {}
     if quality:
         lines += ["## GAN quality on held-out real disturbed segments", ""]

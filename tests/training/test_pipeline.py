@@ -27,6 +27,12 @@ def test_rohde_train_then_evaluate(small_dataset: Path, tmp_path: Path) -> None:
         for m in per.values():
             assert 0.0 <= m["accuracy"] <= 1.0 and len(m["accuracy_vs_votes"]) == 3
     assert set(report["fraction_sweep"]) == {"0", "0.5", "1"}
+    # The shipped RoHDE model is the sweep's best on validation, and its test figures are that model's.
+    sweep = report["fraction_sweep"]
+    (chosen,) = [f for f, per in sweep.items() if per["selected"]]
+    assert sweep[chosen]["val_accuracy"] == max(per["val_accuracy"] for per in sweep.values())
+    assert float(chosen) == report["training"]["rohde"]["synthetic_fraction"] == report["data"]["synthetic_fraction"]
+    assert sweep[chosen]["clean"]["accuracy"] == report["models"]["rohde"]["clean"]["accuracy"]
     assert report["export"]["parity_max_abs_diff"] <= 1e-4
     assert set(report["gan_quality"]["metrics"]) == {"CA", "LC"}
     for name in ("report.md", "accuracy_vs_votes.png", "accuracy_vs_generated_fraction.png", "confusion.png",
