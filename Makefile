@@ -39,7 +39,7 @@ data-demo: $(STAMP)
 	$(BIN)/rohde data simulate --out $(QUICK_DIR) --quick
 	$(BIN)/rohde data plot $(QUICK_DIR) --out $(QUICK_DIR)/plots
 
-# Re-make the shipped model from the simulated default data set (about 12 minutes on 2 cores).
+# Re-make the shipped model from the simulated default data set (about 21 minutes on 2 cores).
 model: $(STAMP)
 	$(BIN)/rohde data simulate --out $(DATA_DIR) --preset default --seed 0
 	$(BIN)/rohde train --data $(DATA_DIR) --out models/rohde-default --config configs/default.json

@@ -421,9 +421,9 @@ def hold_spreads(paths: list[Path], args: argparse.Namespace) -> dict[str, HoldS
     """The hold spread of the clean recordings of each subject and session, keyed `subject/session`."""
     groups: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for path in paths:
-        recording = _load(path, args)
-        if recording.condition != "clean":
+        if _peek_condition(path) != "clean":  # skip disturbed trials without loading their samples
             continue
+        recording = _load(path, args)
         key = f"{recording.subject}/{recording.session}"
         groups[key].extend(hold_patterns(recording, default_preprocessing(recording)))
     if not groups:

@@ -40,6 +40,18 @@ def _check(windows: np.ndarray) -> np.ndarray:
     return array if array.dtype == np.float32 else array.astype(np.float64, copy=False)
 
 
+def _zero_crossings(x: np.ndarray, step: np.ndarray, threshold_uv: float) -> np.ndarray:
+    """ZC counts from windows `x` and their `step = np.diff(x, axis=2)`."""
+    crossing = (x[..., :-1] * x[..., 1:] < 0) & (np.abs(step) >= threshold_uv)
+    return crossing.sum(axis=2).astype(x.dtype)
+
+
+def _slope_sign_changes(step: np.ndarray, threshold_uv: float) -> np.ndarray:
+    """SSC counts from `step = np.diff(x, axis=2)`: (x[t] - x[t-1]) * (x[t] - x[t+1]) = -step[t-1] * step[t]."""
+    extremum = -(step[..., :-1] * step[..., 1:]) >= threshold_uv**2
+    return extremum.sum(axis=2).astype(step.dtype)
+
+
 def mav(windows: np.ndarray) -> np.ndarray:
     """Mean absolute value `(N, C)` in uV."""
     return np.mean(np.abs(_check(windows)), axis=2)
@@ -53,17 +65,12 @@ def waveform_length(windows: np.ndarray) -> np.ndarray:
 def zero_crossings(windows: np.ndarray, *, threshold_uv: float = DEFAULT_THRESHOLD_UV) -> np.ndarray:
     """Zero crossings `(N, C)`: sign changes between neighbours that differ by >= `threshold_uv`."""
     x = _check(windows)
-    a, b = x[..., :-1], x[..., 1:]
-    crossing = (a * b < 0) & (np.abs(a - b) >= threshold_uv)
-    return crossing.sum(axis=2).astype(x.dtype)
+    return _zero_crossings(x, np.diff(x, axis=2), threshold_uv)
 
 
 def slope_sign_changes(windows: np.ndarray, *, threshold_uv: float = DEFAULT_THRESHOLD_UV) -> np.ndarray:
     """Slope sign changes `(N, C)`: local extrema whose slopes' product is >= `threshold_uv ** 2`."""
-    x = _check(windows)
-    left = x[..., 1:-1] - x[..., :-2]
-    right = x[..., 1:-1] - x[..., 2:]
-    return (left * right >= threshold_uv**2).sum(axis=2).astype(x.dtype)
+    return _slope_sign_changes(np.diff(_check(windows), axis=2), threshold_uv)
 
 
 def rms_features(windows: np.ndarray) -> np.ndarray:
@@ -87,16 +94,12 @@ def td_features(windows: np.ndarray, *, threshold_uv: float = DEFAULT_THRESHOLD_
         raise ConfigError(f"threshold_uv must be >= 0, got {threshold_uv}.")
     x = _check(windows)
     step = np.diff(x, axis=2)  # (N, C, T - 1): x[t + 1] - x[t]
-    abs_step = np.abs(step)
-    crossing = (x[..., :-1] * x[..., 1:] < 0) & (abs_step >= threshold_uv)
-    # (x[t] - x[t - 1]) * (x[t] - x[t + 1]) = -step[t - 1] * step[t]
-    extremum = -(step[..., :-1] * step[..., 1:]) >= threshold_uv**2
     return np.concatenate(
         [
             np.mean(np.abs(x), axis=2),
-            abs_step.sum(axis=2),
-            crossing.sum(axis=2).astype(x.dtype),
-            extremum.sum(axis=2).astype(x.dtype),
+            np.abs(step).sum(axis=2),
+            _zero_crossings(x, step, threshold_uv),
+            _slope_sign_changes(step, threshold_uv),
         ],
         axis=1,
     )

@@ -75,7 +75,7 @@ def hold_spread(patterns: list[tuple[int, np.ndarray]]) -> HoldSpread:
         )
     keep = np.isin(labels, gestures)
     labels = labels[keep]
-    x = np.stack([p for p, k in zip((p for _, p in patterns), keep, strict=True) if k])
+    x = np.stack([pattern for _, pattern in patterns])[keep]  # (n_holds, n_channels)
     means = {g: x[labels == g].mean(axis=0) for g in gestures}
     between = [np.linalg.norm(means[a] - means[b]) for i, a in enumerate(gestures) for b in gestures[i + 1 :]]
     within_sq, correlations, nearest_own = [], [], 0
