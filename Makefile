@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Every LSL call in this project runs loopback-only.
-export LSLAPICFG := $(CURDIR)/config/lsl_loopback.cfg
+export LSLAPICFG := $(CURDIR)/server/rohde/server/lsl_loopback.cfg
 DATA_DIR ?= $(HOME)/.cache/rohde/sim-default
 QUICK_DIR ?= $(HOME)/.cache/rohde/sim-quick
 DEMO_SECONDS ?= 60

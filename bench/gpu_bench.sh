@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-export LSLAPICFG="$PWD/config/lsl_loopback.cfg"
+export LSLAPICFG="$PWD/server/rohde/server/lsl_loopback.cfg"
 
 # Fail early and clearly when CUDA is not really usable (onnxruntime-gpu lists CUDA even without a GPU).
 "$PY" - <<'PY'

@@ -8,7 +8,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=$ROOT/.venv/bin/python
 SOAK_S=${1:-600}
-export LSLAPICFG=$ROOT/config/lsl_loopback.cfg
+export LSLAPICFG=$ROOT/server/rohde/server/lsl_loopback.cfg
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 # One copy of the package serves both parts, even if a training run rewrites models/ meanwhile.

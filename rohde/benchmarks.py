@@ -47,12 +47,13 @@ from urllib.parse import quote
 import numpy as np
 
 from rohde.core.errors import ConfigError, RohdeError
+from rohde.server.settings import default_lsl_config, default_models_dir
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LSL_CONFIG = REPO_ROOT / "config" / "lsl_loopback.cfg"
-DEFAULT_MODEL = REPO_ROOT / "models" / "rohde-default"
+LSL_CONFIG = default_lsl_config()
+DEFAULT_MODEL = default_models_dir() / "rohde-default"
 SECTIONS = ("inference", "ingestion", "latency", "soak")
 P99_LIMIT_MS = 50.0  # capacity criterion from the specification
 # Ingestion readers compared. pylsl_wait: the pylsl + sosfilt reader, but waiting in liblsl for the

@@ -11,20 +11,20 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from rohde import __version__
 from rohde.core.errors import RohdeError
+from rohde.core.version import VERSION
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from rohde import benchmarks
-    from rohde.core import data_commands
+    from rohde.data_tools import commands as data_commands
     from rohde.server import commands as server_commands
     from rohde.training import commands as training_commands
 
     parser = argparse.ArgumentParser(prog="rohde", description="Robust real-time HD-EMG gesture recognition.")
-    parser.add_argument("--version", action="version", version=f"rohde {__version__}")
+    parser.add_argument("--version", action="version", version=f"rohde {VERSION}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_commands.register(subparsers)

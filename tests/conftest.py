@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from rohde.server.settings import default_lsl_config
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # liblsl reads its configuration once per process: set it before anything imports pylsl.
-os.environ["LSLAPICFG"] = str(REPO_ROOT / "config" / "lsl_loopback.cfg")
+os.environ["LSLAPICFG"] = str(default_lsl_config())
 
 FLEXEMG_DIR = Path(os.environ.get("ROHDE_FLEXEMG_DIR", REPO_ROOT.parent / "shared" / "data" / "flexemg"))
 

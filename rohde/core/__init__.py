@@ -1,1 +1,4 @@
-"""Shared core: imported by both `rohde.training` and `rohde.server`; never imports torch."""
+"""Shared core: the signal chain, layouts, recording formats, the model package and errors.
+
+Imported by `rohde.training` and `rohde.server` alike; imports nothing from either, never torch.
+"""

@@ -28,9 +28,10 @@ from rohde.core.model_package import ModelMetadata, sha256_of, write_metadata
 from rohde.core.preprocessing import Normalization, PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig, extract_windows, window_ends
+from rohde.server.settings import default_lsl_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LSL_CONFIG = REPO_ROOT / "config" / "lsl_loopback.cfg"
+LSL_CONFIG = default_lsl_config()
 ROHDE = str(Path(sys.executable).with_name("rohde"))
 
 FS_HZ = 1000.0
@@ -127,7 +128,7 @@ def log_power_at(normalized: np.ndarray, ends: np.ndarray, window: int) -> np.nd
 def simulator_model(target: Path, *, seed: int, train_s: float, test_s: float) -> float:
     """Fit the tiny model on clean simulator data and write it to `target`; returns its offline
     window accuracy on a clean stretch of another seed (usable windows only, every 10 samples)."""
-    from rohde.core.simulator import LiveSimulator
+    from rohde.simulation.simulator import LiveSimulator
 
     def stretch(sim_seed: int, seconds: float) -> tuple[Recording, np.ndarray]:
         sim = LiveSimulator(seed=sim_seed, schedule=("clean",), condition_s=seconds)

@@ -182,7 +182,7 @@ def test_simulated_amplifier_live_accuracy_matches_offline(tmp_path: Path, simul
                                                            processes: list[subprocess.Popen[bytes]]) -> None:
     """`rohde simulate` -> `rohde serve` -> WebSocket: each live window is located in the simulator's
     sample stream (via the truth markers) and compared with the offline evaluation of the same window."""
-    from rohde.core.simulator import LiveSimulator
+    from rohde.simulation.simulator import LiveSimulator
 
     name, seed, live_s = unique("sim"), 21, 14.0
     processes.append(subprocess.Popen(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rohde.core.recording import Recording
-from rohde.core.simulator import SimulatorConfig, simulate_recording
+from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 
 SMALL_CONFIG = SimulatorConfig(
     fs_hz=1000.0,

@@ -302,8 +302,8 @@ def test_extract_segments_takes_the_disturbed_episode_of_the_region() -> None:
 
 @pytest.mark.parametrize("condition", ["CA", "LC"])
 def test_extract_segments_from_simulated_disturbed_recordings(condition: str) -> None:
-    from rohde.core.disturbances import affected_channels
-    from rohde.core.simulator import SimulatorConfig, simulate_recording
+    from rohde.simulation.disturbances import affected_channels
+    from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 
     config = SimulatorConfig(fs_hz=1000.0, layout="2x4x4", rest_s=0.3, gesture_s=0.3, ramp_s=0.1)
     recordings = [

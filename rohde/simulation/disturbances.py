@@ -13,7 +13,7 @@ True where the disturbance acts. Conditions:
   and mostly removed by the 20 Hz high-pass).
   *Region rule*: the pen can reach the last `region_fraction` of the layout's electrodes in
   physical order (grid, then around the arm, then along it; see
-  `rohde.core.electrode_geometry.physical_order`). The default fraction, 37/192, gives
+  `rohde.simulation.electrode_geometry.physical_order`). The default fraction, 37/192, gives
   channels 156-192 (1-based) of the default 3 x 8 x 8 layout and the last three rows (12
   electrodes) of the 16 x 4 flexemg array.
 - **LC, loose contact** (`LCParams`): the last two rows of a grid (default: the last grid)
@@ -39,10 +39,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import signal
 
-from rohde.core.electrode_geometry import electrode_geometry, physical_order
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.recording import Recording
+from rohde.simulation.electrode_geometry import electrode_geometry, physical_order
 
 logger = logging.getLogger(__name__)
 

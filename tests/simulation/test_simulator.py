@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from rohde.core.disturbances import affected_channels
-from rohde.core.electrode_geometry import electrode_geometry
-from rohde.core.emg_model import EmgGenerator, make_anatomy, make_session, synergy_matrix
 from rohde.core.errors import ConfigError
 from rohde.core.gestures import CONDITIONS, DEFAULT_GESTURES, UNUSABLE
 from rohde.core.layouts import ElectrodeLayout, layout_from_spec
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording, load_recording
-from rohde.core.simulator import LiveSimulator, SimulatorConfig, simulate_dataset, simulate_recording
 from rohde.core.windows import window_ends
+from rohde.simulation.disturbances import affected_channels
+from rohde.simulation.electrode_geometry import electrode_geometry
+from rohde.simulation.emg_model import EmgGenerator, make_anatomy, make_session, synergy_matrix
+from rohde.simulation.simulator import LiveSimulator, SimulatorConfig, simulate_dataset, simulate_recording
 
 # Short trials: one pass through the six active gestures (~14 s).
 SHORT = SimulatorConfig(rest_s=0.8, gesture_s=1.2, ramp_s=0.2, repetitions=1)

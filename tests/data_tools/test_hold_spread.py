@@ -9,9 +9,9 @@ import pytest
 
 from rohde.core.errors import ConfigError
 from rohde.core.gestures import DEFAULT_GESTURES
-from rohde.core.hold_spread import hold_patterns, hold_spread
 from rohde.core.preprocessing import PreprocessingConfig
-from rohde.core.simulator import SimulatorConfig, simulate_recording
+from rohde.data_tools.hold_spread import hold_patterns, hold_spread
+from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 
 
 def _cluster(rng: np.random.Generator, centre: np.ndarray, n: int, sd: float) -> list[np.ndarray]:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rohde.core.emg_model import MUSCLES, synergy_matrix
 from rohde.core.gestures import UNUSABLE
+from rohde.simulation.emg_model import MUSCLES, synergy_matrix
 
 
 @dataclass

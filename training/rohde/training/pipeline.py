@@ -207,7 +207,7 @@ class Context:
 
         td = None
         if with_td:
-            from rohde.core.features import td_features
+            from rohde.classic.features import td_features
 
             # The classic features expect uV (their zero-crossing threshold is in uV): undo the scale.
             scale = np.asarray(self.normalization.scale_uv, dtype=np.float32)[None, :, None]
@@ -248,7 +248,7 @@ def train_gan(
     ctx: Context, seen: Sequence[Recording], work_dir: Path, *, progress: bool = True
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Train the conditional WGAN-GP on the seen disturbed trials; returns (gan, quality, held-out segs)."""
-    from rohde.core.disturbances import affected_channels
+    from rohde.simulation.disturbances import affected_channels
     from rohde.training.gan import GANConfig, extract_disturbance_segments, train_disturbance_gan
 
     settings = ctx.config.gan
@@ -261,10 +261,11 @@ def train_gan(
     fitted, held = {}, {}
     for condition in ctx.config.augment.conditions:
         pieces = [_time_split(r, settings.held_out_fraction) for r in seen if r.condition == condition]
-        kwargs = {"condition": condition, "segment_ms": gan_config.segment_ms, "hop_ms": settings.hop_ms,
-                  "region_channels": regions[condition]}  # fmt: skip
-        fitted[condition] = extract_disturbance_segments([p[0] for p in pieces], **kwargs)
-        held[condition] = extract_disturbance_segments([p[1] for p in pieces], **kwargs)
+        fitted[condition], held[condition] = (
+            extract_disturbance_segments([p[i] for p in pieces], condition=condition, segment_ms=gan_config.segment_ms,
+                                         hop_ms=settings.hop_ms, region_channels=regions[condition])
+            for i in (0, 1)
+        )  # fmt: skip
         logger.info("GAN %s: %s training and %s held-out segments of %s channels", condition,
                     len(fitted[condition]), len(held[condition]), len(regions[condition]))  # fmt: skip
     gan = train_disturbance_gan(

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from rohde.core.disturbances import (
+from rohde.core.errors import ConfigError
+from rohde.core.layouts import ElectrodeLayout, default_layout, flexemg_layout
+from rohde.core.recording import Recording
+from rohde.simulation.disturbances import (
     CAParams,
     DropoutParams,
     LCParams,
@@ -16,9 +19,6 @@ from rohde.core.disturbances import (
     inject,
     strike_times,
 )
-from rohde.core.errors import ConfigError
-from rohde.core.layouts import ElectrodeLayout, default_layout, flexemg_layout
-from rohde.core.recording import Recording
 
 LAYOUTS = [(default_layout(), 2048.0), (flexemg_layout(), 1000.0)]
 IDS = ["3x8x8@2048", "flexemg16x4@1000"]

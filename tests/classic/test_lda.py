@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rohde.classic.lda import LDA, ledoit_wolf_shrinkage
 from rohde.core.errors import ConfigError
-from rohde.core.lda import LDA, ledoit_wolf_shrinkage
 
 
 def _blobs(

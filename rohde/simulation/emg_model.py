@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
-from rohde.core.electrode_geometry import ElectrodeGeometry, electrode_geometry
 from rohde.core.errors import ConfigError
 from rohde.core.gestures import REST_GESTURES
 from rohde.core.layouts import ElectrodeLayout
+from rohde.simulation.electrode_geometry import ElectrodeGeometry, electrode_geometry
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rohde.core.errors import ConfigError
-from rohde.core.features import (
+from rohde.classic.features import (
     compute_features,
     log_rms_features,
     mav,
@@ -17,6 +16,7 @@ from rohde.core.features import (
     waveform_length,
     zero_crossings,
 )
+from rohde.core.errors import ConfigError
 from rohde.core.layouts import grid_layout
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from rohde.cli import main
-from rohde.core.data_commands import representative_recordings, summarize_recording
 from rohde.core.datasets import load_any
 from rohde.core.gestures import DEFAULT_GESTURES
 from rohde.core.layouts import grid_layout
-from rohde.core.simulator import SimulatorConfig, simulate_recording
 from rohde.core.xdf import XdfStream, write_xdf
+from rohde.data_tools.commands import representative_recordings, summarize_recording
+from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Four gestures at 1000 Hz: a 5.6 s trial of 192 channels, quick enough to make a few.

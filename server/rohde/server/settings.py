@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from importlib import resources, util
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rohde.core.errors import ConfigError
 
 ENV_PREFIX = "ROHDE_"
-# `server/` sits at the repository root beside `models/` and `config/` (editable install).
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_models_dir() -> Path:
-    return REPO_ROOT / "models"
+    """The shipped model packages: `models/`, installed as the data-only namespace package `rohde.models`."""
+    spec = util.find_spec("rohde.models")
+    # A namespace package's search path may hold an editable install's hook entry beside the real folder.
+    folders = [Path(p) for p in (spec.submodule_search_locations or []) if Path(p).is_dir()] if spec else []
+    if not folders:
+        raise ConfigError("The shipped models folder (package data `rohde.models`) is not installed; set ROHDE_MODELS_DIR.")
+    return folders[0]
 
 
 def default_lsl_config() -> Path:
-    return REPO_ROOT / "config" / "lsl_loopback.cfg"
+    """The loopback-only LSL configuration shipped with the server."""
+    return Path(str(resources.files("rohde.server") / "lsl_loopback.cfg"))
 
 
 class ServerSettings(BaseSettings):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rohde.classic.lda import LDA
 from rohde.core.errors import ConfigError
-from rohde.core.lda import LDA
 from rohde.training.windows_dataset import WindowSet
 
 # Name in the report -> what the model was trained on.

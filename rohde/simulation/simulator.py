@@ -1,9 +1,9 @@
 """Simulated HD-EMG recordings and the endless live stream behind the simulated amplifier.
 
-The signal model lives in `rohde.core.emg_model`, the gesture protocol (rest and held gestures
-with realistic onsets, effort per hold) in `rohde.core.gesture_timeline`; this module adds the
+The signal model lives in `rohde.simulation.emg_model`, the gesture protocol (rest and held gestures
+with realistic onsets, effort per hold) in `rohde.simulation.gesture_timeline`; this module adds the
 configuration, the variability across trials,
-sessions and subjects, the disturbance conditions (from `rohde.core.disturbances`), the dataset
+sessions and subjects, the disturbance conditions (from `rohde.simulation.disturbances`), the dataset
 writer and `LiveSimulator`.
 
 Seeds: everything derives from `seed` and the (subject, session, trial, condition) numbers through
@@ -22,18 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from rohde.core.disturbances import DisturbanceField, disturbance_field, split_condition
-from rohde.core.emg_model import (
+from rohde.core.errors import ConfigError
+from rohde.core.gestures import CONDITIONS, DEFAULT_GESTURES, REST_GESTURES
+from rohde.core.layouts import ElectrodeLayout, layout_from_spec
+from rohde.core.recording import Recording
+from rohde.simulation.disturbances import DisturbanceField, disturbance_field, split_condition
+from rohde.simulation.emg_model import (
     EmgGenerator,
     make_anatomy,
     make_session,
     synergy_matrix,
 )
-from rohde.core.errors import ConfigError
-from rohde.core.gesture_timeline import GestureTimeline
-from rohde.core.gestures import CONDITIONS, DEFAULT_GESTURES, REST_GESTURES
-from rohde.core.layouts import ElectrodeLayout, layout_from_spec
-from rohde.core.recording import Recording
+from rohde.simulation.gesture_timeline import GestureTimeline
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def simulate_recording(
 
     `subject` fixes the anatomy, `session` the electrode placement, `trial` the effort and gesture
     order; a disturbed condition ("CA", "LC", "powerline", "dropout" or a `+` combination) is
-    applied with `rohde.core.disturbances` and recorded in `disturbance_mask`. The EMG does not
+    applied with `rohde.simulation.disturbances` and recorded in `disturbance_mask`. The EMG does not
     depend on `condition`: the same call with `condition="clean"` gives the exact clean
     counterpart of a disturbed trial.
     """
@@ -195,7 +195,7 @@ def simulate_recording(
         session=f"sess{session}",
         trial=f"t{trial:02d}",
         provenance={
-            "source": "rohde.core.simulator",
+            "source": "rohde.simulation.simulator",
             "seed": seed,
             "powerline_hz": config.powerline_hz,
             "config": _config_dict(config),

@@ -67,7 +67,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     recordings = load_dataset(args.data)
     conditions = [c.strip() for c in args.inject.split(",") if c.strip()]
     if conditions:
-        from rohde.core.disturbances import inject
+        from rohde.simulation.disturbances import inject
 
         clean = [r for r in recordings if r.condition == "clean"]
         if not clean:

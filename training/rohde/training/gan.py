@@ -106,7 +106,7 @@ def extract_disturbance_segments(
     """Raw segments `(N, n_region_channels, T)` float32 uV of the affected region of disturbed recordings.
 
     Only recordings whose `condition` equals `condition` are used. The region is `region_channels`
-    or, by default, `rohde.core.disturbances.affected_channels(layout, condition)`. When a recording
+    or, by default, `rohde.simulation.disturbances.affected_channels(layout, condition)`. When a recording
     has a `disturbance_mask`, segments are taken from the disturbed episode only (first to last
     sample where the mask is set in the region); the whole episode, so the quiet stretches between
     CA strikes keep their share. Without a mask (real data), the whole recording is used.
@@ -153,7 +153,7 @@ def extract_disturbance_segments(
 
 
 def _affected_channels(rec: Recording, condition: str) -> list[int]:
-    from rohde.core.disturbances import affected_channels  # the simulator's region definition
+    from rohde.simulation.disturbances import affected_channels  # the simulator's region definition
 
     return [int(c) for c in affected_channels(rec.layout, condition)]
 

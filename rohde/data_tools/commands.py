@@ -8,7 +8,7 @@
 - `rohde data baseline --data DIR` or `--train DIR --test DIR`: per-subject LDA on per-channel
   RMS features of 200 ms windows (hop 50 ms) filtered with the shared causal chain.
 - `rohde data spread PATH [--json]`: how much the holds of one gesture differ from each other,
-  per subject and session of the clean recordings (`rohde.core.hold_spread`).
+  per subject and session of the clean recordings (`rohde.data_tools.hold_spread`).
 
 Heavy imports (the simulator, matplotlib, the LDA of the training package) stay inside handlers.
 """
@@ -26,14 +26,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from rohde.classic.lda import LDA
 from rohde.core.datasets import find_recordings, load_any
 from rohde.core.errors import ConfigError, RecordingFormatError
 from rohde.core.gestures import UNUSABLE
-from rohde.core.hold_spread import HoldSpread, hold_patterns, hold_spread
-from rohde.core.lda import LDA
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import SUFFIX, Recording
-from rohde.core.simulator import PRESETS, simulate_dataset
+from rohde.data_tools.hold_spread import HoldSpread, hold_patterns, hold_spread
+from rohde.simulation.simulator import PRESETS, simulate_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def representative_recordings(paths: list[Path]) -> dict[str, Path]:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     try:
-        from rohde.training.data_plots import plot_recording
+        from rohde.data_tools.plots import plot_recording
     except ImportError as exc:  # matplotlib comes with the [train] extra, not the serving install
         raise ConfigError(f"rohde data plot needs matplotlib ({exc}); install rohde[train].") from exc
 
@@ -285,7 +285,7 @@ class _Features:
 
 
 def _features_of(paths: list[Path], args: argparse.Namespace) -> list[_Features]:
-    from rohde.core.features import recording_features
+    from rohde.classic.features import recording_features
     from rohde.core.windows import WindowConfig
 
     window = WindowConfig(args.window_ms, args.hop_ms)

@@ -20,8 +20,8 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Web
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
-from rohde import __version__
 from rohde.core.errors import ModelPackageError
+from rohde.core.version import VERSION
 from rohde.server.hub import Hub
 from rohde.server.inference import ModelManager
 from rohde.server.ingest import IngestConfig, JobQueue
@@ -152,7 +152,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(
         title="RoHDE gesture server",
-        version=__version__,
+        version=VERSION,
         description=(
             "Real-time gesture recognition from HD-EMG LSL streams. Decisions are pushed on the WebSocket "
             "`/ws` as JSON `PredictionMessage`s (and `StatusMessage`s for stream and model events); the "
@@ -174,7 +174,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         threads_ok = runtime.inference.alive and runtime.streams.alive
         return {
             "status": "ok" if threads_ok and not errors else "degraded",
-            "version": __version__,
+            "version": VERSION,
             "uptime_s": time.time() - runtime.started_at,
             "model": runtime.models.describe_active(),
             "not_ready_reason": runtime.not_ready_reason(),

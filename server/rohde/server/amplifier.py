@@ -8,7 +8,7 @@ condition, pushed whenever either changes and stamped with the time of the sampl
 and repeated every `marker_repeat_s` so that a subscriber that joins late learns the truth soon.
 Timestamps are regular: sample i of the stream carries `t0 + i / fs_hz`.
 
-Sources: `SimulatorSource` (the embedded `rohde.core.simulator.LiveSimulator`, with its gesture
+Sources: `SimulatorSource` (the embedded `rohde.simulation.simulator.LiveSimulator`, with its gesture
 and disturbance schedule) and `RecordingSource` (any loaded `Recording`, looped).
 """
 
@@ -110,7 +110,7 @@ class SimulatorSource:
     @classmethod
     def create(cls, *, subject: int = 0, session: int = 0, seed: int = 0,
                schedule: Sequence[str] = ("clean", "CA", "LC"), condition_s: float = 30.0) -> SimulatorSource:
-        from rohde.core.simulator import LiveSimulator  # the simulator is only needed by this source
+        from rohde.simulation.simulator import LiveSimulator  # the simulator is only needed by this source
 
         return cls(LiveSimulator(subject=subject, session=session, seed=seed, schedule=tuple(schedule),
                                  condition_s=condition_s))

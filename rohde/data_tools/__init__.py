@@ -1,0 +1,1 @@
+"""`rohde data`: simulate, summarise, plot, baseline and spread recordings (plots need the `[train]` extra)."""
