@@ -87,3 +87,39 @@ def test_cli_entry_point_runs() -> None:
         [sys.executable, "-m", "rohde.cli", "--version"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and result.stdout.startswith("rohde "), result.stderr
+
+
+_INSTALLED_FROM_CLONE_ROOT = """
+import sys
+from pathlib import Path
+import rohde.core, rohde.server.app, rohde.training
+from rohde.core.model_package import load_model_package
+from rohde.server.settings import default_lsl_config, default_models_dir
+target = Path(sys.argv[1]).resolve()
+models, lsl = default_models_dir().resolve(), default_lsl_config().resolve()
+assert models.is_relative_to(target) and lsl.is_relative_to(target), (models, lsl)
+assert lsl.is_file(), lsl
+assert Path(rohde.server.app.__file__).resolve().is_relative_to(target)
+package = load_model_package(models / "rohde-default")
+print(package.metadata.name)
+"""
+
+
+def test_wheel_install_finds_its_models_and_lsl_config_from_the_clone_root(tmp_path: Path) -> None:
+    # A non-editable install, run from the repository root where the source `rohde/` folder is on sys.path too:
+    # the namespace merges both, and resources come from the installed package, not the source tree.
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO_ROOT)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    target = tmp_path / "installed"
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                                *map(str, wheels.glob("rohde-*.whl"))], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    # `-S` skips site-packages' .pth files (the editable install's import hook); dependencies come via PYTHONPATH.
+    site_packages = next(p for p in sys.path if p.endswith("site-packages"))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{target}:{site_packages}"}
+    result = subprocess.run([sys.executable, "-S", "-c", _INSTALLED_FROM_CLONE_ROOT, str(target)], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "rohde-default"
