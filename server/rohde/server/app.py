@@ -22,6 +22,19 @@ from pydantic import BaseModel
 
 from rohde.core.errors import ModelPackageError
 from rohde.core.version import VERSION
+from rohde.server.api_models import (
+    ActiveModelInfo,
+    ErrorResponse,
+    HealthResponse,
+    MessageSchemas,
+    ModelPackageSummary,
+    ModelsResponse,
+    ReadyResponse,
+    RequestRefused,
+    StreamSnapshot,
+    StreamsResponse,
+    WorkerThreads,
+)
 from rohde.server.hub import Hub
 from rohde.server.inference import ModelManager
 from rohde.server.ingest import IngestConfig, JobQueue
@@ -162,7 +175,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
 
     @app.get("/health", summary="Liveness and errors of every owned worker")
-    def health(runtime: Runtime) -> dict[str, Any]:
+    def health(runtime: Runtime) -> HealthResponse:
         errors = {}
         if runtime.inference.error:
             errors["inference"] = runtime.inference.error
@@ -172,41 +185,55 @@ def create_app(settings: ServerSettings) -> FastAPI:
             if worker.error:
                 errors[f"stream:{sid}"] = worker.error
         threads_ok = runtime.inference.alive and runtime.streams.alive
-        return {
-            "status": "ok" if threads_ok and not errors else "degraded",
-            "version": VERSION,
-            "uptime_s": time.time() - runtime.started_at,
-            "model": runtime.models.describe_active(),
-            "not_ready_reason": runtime.not_ready_reason(),
-            "threads": {"inference": runtime.inference.alive, "watchdog": runtime.streams.alive},
-            "streams": runtime.streams.states(),
-            "errors": errors,
-        }
+        return HealthResponse(
+            status="ok" if threads_ok and not errors else "degraded",
+            version=VERSION,
+            uptime_s=time.time() - runtime.started_at,
+            model=runtime.models.describe_active(),
+            not_ready_reason=runtime.not_ready_reason(),
+            threads=WorkerThreads(inference=runtime.inference.alive, watchdog=runtime.streams.alive),
+            streams=runtime.streams.states(),
+            errors=errors,
+        )
 
-    @app.get("/ready", summary="200 when a model is active and the pipeline runs, else 503 with the reason")
+    @app.get("/ready", summary="200 when a model is active and the pipeline runs, else 503 with the reason",
+             response_model=ReadyResponse,
+             responses={503: {"model": ReadyResponse, "description": "Not ready: `reason` says why."}})
     def ready(runtime: Runtime) -> JSONResponse:
         reason = runtime.not_ready_reason()
-        body = {"ready": reason is None, "reason": reason, "model": runtime.model_info(),
-                "streams": runtime.streams.states()}
-        return JSONResponse(body, status_code=200 if reason is None else 503)
+        info = runtime.model_info()
+        body = ReadyResponse(ready=reason is None, reason=reason,
+                             model=None if info is None else ActiveModelInfo.model_validate(info),
+                             streams=runtime.streams.states())
+        return JSONResponse(body.model_dump(mode="json"), status_code=200 if reason is None else 503)
 
     @app.get("/models", summary="Model packages in the models directory")
-    def models(runtime: Runtime) -> dict[str, Any]:
+    def models(runtime: Runtime) -> ModelsResponse:
         active = runtime.models.active
-        return {"models_dir": str(runtime.models.models_dir),
-                "active": active.package.path.name if active else None,
-                "models": runtime.models.available()}
+        return ModelsResponse(models_dir=str(runtime.models.models_dir),
+                              active=active.package.path.name if active else None,
+                              models=[ModelPackageSummary.model_validate(row) for row in runtime.models.available()])
 
-    @app.get("/models/active", summary="The active model, its provider and metadata summary")
-    def active_model(runtime: Runtime) -> dict[str, Any]:
+    @app.get("/models/active", summary="The active model, its provider and metadata summary",
+             responses={404: {"model": ErrorResponse, "description": "No model is active; `detail` says why."}})
+    def active_model(runtime: Runtime) -> ActiveModelInfo:
         info = runtime.model_info()
         if info is None:
             raise HTTPException(404, detail=runtime.not_ready_reason())
-        return info
+        return ActiveModelInfo.model_validate(info)
 
-    @app.put("/models/active", summary="Activate another model package (bearer token from ROHDE_ADMIN_TOKEN)")
+    @app.put("/models/active", summary="Activate another model package (bearer token from ROHDE_ADMIN_TOKEN)",
+             responses={
+                 401: {"model": ErrorResponse, "description": "The bearer token is missing or wrong.",
+                       "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}},
+                 403: {"model": ErrorResponse, "description": "Model changes are disabled (no ROHDE_ADMIN_TOKEN)."},
+                 422: {"model": RequestRefused,
+                       "description": "The package is refused (the previous model stays active), or the body is "
+                                      "invalid."},
+                 500: {"model": ErrorResponse, "description": "The model was activated but is not reported active."},
+             })
     async def set_active_model(body: ActivateRequest, runtime: Runtime,
-                               authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+                               authorization: Annotated[str | None, Header()] = None) -> ActiveModelInfo:
         token = runtime.settings.admin_token
         if not token:
             raise HTTPException(403, detail="Model changes are disabled: the server has no ROHDE_ADMIN_TOKEN.")
@@ -224,21 +251,24 @@ def create_app(settings: ServerSettings) -> FastAPI:
         info = runtime.model_info()
         if info is None:  # another request cannot deactivate a model, so this means a bug
             raise HTTPException(500, detail="The model was activated but is not reported active.")
-        return info
+        return ActiveModelInfo.model_validate(info)
 
     @app.get("/streams", summary="Every stream the server knows: state, reason, counters, per-channel quality")
-    def streams(runtime: Runtime) -> dict[str, Any]:
-        return {"query": runtime.streams.query.describe(),
-                "streams": [w.snapshot() for w in list(runtime.streams.workers.values())]}
+    def streams(runtime: Runtime) -> StreamsResponse:
+        return StreamsResponse(query=runtime.streams.query.describe(),
+                               streams=[StreamSnapshot.model_validate(w.snapshot())
+                                        for w in list(runtime.streams.workers.values())])
 
-    @app.get("/metrics", summary="Prometheus text exposition", response_class=PlainTextResponse)
+    @app.get("/metrics", summary="Prometheus text exposition", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format 0.0.4."}})
     def metrics(runtime: Runtime) -> PlainTextResponse:
         return PlainTextResponse(runtime.metrics.render(runtime.streams.states()),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/schema/messages", summary="JSON schemas of the WebSocket messages")
-    def message_schemas() -> dict[str, Any]:
-        return {"prediction": PredictionMessage.model_json_schema(), "status": StatusMessage.model_json_schema()}
+    def message_schemas() -> MessageSchemas:
+        return MessageSchemas(prediction=PredictionMessage.model_json_schema(),
+                              status=StatusMessage.model_json_schema())
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket, stream: Annotated[str | None, Query()] = None) -> None:

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel
+from rohde.server.messages import ServerMessage
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ class Hub:
     def clients(self) -> list[Client]:
         return list(self._clients.values())
 
-    def publish(self, message: BaseModel) -> None:
+    def publish(self, message: ServerMessage) -> None:
         """Queue `message` for every client that wants it (event-loop thread only)."""
         text = message.model_dump_json()
-        stream_id = getattr(message, "stream_id", None)
+        stream_id = message.stream_id
         self.published += 1
         for client in list(self._clients.values()):
             if client.stream_filter and stream_id is not None and stream_id != client.stream_filter:
@@ -74,14 +74,14 @@ class Hub:
             client.queue.append(text)
             client.wake.set()
 
-    def publish_threadsafe(self, message: BaseModel) -> None:
+    def publish_threadsafe(self, message: ServerMessage) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         try:
             loop.call_soon_threadsafe(self.publish, message)
         except RuntimeError:  # the loop is shutting down
-            logger.debug("Event loop closed; message of %s not delivered.", getattr(message, "stream_id", None))
+            logger.debug("Event loop closed; message of %s not delivered.", message.stream_id)
 
     @staticmethod
     async def next_message(client: Client) -> str:

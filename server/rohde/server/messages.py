@@ -59,3 +59,7 @@ class StatusMessage(BaseModel):
     source_id: str | None = None
     model_name: str | None = None
     model_version: str | None = None
+
+
+# Every message the hub fans out; each says its stream (`stream_id`, None for server-wide status).
+ServerMessage = PredictionMessage | StatusMessage

@@ -1,0 +1,132 @@
+"""Bodies of the REST routes, as pydantic models, so `/openapi.json` describes every response.
+
+Field names and order are those of the JSON the routes answer; `/streams` snapshots mirror the
+stream worker's `snapshot()`, whose quality block mirrors `QualityMonitor.summary()` and `.channels`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Body(BaseModel):
+    # "model_*" field names are ours, not pydantic's.
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class ErrorResponse(_Body):
+    """Why a request failed (FastAPI's `HTTPException` body)."""
+
+    detail: str
+
+
+class RequestRefused(_Body):
+    """A 422: the request was refused with a sentence, or its body did not validate (FastAPI's error list)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+class WorkerThreads(_Body):
+    inference: bool  # the inference thread is alive
+    watchdog: bool  # the stream watchdog thread is alive
+
+
+class HealthResponse(_Body):
+    status: Literal["ok", "degraded"]  # degraded: a thread is down or a worker reported an error
+    version: str  # RoHDE version of the server
+    uptime_s: float
+    model: str  # the active model's quoted name, or "no model"
+    not_ready_reason: str | None  # why /ready answers 503, None when ready
+    threads: WorkerThreads
+    streams: dict[str, str]  # stream id -> worker state
+    errors: dict[str, str]  # "inference", "watchdog" or "stream:<id>" -> the last error
+
+
+class ActiveModelInfo(_Body):
+    name: str
+    version: str
+    folder: str  # package folder under the models directory
+    generation: int  # activation counter; bumped by every model change
+    provider: str  # ONNX Runtime execution provider in use
+    labels: list[str]  # class names, in output order
+    n_channels: int
+    fs_hz: float
+    window_ms: float
+    hop_ms: float
+    window_samples: int
+    onnx_sha256: str
+    metrics: dict[str, Any]  # the package's per-condition evaluation results
+
+
+class ReadyResponse(_Body):
+    ready: bool
+    reason: str | None  # why not ready, None when ready
+    model: ActiveModelInfo | None
+    streams: dict[str, str]  # stream id -> worker state
+
+
+class ModelPackageSummary(_Body):
+    name: str  # folder name, the name to activate
+    valid: bool  # the package loads and its checksum matches
+    version: str | None
+    labels: list[str] | None
+    n_channels: int | None
+    fs_hz: float | None
+    error: str | None  # why the package is invalid
+
+
+class ModelsResponse(_Body):
+    models_dir: str
+    active: str | None  # folder of the active package
+    models: list[ModelPackageSummary]
+
+
+class ChannelQualityReport(_Body):
+    channel: int  # 0-based
+    flags: list[str]  # flat, saturated, powerline, artifact, nonfinite
+    rms_uv: float
+    powerline_share: float  # mains share of the >20 Hz power
+    lowband_uv: float  # 1-20 Hz RMS
+
+
+class StreamQualityReport(_Body):
+    bad_channels: list[int]  # 0-based channels with any flag
+    flag_counts: dict[str, int]  # flag -> number of channels raising it
+    channels: list[ChannelQualityReport]
+
+
+class StreamSnapshot(_Body):
+    """One stream the server knows; the description fields are None before a stream was attached."""
+
+    stream_id: str
+    state: str  # connected, connecting, lost, refused, stopped or waiting_for_model
+    reason: str  # why the stream is in this state ("" when connected)
+    error: str | None  # the worker thread's last error
+    name: str | None
+    type: str | None
+    source_id: str | None
+    hostname: str | None
+    n_channels: int | None
+    fs_hz: float | None  # nominal rate of the stream
+    channel_format: str | None
+    channel_labels: list[str]
+    samples_received: int
+    windows_emitted: int
+    lost_count: int
+    recovered_count: int
+    last_lsl_time: float | None
+    time_correction_s: float | None
+    model_generation: int  # generation of the model the windows are cut for (0 before the first)
+    quality: StreamQualityReport | None  # None until the first quality estimate
+
+
+class StreamsResponse(_Body):
+    query: str  # the LSL predicate the server resolves streams with
+    streams: list[StreamSnapshot]
+
+
+class MessageSchemas(_Body):
+    prediction: dict[str, Any]  # JSON schema of PredictionMessage
+    status: dict[str, Any]  # JSON schema of StatusMessage
