@@ -1,12 +1,9 @@
-"""Pure parts of the server: decisions, quality monitor, hub queues, metrics text, settings, and the
-stream worker's pulls against a scripted inlet."""
+"""Pure parts of the server: quality monitor, metrics text, settings, and the stream worker's pulls
+against a scripted inlet."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,11 +13,8 @@ import pytest
 from rohde.core.errors import ConfigError
 from rohde.core.windows import window_ends
 from rohde.server import ingest
-from rohde.server.decisions import DecisionSmoother
-from rohde.server.hub import Hub
 from rohde.server.inference import ModelManager
 from rohde.server.lsl_inlet import StreamDescription, import_pylsl
-from rohde.server.messages import PredictionMessage, StatusMessage
 from rohde.server.metrics import ServerMetrics
 from rohde.server.quality import QualityMonitor, QualityThresholds
 from rohde.server.settings import load_settings
@@ -28,33 +22,6 @@ from rohde.server.settings import load_settings
 from .conftest import FS_HZ, LSL_CONFIG, N_CHANNELS, ModelSet, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def probs(index: int, confidence: float, n: int = 4) -> np.ndarray:
-    p = np.full(n, (1 - confidence) / (n - 1))
-    p[index] = confidence
-    return p
-
-
-def test_majority_vote_and_rejection() -> None:
-    smoother = DecisionSmoother(k=3, confidence_threshold=0.6)
-    assert smoother.update(probs(1, 0.9)).gesture_index == 1
-    assert smoother.update(probs(2, 0.9)).gesture_index == 2  # tie 1:1 -> most recent
-    d = smoother.update(probs(1, 0.9))
-    assert (d.gesture_index, d.rejected) == (1, False)
-    low = smoother.update(probs(3, 0.4))
-    assert low.rejected and low.reject_reason == "low_confidence"
-    assert low.window_index == 3 and low.gesture_index == 1  # a rejected window does not vote
-    forced = smoother.update(probs(3, 0.95), input_reject_reason="nonfinite_input")
-    assert forced.rejected and forced.reject_reason == "nonfinite_input"
-    assert smoother.update(probs(2, 0.9)).gesture_index == 2  # history now 2, 1, 2
-
-
-def test_smoother_validates_parameters() -> None:
-    with pytest.raises(ConfigError, match="vote k"):
-        DecisionSmoother(k=0, confidence_threshold=0.5)
-    with pytest.raises(ConfigError, match="confidence_threshold"):
-        DecisionSmoother(k=3, confidence_threshold=1.5)
 
 
 def _emg(rng: np.random.Generator, n: int, c: int, fs: float) -> np.ndarray:
@@ -86,59 +53,6 @@ def test_quality_flags_each_failure() -> None:
     assert "nonfinite" in flags[5]
     assert monitor.bad_channels == [1, 2, 3, 4, 5]
     assert monitor.hard_bad_fraction() == pytest.approx(3 / 6)
-
-
-def _prediction(stream: str, seq: int) -> PredictionMessage:
-    return PredictionMessage(
-        stream_id=stream, seq=seq, lsl_time=1.0, server_time=time.time(), gesture="a", gesture_index=0,
-        confidence=0.9, window_gesture="a", probabilities=[0.9, 0.1], labels=["a", "b"], rejected=False,
-        vote_k=3, confidence_threshold=0.5, latency_ms=1.0, model_name="m", model_version="1", bad_channels=[],
-    )
-
-
-def test_slow_client_loses_oldest_and_never_stalls_others() -> None:
-    dropped: list[int] = []
-
-    async def scenario() -> tuple[list[int], list[int], float]:
-        hub = Hub(queue_size=8, on_drop=dropped.append)
-        hub.bind(asyncio.get_running_loop())
-        fast, slow = hub.register(), hub.register()
-        fast_seen: list[int] = []
-        slow_seen: list[int] = []
-
-        async def reader(client, seen, delay):  # type: ignore[no-untyped-def]
-            while len(seen) < 200 and (not seen or seen[-1] < 199):
-                text = await hub.next_message(client)
-                seen.append(json.loads(text)["seq"])
-                await asyncio.sleep(delay)
-
-        tasks = [asyncio.create_task(reader(fast, fast_seen, 0)), asyncio.create_task(reader(slow, slow_seen, 0.02))]
-        started = time.perf_counter()
-        for seq in range(200):
-            hub.publish(_prediction("s", seq))  # never awaits a client
-            await asyncio.sleep(0.001)
-        publish_s = time.perf_counter() - started
-        await asyncio.wait_for(tasks[0], 5)
-        await asyncio.wait_for(tasks[1], 10)
-        return fast_seen, slow_seen, publish_s
-
-    fast_seen, slow_seen, publish_s = asyncio.run(scenario())
-    assert fast_seen == list(range(200))
-    assert slow_seen[-1] == 199 and len(slow_seen) < 200  # lost the oldest, kept the newest
-    assert sum(dropped) == 200 - len(slow_seen)
-    assert publish_s < 2.0
-
-
-def test_hub_filters_by_stream() -> None:
-    async def scenario() -> list[str]:
-        hub = Hub(queue_size=4)
-        only_b = hub.register("b")
-        hub.publish(_prediction("a", 0))
-        hub.publish(_prediction("b", 0))
-        hub.publish(StatusMessage(event="model_changed", server_time=0.0))
-        return [json.loads(await hub.next_message(only_b)).get("stream_id") for _ in range(2)]
-
-    assert asyncio.run(scenario()) == ["b", None]
 
 
 def test_metrics_text_format() -> None:
