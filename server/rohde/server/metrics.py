@@ -7,7 +7,8 @@ every update holds one lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from enum import StrEnum
 
 import numpy as np
 
@@ -45,18 +46,37 @@ class Histogram:
         return [float(np.quantile(self._recent[:n], q)) for q in qs]
 
 
+class StreamCounter(StrEnum):
+    """The counters kept per stream, in the order `/metrics` lists them."""
+
+    WINDOWS_PROCESSED = "windows_processed"
+    WINDOWS_REJECTED = "windows_rejected"
+    GAPS = "gaps"
+    MISSING_SAMPLES = "missing_samples"
+    OVERFLOWS = "overflows"
+    NONFINITE_SAMPLES = "nonfinite_samples"
+    WINDOWS_SHED = "windows_shed"  # discarded, oldest first, because inference fell behind
+
+
+# Prometheus name and help text of each per-stream counter.
+_STREAM_COUNTER_TEXT: dict[StreamCounter, tuple[str, str]] = {
+    StreamCounter.WINDOWS_PROCESSED: ("rohde_windows_processed_total", "Windows run through the model."),
+    StreamCounter.WINDOWS_REJECTED: ("rohde_windows_rejected_total", "Decisions marked rejected."),
+    StreamCounter.GAPS: ("rohde_stream_gaps_total", "Timestamp gaps detected in a stream."),
+    StreamCounter.MISSING_SAMPLES: ("rohde_stream_missing_samples_total", "Samples estimated lost in gaps."),
+    StreamCounter.OVERFLOWS: ("rohde_stream_overflows_total", "Gaps caused by the inlet buffer overflowing."),
+    StreamCounter.NONFINITE_SAMPLES: ("rohde_stream_nonfinite_samples_total", "NaN or Inf samples received."),
+    StreamCounter.WINDOWS_SHED: ("rohde_windows_shed_total", "Windows discarded unprocessed, oldest first, because "
+                                 "inference fell behind (inference queue full)."),
+}
+
+
 class ServerMetrics:
     """All counters the server exposes; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.windows_processed: dict[str, int] = {}
-        self.windows_rejected: dict[str, int] = {}
-        self.gaps: dict[str, int] = {}
-        self.missing_samples: dict[str, int] = {}
-        self.overflows: dict[str, int] = {}
-        self.nonfinite_samples: dict[str, int] = {}
-        self.windows_shed: dict[str, int] = {}  # discarded, oldest first, because inference fell behind
+        self._per_stream: dict[StreamCounter, dict[str, int]] = {counter: {} for counter in StreamCounter}
         self.dropped_messages = 0
         self.windows_dropped = 0  # prepared for a model generation no longer loaded
         self.batches = 0
@@ -64,10 +84,15 @@ class ServerMetrics:
         self.processing_latency = Histogram(LATENCY_BUCKETS_S)  # last sample pulled -> decision ready
         self.model_swaps = 0
 
-    def add(self, counter: str, stream_id: str, value: int = 1) -> None:
+    def add(self, counter: StreamCounter, stream_id: str, value: int = 1) -> None:
         with self._lock:
-            table: dict[str, int] = getattr(self, counter)
+            table = self._per_stream[counter]
             table[stream_id] = table.get(stream_id, 0) + value
+
+    def stream_counts(self, counter: StreamCounter) -> dict[str, int]:
+        """A copy of `counter`'s value per stream id."""
+        with self._lock:
+            return dict(self._per_stream[counter])
 
     def count_dropped(self, n: int = 1) -> None:
         with self._lock:
@@ -93,21 +118,12 @@ class ServerMetrics:
             median, p99 = self.processing_latency.quantiles((0.5, 0.99))
             return {"median_ms": median * 1000, "p99_ms": p99 * 1000, "n": self.processing_latency.n}
 
-    def render(self, stream_states: dict[str, str]) -> str:
+    def render(self, stream_states: Mapping[str, str]) -> str:
         """The whole exposition text; `stream_states` maps stream id -> state name."""
         with self._lock:
             lines: list[str] = []
-            per_stream = (
-                ("rohde_windows_processed_total", "Windows run through the model.", self.windows_processed),
-                ("rohde_windows_rejected_total", "Decisions marked rejected.", self.windows_rejected),
-                ("rohde_stream_gaps_total", "Timestamp gaps detected in a stream.", self.gaps),
-                ("rohde_stream_missing_samples_total", "Samples estimated lost in gaps.", self.missing_samples),
-                ("rohde_stream_overflows_total", "Gaps caused by the inlet buffer overflowing.", self.overflows),
-                ("rohde_stream_nonfinite_samples_total", "NaN or Inf samples received.", self.nonfinite_samples),
-                ("rohde_windows_shed_total", "Windows discarded unprocessed, oldest first, because inference fell "
-                 "behind (inference queue full).", self.windows_shed),
-            )
-            for name, help_text, table in per_stream:
+            for counter, table in self._per_stream.items():
+                name, help_text = _STREAM_COUNTER_TEXT[counter]
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
                 lines += [f'{name}{{stream="{_escape(s)}"}} {v}' for s, v in sorted(table.items())]
             lines += [

@@ -17,9 +17,9 @@ import numpy as np
 
 from rohde.server.decisions import DecisionSmoother
 from rohde.server.inference import ModelManager
-from rohde.server.ingest import WindowJob
+from rohde.server.jobs import WindowJob
 from rohde.server.messages import PredictionMessage
-from rohde.server.metrics import ServerMetrics
+from rohde.server.metrics import ServerMetrics, StreamCounter
 from rohde.server.threads import OwnedThread
 
 logger = logging.getLogger(__name__)
@@ -111,9 +111,9 @@ class InferenceLoop:
                     model_name=meta.name, model_version=meta.version, bad_channels=list(job.bad_channels),
                     condition_flags=list(job.flags),
                 ))
-                self._metrics.add("windows_processed", job.stream_id)
+                self._metrics.add(StreamCounter.WINDOWS_PROCESSED, job.stream_id)
                 if decision.rejected:
-                    self._metrics.add("windows_rejected", job.stream_id)
+                    self._metrics.add(StreamCounter.WINDOWS_REJECTED, job.stream_id)
             self._metrics.observe_batch(inference_s, done)
         for message in messages:
             for publish in self._publishers:

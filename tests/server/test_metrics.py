@@ -1,0 +1,39 @@
+"""The Prometheus exposition text of the server's counters and histograms."""
+
+from __future__ import annotations
+
+import pytest
+
+from rohde.server.metrics import ServerMetrics, StreamCounter
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_metrics_text_format() -> None:
+    metrics = ServerMetrics()
+    metrics.add(StreamCounter.WINDOWS_PROCESSED, "s1", 3)
+    metrics.add(StreamCounter.GAPS, "s1")
+    metrics.observe_batch(0.0007, [0.003, 0.004])
+    metrics.count_dropped(2)
+    text = metrics.render({"s1": "connected"})
+    assert 'rohde_windows_processed_total{stream="s1"} 3' in text
+    assert 'rohde_stream_gaps_total{stream="s1"} 1' in text
+    assert "rohde_ws_dropped_messages_total 2" in text
+    assert 'rohde_inference_latency_seconds_bucket{le="0.001"} 1' in text
+    assert "rohde_processing_latency_seconds_count 2" in text
+    assert 'rohde_stream_state{stream="s1",state="connected"} 1' in text
+    for line in text.splitlines():
+        assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+
+
+def test_every_per_stream_counter_is_listed_in_order() -> None:
+    metrics = ServerMetrics()
+    for counter in StreamCounter:
+        metrics.add(counter, "s")
+    assert metrics.stream_counts(StreamCounter.OVERFLOWS) == {"s": 1}
+    counted = [line.split("{")[0] for line in metrics.render({}).splitlines() if line.endswith('{stream="s"} 1')]
+    assert counted == [
+        "rohde_windows_processed_total", "rohde_windows_rejected_total", "rohde_stream_gaps_total",
+        "rohde_stream_missing_samples_total", "rohde_stream_overflows_total", "rohde_stream_nonfinite_samples_total",
+        "rohde_windows_shed_total",
+    ]
