@@ -21,15 +21,16 @@ from rohde.server.api_models import (
     StreamsResponse,
 )
 from rohde.server.app import create_app
+from rohde.server.processes import unique_id
 from rohde.server.settings import ServerSettings, load_settings
 
-from .conftest import LSL_CONFIG, ModelSet, unique, wait_for
+from .conftest import LSL_CONFIG, ModelSet, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def _settings(model_set: ModelSet, **overrides: Any) -> ServerSettings:
-    values: dict[str, Any] = {"models_dir": model_set.models_dir, "model": "good", "stream_name": unique("api"),
+    values: dict[str, Any] = {"models_dir": model_set.models_dir, "model": "good", "stream_name": unique_id("api"),
                               "resolve_interval_s": 0.2, "marker_outlet": False, "lsl_config": LSL_CONFIG}
     return load_settings(**{**values, **overrides})
 
@@ -83,8 +84,8 @@ def _outlet(model_set: ModelSet, name: str) -> Iterator[None]:
 
 @pytest.mark.lsl
 def test_live_bodies_are_the_response_models(model_set: ModelSet) -> None:
-    settings = _settings(model_set)
-    with _outlet(model_set, settings.stream_name), TestClient(create_app(settings)) as client:
+    name = unique_id("api")
+    with _outlet(model_set, name), TestClient(create_app(_settings(model_set, stream_name=name))) as client:
 
         def assessed_stream() -> list[dict[str, Any]] | None:
             streams: list[dict[str, Any]] = client.get("/streams").json()["streams"]
