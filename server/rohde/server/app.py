@@ -37,15 +37,15 @@ from rohde.server.api_models import (
 )
 from rohde.server.hub import Hub
 from rohde.server.inference import ModelManager
-from rohde.server.ingest import IngestConfig, JobQueue
+from rohde.server.inference_loop import InferenceLoop, Publisher
+from rohde.server.ingest_config import IngestConfig
+from rohde.server.jobs import JobQueue
 from rohde.server.lsl_inlet import StreamQuery
 from rohde.server.markers import DecisionMarkerOutlet
-from rohde.server.messages import PredictionMessage, StatusMessage
+from rohde.server.messages import PredictionMessage, StatusEvent, StatusMessage
 from rohde.server.metrics import ServerMetrics
-from rohde.server.pipeline import InferenceLoop, Publisher
-from rohde.server.quality import QualityThresholds
 from rohde.server.settings import ServerSettings
-from rohde.server.watchdog import StreamManager
+from rohde.server.stream_manager import StreamManager
 
 logger = logging.getLogger(__name__)
 
@@ -110,22 +110,11 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
         logger.error("Starting without a model (not ready): %s", exc)
     jobs = JobQueue(settings.inference_queue_size, metrics)
 
-    def announce(event: str, stream_id: str, detail: str, source_id: str | None) -> None:
-        hub.publish_threadsafe(StatusMessage(event=event, server_time=time.time(), stream_id=stream_id,  # type: ignore[arg-type]
+    def announce(event: StatusEvent, stream_id: str, detail: str, source_id: str | None) -> None:
+        hub.publish_threadsafe(StatusMessage(event=event, server_time=time.time(), stream_id=stream_id,
                                              detail=detail, source_id=source_id))
 
-    config = IngestConfig(
-        buffer_s=settings.inlet_buffer_s, pull_interval_s=settings.pull_interval_ms / 1000.0,
-        stale_after_s=settings.stale_after_s, gap_tolerance_samples=settings.gap_tolerance_samples,
-        reset_after_gap_ms=settings.reset_after_gap_ms, reject_bad_fraction=settings.reject_bad_fraction,
-        lsl_config=settings.lsl_config,
-        quality=QualityThresholds(
-            window_s=settings.quality_window_s, interval_s=settings.quality_interval_s,
-            flat_std_uv=settings.flat_std_uv, saturation_uv=settings.saturation_uv,
-            powerline_ratio=settings.powerline_ratio, artifact_uv=settings.artifact_uv,
-            mains_hz=settings.mains_hz,
-        ),
-    )
+    config = IngestConfig.from_settings(settings)
     query = StreamQuery(name=settings.stream_name, type=settings.stream_type, source_id=settings.stream_source_id)
     streams = StreamManager(query=query, models=models, jobs=jobs, metrics=metrics, config=config, announce=announce,
                             max_streams=settings.max_streams, resolve_interval_s=settings.resolve_interval_s)

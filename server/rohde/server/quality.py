@@ -1,7 +1,7 @@
 """Live per-channel contact quality from the raw (unfiltered) signal.
 
-Every `interval_s` the monitor looks at the last `window_s` of raw samples of each channel and
-flags it as:
+Every `quality_interval_s` the monitor looks at the last `quality_window_s` of raw samples of each
+channel and flags it as:
 
 - `flat`: standard deviation below `flat_std_uv` (a dead or disconnected lead; real HD-EMG at rest
   is several uV RMS);
@@ -14,7 +14,8 @@ flags it as:
   carries more than `artifact_uv` (100 uV) RMS: tapping and movement transients (the CA
   signature) and the baseline jumps of a loose contact. Clean simulated channels: p99 51 uV;
   channels hit by contact artifacts: p90 138 uV; loose contacts: median 176 uV;
-- `nonfinite`: NaN or Inf samples arrived within the last `window_s` (set by the ingest worker).
+- `nonfinite`: NaN or Inf samples arrived within the last `quality_window_s` (set by the window
+  assembler).
 
 The spectrum is a Hann-windowed FFT of the mean-removed raw window. A channel with any flag is in
 `bad_channels`.
@@ -22,12 +23,16 @@ The spectrum is a Hann-windowed FFT of the mean-removed raw window. A channel wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import fft as sp_fft
 
 from rohde.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rohde.server.settings import ServerSettings
 
 FLAGS = ("flat", "saturated", "powerline", "artifact", "nonfinite")
 _HARD = [FLAGS.index(f) for f in ("flat", "saturated", "nonfinite")]  # no usable EMG at all
@@ -35,13 +40,20 @@ _HARD = [FLAGS.index(f) for f in ("flat", "saturated", "nonfinite")]  # no usabl
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    window_s: float = 0.5  # raw history per estimate
-    interval_s: float = 0.25  # time between estimates
+    """The quality monitor's knobs; `ServerSettings` takes its defaults from here, under the same names."""
+
+    quality_window_s: float = 0.5  # raw history per estimate
+    quality_interval_s: float = 0.25  # time between estimates
     flat_std_uv: float = 0.5  # below: flat
     saturation_uv: float = 6000.0  # at or above: saturated
     powerline_ratio: float = 0.8  # mains share of >20 Hz power above which: powerline
     artifact_uv: float = 100.0  # 1-20 Hz RMS above which: artifact
     mains_hz: float = 50.0  # power-line fundamental
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> QualityThresholds:
+        """The settings' values of every threshold (same field names)."""
+        return cls(**settings.model_dump(include={f.name for f in fields(cls)}))
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,7 @@ class ChannelQuality:
 
 
 class QualityMonitor:
-    """Keeps the last `window_s` of raw `(n_samples, n_channels)` uV and re-estimates quality."""
+    """Keeps the last `quality_window_s` of raw `(n_samples, n_channels)` uV and re-estimates quality."""
 
     def __init__(self, n_channels: int, fs_hz: float, thresholds: QualityThresholds | None = None) -> None:
         if n_channels < 1 or fs_hz <= 0:
@@ -62,11 +74,11 @@ class QualityMonitor:
         self.thresholds = thresholds or QualityThresholds()
         self.n_channels = n_channels
         self.fs_hz = fs_hz
-        self._n = max(16, int(round(self.thresholds.window_s * fs_hz)))
+        self._n = max(16, int(round(self.thresholds.quality_window_s * fs_hz)))
         self._raw = np.zeros((self._n, n_channels), dtype=np.float32)
         self._written = 0
         self._since_estimate = 0
-        self._interval = max(1, int(round(self.thresholds.interval_s * fs_hz)))
+        self._interval = max(1, int(round(self.thresholds.quality_interval_s * fs_hz)))
         self._nonfinite_until = np.zeros(n_channels, dtype=np.int64)  # sample index until which flagged
         freqs = np.fft.rfftfreq(self._n, 1.0 / fs_hz)
         self._taper = np.hanning(self._n).astype(np.float32)[:, None]

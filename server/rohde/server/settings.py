@@ -1,7 +1,9 @@
 """Server settings: pydantic-settings with the `ROHDE_` env prefix, an optional config file, CLI flags.
 
 Precedence, highest first: explicit overrides (CLI flags), environment variables (`ROHDE_*`), the
-config file (JSON or TOML, `ROHDE_CONFIG` or `--config`), the defaults below.
+config file (JSON or TOML, `ROHDE_CONFIG` or `--config`), the defaults below. The ingestion and
+quality defaults are those of `IngestConfig` and `QualityThresholds`, which read these settings back
+by field name.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rohde.core.errors import ConfigError
+from rohde.server.ingest_config import IngestConfig
+from rohde.server.quality import QualityThresholds
 
 ENV_PREFIX = "ROHDE_"
 
@@ -27,7 +31,8 @@ def default_models_dir() -> Path:
     # A namespace package's search path may hold an editable install's hook entry beside the real folder.
     folders = [Path(p) for p in (spec.submodule_search_locations or []) if Path(p).is_dir()] if spec else []
     if not folders:
-        raise ConfigError("The shipped models folder (package data `rohde.models`) is not installed; set ROHDE_MODELS_DIR.")
+        raise ConfigError("The shipped models folder (package data `rohde.models`) is not installed; "
+                          "set ROHDE_MODELS_DIR.")
     return folders[0]
 
 
@@ -56,27 +61,39 @@ class ServerSettings(BaseSettings):
     stream_type: str | None = "EMG"  # ... and/or by type ...
     stream_source_id: str | None = None  # ... and/or by source_id
     max_streams: int = Field(default=4, ge=1)  # streams served at once (one worker each)
-    inlet_buffer_s: int = Field(default=10, ge=1)  # liblsl inlet buffer; older samples are dropped on overflow
-    pull_interval_ms: float = Field(default=2.0, gt=0)  # sleep between non-blocking pulls when idle
+    # liblsl inlet buffer; older samples are dropped on overflow
+    inlet_buffer_s: int = Field(default=IngestConfig.inlet_buffer_s, ge=1)
+    # sleep between non-blocking pulls when idle
+    pull_interval_ms: float = Field(default=IngestConfig.pull_interval_ms, gt=0)
     resolve_interval_s: float = Field(default=1.0, gt=0)  # how often the watchdog looks for (re)appearing streams
-    stale_after_s: float = Field(default=1.0, gt=0)  # a connected stream silent this long is declared lost
-    gap_tolerance_samples: int = Field(default=4, ge=1)  # timestamp jumps beyond this many sample periods are gaps
-    reset_after_gap_ms: float = Field(default=100.0, ge=0)  # gaps longer than this restart the filter
+    # a connected stream silent this long is declared lost
+    stale_after_s: float = Field(default=IngestConfig.stale_after_s, gt=0)
+    # timestamp jumps beyond this many sample periods are gaps
+    gap_tolerance_samples: int = Field(default=IngestConfig.gap_tolerance_samples, ge=1)
+    # gaps longer than this restart the filter
+    reset_after_gap_ms: float = Field(default=IngestConfig.reset_after_gap_ms, ge=0)
 
     # Decisions
     vote_k: int = Field(default=5, ge=1)  # majority vote over the last k windows
     confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # below: the decision is rejected
     max_batch: int = Field(default=64, ge=1)  # most windows in one inference batch
-    reject_bad_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # flat/saturated share that rejects
+    # flat/saturated share that rejects
+    reject_bad_fraction: float = Field(default=IngestConfig.reject_bad_fraction, ge=0.0, le=1.0)
 
     # Quality monitor
-    quality_window_s: float = Field(default=0.5, gt=0)  # raw history each quality estimate looks at
-    quality_interval_s: float = Field(default=0.25, gt=0)  # how often quality is re-estimated
-    flat_std_uv: float = Field(default=0.5, ge=0)  # raw standard deviation below this: flat channel
-    saturation_uv: float = Field(default=6000.0, gt=0)  # |raw| at or above this: saturated
-    powerline_ratio: float = Field(default=0.8, gt=0, le=1)  # share of >20 Hz power within +-2 Hz of mains
-    artifact_uv: float = Field(default=100.0, gt=0)  # RMS in 1-20 Hz (no EMG there) above which: artifact
-    mains_hz: float = Field(default=50.0, gt=0)  # power-line frequency for the quality monitor
+    # raw history each quality estimate looks at
+    quality_window_s: float = Field(default=QualityThresholds.quality_window_s, gt=0)
+    # how often quality is re-estimated
+    quality_interval_s: float = Field(default=QualityThresholds.quality_interval_s, gt=0)
+    # raw standard deviation below this: flat channel
+    flat_std_uv: float = Field(default=QualityThresholds.flat_std_uv, ge=0)
+    # |raw| at or above this: saturated
+    saturation_uv: float = Field(default=QualityThresholds.saturation_uv, gt=0)
+    # share of >20 Hz power within +-2 Hz of mains
+    powerline_ratio: float = Field(default=QualityThresholds.powerline_ratio, gt=0, le=1)
+    # RMS in 1-20 Hz (no EMG there) above which: artifact
+    artifact_uv: float = Field(default=QualityThresholds.artifact_uv, gt=0)
+    mains_hz: float = Field(default=QualityThresholds.mains_hz, gt=0)  # power-line frequency for the quality monitor
 
     # Outputs
     inference_queue_size: int = Field(default=256, ge=1)  # windows waiting for inference before the oldest are shed

@@ -1,6 +1,6 @@
-"""The watchdog: owns every `StreamWorker`, finds new streams and gives returning ones back.
+"""The stream manager: owns every `StreamWorker`, finds new streams and gives returning ones back.
 
-`StreamManager` runs one thread that, every `resolve_interval_s`, reads the background resolver's
+`StreamManager` runs one watchdog thread that, every `resolve_interval_s`, reads the background resolver's
 list of streams matching the query (name, type, source_id): a new stream gets a worker (up to
 `max_streams`); a stream that reappears after loss (same source_id, or, when streams are chosen by
 name/type, the same name and type with a new source_id) is handed back to the worker that lost it,
@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 
 from rohde.server.inference import ModelManager
-from rohde.server.ingest import LOST, REFUSED, Announce, IngestConfig, JobQueue, StreamWorker
+from rohde.server.ingest_config import IngestConfig
+from rohde.server.jobs import JobQueue
 from rohde.server.lsl_inlet import StreamDescription, StreamQuery, StreamResolver
 from rohde.server.metrics import ServerMetrics
+from rohde.server.stream_worker import Announce, StreamState, StreamWorker
 from rohde.server.threads import OwnedThread
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,8 @@ class StreamManager:
         return self._thread.alive
 
     def states(self) -> dict[str, str]:
-        return {sid: w.state for sid, w in list(self.workers.items())}
+        """Stream id -> the name of its worker's state."""
+        return {sid: w.state.value for sid, w in list(self.workers.items())}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -86,13 +89,14 @@ class StreamManager:
         # A refused stream that has vanished is forgotten (it served nothing, and its slot is freed).
         present = {info.uid() for info in infos}
         for stream_id, worker in list(self.workers.items()):
-            if worker.state == REFUSED and worker.description is not None and worker.description.uid not in present:
+            gone = worker.description is not None and worker.description.uid not in present
+            if worker.state == StreamState.REFUSED and gone:
                 logger.info("Refused stream %s has gone; forgetting it.", stream_id)
                 worker.stop()
                 del self.workers[stream_id]
         # Streams served now, and lost ones the resolver has not forgotten yet (same uid = same dead outlet).
         attached = {w.uid for w in self.workers.values() if w.uid}
-        attached |= {w.description.uid for w in self.workers.values() if w.state == LOST and w.description}
+        attached |= {w.description.uid for w in self.workers.values() if w.state == StreamState.LOST and w.description}
         for info in infos:
             desc = StreamDescription.from_info(info)
             if desc.uid in attached:
@@ -114,7 +118,7 @@ class StreamManager:
             attached.add(desc.uid)
 
     def _lost_worker_for(self, desc: StreamDescription) -> StreamWorker | None:
-        lost = [w for w in self.workers.values() if w.state == LOST and w.description is not None]
+        lost = [w for w in self.workers.values() if w.state == StreamState.LOST and w.description is not None]
         for worker in lost:
             if desc.source_id and worker.description is not None and worker.description.source_id == desc.source_id:
                 return worker

@@ -1,0 +1,302 @@
+"""One worker per LSL stream: the connection state machine around a `WindowAssembler`.
+
+A `StreamWorker` owns one inlet and one thread. It validates a stream handed to it by `attach`
+against the active model (refusing one that does not fit), opens it, follows model changes, and
+pulls: each pull waits in liblsl for the samples missing until the next window end (one wake-up per
+hop, not per outlet chunk) and goes to the assembler, whose windows go on the inference queue.
+
+A worker notices loss itself (LostError from liblsl, or no samples for `stale_after_s`), announces
+it and waits for `attach` (from the `StreamManager`) to hand it the stream again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from rohde.core.errors import StreamMismatchError
+from rohde.server.inference import ActiveModel, ModelManager
+from rohde.server.ingest_config import IngestConfig
+from rohde.server.jobs import JobQueue
+from rohde.server.lsl_inlet import InletReader, StreamDescription, StreamQuery, check_stream_fits_model
+from rohde.server.messages import StatusEvent
+from rohde.server.metrics import ServerMetrics
+from rohde.server.quality import QualityMonitor
+from rohde.server.threads import OwnedThread
+from rohde.server.window_assembler import WindowAssembler
+
+logger = logging.getLogger(__name__)
+
+
+class StreamState(StrEnum):
+    """A worker's state, as shown by /streams and /metrics."""
+
+    CONNECTED = "connected"
+    CONNECTING = "connecting"
+    LOST = "lost"
+    REFUSED = "refused"
+    STOPPED = "stopped"
+    WAITING = "waiting_for_model"
+
+
+Announce = Callable[[StatusEvent, str, str, str | None], None]  # (event, stream_id, detail, source_id)
+
+
+class StreamWorker:
+    """Owns one stream's inlet, thread and window assembler; `start`, `attach`, `stop` (idempotent)."""
+
+    def __init__(self, stream_id: str, *, query: StreamQuery, models: ModelManager, jobs: JobQueue,
+                 metrics: ServerMetrics, config: IngestConfig, announce: Announce) -> None:
+        self.stream_id = stream_id
+        self.query = query
+        self._models = models
+        self._config = config
+        self._announce = announce
+        self._assembler = WindowAssembler(stream_id, config=config, metrics=metrics, emit=jobs.offer)
+        self._lock = threading.Lock()
+        self._thread = OwnedThread(self._run, name=f"rohde-stream-{stream_id}")
+        self._stop = self._thread.stop_event
+        self._reader: InletReader | None = None
+        self._pending: StreamDescription | None = None
+        self._pending_info: Any = None
+        self.description: StreamDescription | None = None
+        self.state = StreamState.STOPPED
+        self.reason = ""
+        self.error: str | None = None
+        self.ever_connected = False
+        self.lost_count = 0
+        self.recovered_count = 0
+        self.last_data_monotonic = 0.0
+        self.time_correction_s: float = float("nan")
+        self._generation = 0  # the model generation this worker follows
+        self._refused_info: Any = None  # kept so a later model that fits can open the stream
+
+    # ---- ownership -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._thread.stop(timeout_s)
+        with self._lock:
+            self._close_reader()
+            self.state = StreamState.STOPPED
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.alive
+
+    def attach(self, info: Any) -> None:
+        """Hand the worker a (new or returning) stream; the worker thread validates and opens it."""
+        with self._lock:
+            self._pending_info = info
+            self._pending = StreamDescription.from_info(info)
+
+    @property
+    def uid(self) -> str | None:
+        """The uid of the stream this worker serves or is about to serve; None when lost or stopped."""
+        with self._lock:
+            if self._pending is not None:
+                return self._pending.uid
+            served = (StreamState.CONNECTED, StreamState.CONNECTING, StreamState.REFUSED, StreamState.WAITING)
+            if self.description and self.state in served:
+                return self.description.uid
+            return None
+
+    @property
+    def samples_received(self) -> int:
+        return self._assembler.samples_received
+
+    @property
+    def windows_emitted(self) -> int:
+        return self._assembler.windows_emitted
+
+    @property
+    def last_lsl_time(self) -> float | None:
+        return self._assembler.last_lsl_time
+
+    def quality(self) -> QualityMonitor | None:
+        return self._assembler.quality
+
+    def refresh_time_correction(self) -> None:
+        """Ask liblsl for the current clock offset (called by the stream manager, not the pulling thread)."""
+        reader = self._reader
+        if reader is not None and self.state == StreamState.CONNECTED:
+            self.time_correction_s = reader.time_correction()
+
+    # ---- thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._take_pending()
+                self._follow_model()
+                reader = self._reader
+                if reader is None or self.state != StreamState.CONNECTED:
+                    self._stop.wait(0.05)
+                    continue
+                try:
+                    samples, stamps = reader.pull(self._config.pull_wait_s,
+                                                  min_samples=self._samples_wanted(reader.max_chunk))
+                except ConnectionError as exc:
+                    self._mark_lost(str(exc))
+                    continue
+                now = time.monotonic()
+                if len(stamps) == 0:
+                    if now - self.last_data_monotonic > self._config.stale_after_s:
+                        self._mark_lost(f"no samples for {self._config.stale_after_s:g} s")
+                    else:
+                        self._stop.wait(self._config.pull_interval_ms / 1000.0)
+                    continue
+                self.last_data_monotonic = now
+                self._assembler.push(samples, stamps, pulled_at=time.perf_counter(),
+                                     full=len(stamps) == reader.max_chunk)
+        except Exception as exc:  # surfaced in /health; the stream manager reports the dead thread
+            logger.exception("Stream worker %s failed.", self.stream_id)
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.state = StreamState.STOPPED
+
+    def _samples_wanted(self, max_chunk: int) -> int:
+        """How many samples a pull waits for: those missing until the next window end, since no decision
+        can come sooner; the thread then wakes once per hop instead of once per outlet chunk. The current
+        model's windows count: a swap that changes them changes this count."""
+        return min(self._assembler.samples_until_next_window, max_chunk)
+
+    def _max_chunk(self, active: ActiveModel) -> int:
+        return max(64, int(self._config.max_chunk_s * active.package.metadata.fs_hz))
+
+    def _take_pending(self) -> None:
+        with self._lock:
+            info, desc = self._pending_info, self._pending
+            if info is None or desc is None:
+                return
+            self._pending_info = self._pending = None
+            # Description and state change together, under the lock `uid` reads, so the stream manager
+            # never sees this stream unattached and gives it a second worker.
+            was_lost = self.state == StreamState.LOST or (
+                self.state in (StreamState.CONNECTING, StreamState.WAITING) and self.ever_connected)
+            self.description = desc
+            self.state = StreamState.CONNECTING
+        self._close_reader()
+        active = self._models.active
+        if active is None:
+            with self._lock:
+                self.state, self.reason = StreamState.WAITING, "no active model"
+                if self._pending_info is None:  # retried once a model is active
+                    self._pending_info, self._pending = info, desc
+            self._stop.wait(0.2)
+            return
+        try:
+            check_stream_fits_model(desc, active.package.metadata)
+        except StreamMismatchError as exc:
+            self._refused_info = info
+            self._refuse(str(exc))
+            return
+        self._open(info, active, recovered=was_lost)
+
+    def _open(self, info: Any, active: ActiveModel, *, recovered: bool) -> None:
+        opened = StreamDescription.from_info(info)
+        max_chunk = self._max_chunk(active)
+        try:
+            reader = InletReader(info, buffer_s=self._config.inlet_buffer_s, max_chunk=max_chunk,
+                                 lsl_config=self._config.lsl_config)
+            reader.open(self._config.open_timeout_s)
+        except Exception as exc:  # liblsl raises TimeoutError or RuntimeError when the outlet vanished
+            self._mark_lost(f"could not open inlet: {exc}")
+            return
+        self._reader = reader
+        self.description = reader.description  # now with the desc (channel labels)
+        self._generation = active.generation
+        self._assembler.use_model(active.package, active.generation, max_chunk=max_chunk)
+        self._assembler.restart(reader.description.fs_hz)  # a new inlet starts a new sample count
+        self.state, self.reason = StreamState.CONNECTED, ""
+        self.last_data_monotonic = time.monotonic()
+        event: StatusEvent = "stream_recovered" if recovered else "stream_connected"
+        if recovered:
+            self.recovered_count += 1
+        self.ever_connected = True
+        self._announce(event, self.stream_id,
+                       f"{opened.name} ({opened.n_channels} ch, {opened.fs_hz:g} Hz)",
+                       opened.source_id)
+
+    def _follow_model(self) -> None:
+        """Adopt a newly activated model between two pulls; the windows already queued keep theirs."""
+        active = self._models.active
+        if active is None or active.generation == self._generation or self.description is None:
+            return
+        if self.state not in (StreamState.CONNECTED, StreamState.REFUSED):
+            return
+        try:
+            check_stream_fits_model(self.description, active.package.metadata)
+        except StreamMismatchError as exc:
+            self._generation = active.generation
+            self._close_reader()
+            self._refuse(str(exc))
+            return
+        if self.state == StreamState.REFUSED:
+            info = self._refused_info
+            self._generation = active.generation
+            if info is not None:
+                self._open(info, active, recovered=False)
+            return
+        self._generation = active.generation
+        self._assembler.use_model(active.package, active.generation, max_chunk=self._max_chunk(active))
+
+    def _refuse(self, reason: str) -> None:
+        logger.error("%s", reason)
+        self.state, self.reason = StreamState.REFUSED, reason
+        self._generation = self._models.active.generation if self._models.active else 0
+        self._announce("stream_refused", self.stream_id, reason,
+                       self.description.source_id if self.description else None)
+
+    def _mark_lost(self, reason: str) -> None:
+        self._close_reader()
+        if self.state == StreamState.LOST:
+            return
+        self.state, self.reason = StreamState.LOST, reason
+        self.lost_count += 1
+        logger.warning("Stream %s lost: %s", self.stream_id, reason)
+        self._announce("stream_lost", self.stream_id, reason, self.description.source_id if self.description else None)
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    # ---- report ----------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        desc = self.description
+        quality = self._assembler.quality
+        return {
+            "stream_id": self.stream_id,
+            "state": self.state,
+            "reason": self.reason,
+            "error": self.error,
+            "name": desc.name if desc else None,
+            "type": desc.type if desc else None,
+            "source_id": desc.source_id if desc else None,
+            "hostname": desc.hostname if desc else None,
+            "n_channels": desc.n_channels if desc else None,
+            "fs_hz": desc.fs_hz if desc else None,
+            "channel_format": desc.channel_format if desc else None,
+            "channel_labels": list(desc.channel_labels) if desc else [],
+            "samples_received": self.samples_received,
+            "windows_emitted": self.windows_emitted,
+            "lost_count": self.lost_count,
+            "recovered_count": self.recovered_count,
+            "last_lsl_time": self.last_lsl_time,
+            "time_correction_s": None if np.isnan(self.time_correction_s) else self.time_correction_s,
+            "model_generation": self._generation,
+            "quality": None if quality is None else {
+                **quality.summary(),
+                "channels": [
+                    {"channel": ch.channel, "flags": list(ch.flags), "rms_uv": round(ch.rms_uv, 3),
+                     "powerline_share": round(ch.powerline_share, 4), "lowband_uv": round(ch.lowband_uv, 2)}
+                    for ch in quality.channels
+                ],
+            },
+        }

@@ -1,0 +1,199 @@
+"""One stream's signal path: raw samples and LSL timestamps in, `WindowJob`s out.
+
+A `WindowAssembler` splits each pull at timestamp gaps and counts them (a long gap restarts the
+filter and the windows where it falls), replaces non-finite samples before they reach the causal
+`StreamFilter`, keeps the filtered samples in a `StreamWindower`, feeds the raw samples to the
+`QualityMonitor`, and emits every ready window normalised and flagged (non-finite input, too many
+bad channels). It knows nothing of LSL or threads: the stream worker pushes what it pulled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rohde.core.model_package import ModelPackage
+from rohde.core.preprocessing import Normalization, StreamFilter
+from rohde.core.windows import StreamWindower
+from rohde.server.ingest_config import IngestConfig
+from rohde.server.jobs import WindowJob
+from rohde.server.metrics import ServerMetrics, StreamCounter
+from rohde.server.quality import QualityMonitor
+
+logger = logging.getLogger(__name__)
+
+
+def model_signature(package: ModelPackage) -> tuple[Any, ...]:
+    """What the filter and windower depend on; equal signatures let a swap keep their state."""
+    meta = package.metadata
+    return (meta.n_channels, meta.fs_hz, meta.window_samples, package.windows.hop_samples(meta.fs_hz),
+            tuple(sorted(package.preprocessing.to_dict().items())))
+
+
+class _SignalState:
+    """Filter, windower and timestamp ring for one stream under one model signature."""
+
+    def __init__(self, package: ModelPackage, max_chunk: int) -> None:
+        meta = package.metadata
+        self.signature = model_signature(package)
+        self.filter = StreamFilter(package.preprocessing, meta.n_channels)
+        self.window = meta.window_samples
+        self.windower = StreamWindower(meta.n_channels, meta.window_samples, package.windows.hop_samples(meta.fs_hz))
+        self.ts_capacity = self.windower.capacity + max_chunk
+        self.timestamps = np.zeros(self.ts_capacity, dtype=np.float64)
+        self.total = 0  # samples pushed since the last restart
+        self.nonfinite_until = 0  # windows ending at or before this index contain a non-finite sample
+
+    def reset(self) -> None:
+        self.filter.reset()
+        self.windower.reset()
+        self.total = 0
+        self.nonfinite_until = 0
+
+
+class WindowAssembler:
+    """Turns one stream's `(n, n_channels)` float32 samples and `(n,)` LSL timestamps into windows.
+
+    `use_model` sets the model the windows are prepared for, `restart` begins a new inlet, `push`
+    takes each pull and hands every ready window to `emit`, in stream order.
+    """
+
+    def __init__(self, stream_id: str, *, config: IngestConfig, metrics: ServerMetrics,
+                 emit: Callable[[WindowJob], None]) -> None:
+        self.stream_id = stream_id
+        self._config = config
+        self._metrics = metrics
+        self._emit = emit
+        self._signal: _SignalState | None = None
+        self._quality: QualityMonitor | None = None
+        self._normalization: Normalization | None = None
+        self._generation = 0
+        self._fs_hz: float | None = None  # the stream's nominal rate, for the gap check
+        self._prev_pull_full = False  # the last pull filled the pull buffer: we were behind
+        self.samples_received = 0
+        self.windows_emitted = 0
+        self.last_lsl_time: float | None = None  # timestamp of the last sample pushed
+
+    @property
+    def quality(self) -> QualityMonitor | None:
+        return self._quality
+
+    @property
+    def samples_until_next_window(self) -> int:
+        """Samples still missing until the next window end (1 before any model is set)."""
+        return 1 if self._signal is None else self._signal.windower.samples_until_next_window
+
+    def use_model(self, package: ModelPackage, generation: int, *, max_chunk: int) -> None:
+        """Prepare the next windows for `package` (model `generation`). A model with the same filter and
+        windows keeps their state, so the swap loses no window; any other starts them afresh."""
+        if self._signal is None or self._signal.signature != model_signature(package):
+            self._signal = _SignalState(package, max_chunk)
+            self._quality = QualityMonitor(package.metadata.n_channels, package.metadata.fs_hz,
+                                           self._config.quality)
+            self._prev_pull_full = False
+        self._normalization = package.normalization
+        self._generation = generation
+
+    def restart(self, fs_hz: float) -> None:
+        """A new inlet at nominal rate `fs_hz`: a new sample count and clock, so the filter and the
+        windows start again and no gap is measured against the stream before."""
+        if self._signal is not None:
+            self._signal.reset()
+        self._fs_hz = fs_hz
+        self._prev_pull_full = False
+        self.last_lsl_time = None
+
+    def push(self, samples: np.ndarray, stamps: np.ndarray, *, pulled_at: float, full: bool) -> None:
+        """Take one pull: `samples` `(n, n_channels)` float32 uV, `stamps` `(n,)` LSL seconds,
+        `pulled_at` its `perf_counter()` time, `full` whether it filled the pull buffer.
+
+        A pull spans several outlet chunks, so a gap can fall inside it: the runs between gaps go
+        through one by one, each gap is counted and a long one restarts the windows where it is."""
+        if self._fs_hz is None:
+            raise RuntimeError(f"Stream {self.stream_id}: call restart(fs_hz) before pushing samples.")
+        if len(stamps) == 0:
+            return
+        for start, stop in self._runs(stamps, self._fs_hz):
+            if start > 0:
+                self._prev_pull_full = False  # a gap inside one pull is the source's, not an overflow
+            self._push_run(samples[start:stop], stamps[start:stop], pulled_at, self._fs_hz)
+        self._prev_pull_full = full
+
+    def _max_step_s(self, fs_hz: float) -> float:
+        """The longest step between two timestamps that is not a gap."""
+        return (1 + self._config.gap_tolerance_samples) / fs_hz
+
+    def _runs(self, stamps: np.ndarray, fs_hz: float) -> list[tuple[int, int]]:
+        """Index ranges `[start, stop)` of `stamps` `(n,)` with no gap inside."""
+        cuts = (np.flatnonzero(np.diff(stamps) > self._max_step_s(fs_hz)) + 1).tolist()
+        bounds = [0, *cuts, len(stamps)]
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+    def _push_run(self, samples: np.ndarray, stamps: np.ndarray, pulled_at: float, fs_hz: float) -> None:
+        sig, quality, normalization = self._signal, self._quality, self._normalization
+        if sig is None or quality is None or normalization is None:
+            raise RuntimeError(f"Stream {self.stream_id}: call use_model before pushing samples.")
+        n = len(stamps)
+        self.samples_received += n
+        self._check_gap(float(stamps[0]), sig, fs_hz)
+        self.last_lsl_time = float(stamps[-1])
+
+        finite = np.isfinite(samples)
+        nonfinite_channels: np.ndarray | None = None
+        if not finite.all():
+            # NaN in the filter state would poison every later sample: zero them, flag the windows.
+            self._metrics.add(StreamCounter.NONFINITE_SAMPLES, self.stream_id, int((~finite).sum()))
+            samples = np.where(finite, samples, np.float32(0.0))
+            nonfinite_channels = ~finite.all(axis=0)
+            last_bad = int(np.nonzero(~finite.all(axis=1))[0][-1])
+            sig.nonfinite_until = sig.total + last_bad + 1 + sig.window
+
+        idx = (sig.total + np.arange(n)) % sig.ts_capacity
+        sig.timestamps[idx] = stamps
+        sig.total += n
+        ready = sig.windower.push(sig.filter.process(samples))
+        if not ready:
+            quality.push(samples, nonfinite_channels)
+            return
+        bad = tuple(quality.bad_channels)
+        hard_fraction = quality.hard_bad_fraction()
+        for end, window in ready:
+            flags: list[str] = []
+            reason = None
+            if end <= sig.nonfinite_until:
+                flags.append("nonfinite")
+                reason = "nonfinite_input"
+            elif hard_fraction > self._config.reject_bad_fraction:
+                flags.append("bad_channels")
+                reason = "bad_channels"
+            normalized = normalization.apply(window.T).T  # (C, W)
+            self._emit(WindowJob(
+                stream_id=self.stream_id, generation=self._generation,
+                window=np.ascontiguousarray(normalized, dtype=np.float32), end_index=end,
+                lsl_time=float(sig.timestamps[(end - 1) % sig.ts_capacity]), pulled_at=pulled_at,
+                bad_channels=bad, reject_reason=reason, flags=tuple(flags),
+            ))
+            self.windows_emitted += 1
+        # The quality estimate (an FFT of every channel, a few ms) runs after the windows are emitted, so it
+        # never delays a decision; their bad-channel list is the estimate of the pull before.
+        quality.push(samples, nonfinite_channels)
+
+    def _check_gap(self, first_stamp: float, sig: _SignalState, fs_hz: float) -> None:
+        last = self.last_lsl_time
+        if last is None:
+            return
+        delta = first_stamp - last
+        if delta <= self._max_step_s(fs_hz):
+            return
+        missing = int(round(delta / (1.0 / fs_hz))) - 1
+        self._metrics.add(StreamCounter.GAPS, self.stream_id)
+        self._metrics.add(StreamCounter.MISSING_SAMPLES, self.stream_id, missing)
+        if self._prev_pull_full:
+            # We were behind (the last pull filled the buffer), so liblsl dropped the oldest samples.
+            self._metrics.add(StreamCounter.OVERFLOWS, self.stream_id)
+        logger.info("Stream %s: gap of %.1f ms (%d samples).", self.stream_id, delta * 1000, missing)
+        if delta * 1000 > self._config.reset_after_gap_ms:
+            sig.reset()
