@@ -24,5 +24,5 @@ if not torch.cuda.is_available():
 print("GPU:", torch.cuda.get_device_name(0), "| onnxruntime", ort.__version__, "| torch", torch.__version__)
 PY
 
-"$PY" -m rohde.benchmarks bench --gpu --label gpu --sections inference,latency \
+"$PY" -m rohde.bench bench --gpu --label gpu --sections inference,latency \
     --latency-streams 1,8,32 --capacity-probes 0 --step-s 20 --inference-s 2 "$@"

@@ -20,4 +20,4 @@ if [ -f "$ROOT/models/rohde-default/metadata.json" ]; then
 fi
 
 cd "$ROOT"
-"$PY" -m rohde.benchmarks bench --out "$ROOT/bench" --soak-s "$SOAK_S" "${MODEL_ARGS[@]}" ${BENCH_ARGS:-}
+"$PY" -m rohde.bench bench --out "$ROOT/bench" --soak-s "$SOAK_S" "${MODEL_ARGS[@]}" ${BENCH_ARGS:-}

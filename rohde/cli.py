@@ -18,7 +18,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rohde import benchmarks
+    from rohde.bench import commands as bench_commands
     from rohde.data_tools import commands as data_commands
     from rohde.server import commands as server_commands
     from rohde.training import commands as training_commands
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.register(subparsers)
     training_commands.register(subparsers)
     server_commands.register(subparsers)
-    benchmarks.register(subparsers)
+    bench_commands.register(subparsers)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Smoke test of the bench harness: a tiny configuration runs end to end and writes valid results.
+"""Smoke test of the benchmark: a tiny configuration runs end to end and writes valid results.
 
 Real parts only (outlet process, `rohde serve` subprocess, WebSocket client); no timing asserts,
 since absolute times on a shared machine say nothing about correctness.
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rohde.benchmarks import BenchConfig, build_tiny_package, run_bench
+from rohde.bench.config import BenchConfig
+from rohde.bench.runner import run_bench
+from rohde.bench.tiny_package import build_tiny_package
 
 
 @pytest.mark.lsl
@@ -23,13 +25,13 @@ def test_bench_harness_writes_results(tmp_path: Path) -> None:
     config = BenchConfig(model=model, out_dir=out, sections=("inference", "ingestion", "latency", "soak"),
                          latency_streams=(1,), capacity_probes=0, step_s=2.0, warmup_s=0.5, soak_s=2.0, soak_streams=1,
                          ingest_s=2.0, ingest_kinds=("ours", "pylsl_plain"), batch_sizes=(1, 2), inference_s=0.05,
-                         command="pytest tests/test_bench.py")
+                         command="pytest tests/bench/test_runner.py")
     run_bench(config)
 
     results = json.loads((out / "results.json").read_text())
     cpu = results["cpu"]
     assert results["gpu"] is None
-    assert cpu["meta"]["command"] == "pytest tests/test_bench.py"
+    assert cpu["meta"]["command"] == "pytest tests/bench/test_runner.py"
     assert cpu["meta"]["machine"]["logical_cpus"] >= 1
     steps = cpu["latency"]["steps"]
     assert [s["n_streams"] for s in steps][:1] == [1]
