@@ -27,7 +27,6 @@ from rohde.server.jobs import JobQueue
 from rohde.server.lsl_inlet import InletReader, StreamDescription, StreamQuery, check_stream_fits_model
 from rohde.server.messages import StatusEvent
 from rohde.server.metrics import ServerMetrics
-from rohde.server.quality import QualityMonitor
 from rohde.server.threads import OwnedThread
 from rohde.server.window_assembler import WindowAssembler
 
@@ -119,9 +118,6 @@ class StreamWorker:
     @property
     def last_lsl_time(self) -> float | None:
         return self._assembler.last_lsl_time
-
-    def quality(self) -> QualityMonitor | None:
-        return self._assembler.quality
 
     def refresh_time_correction(self) -> None:
         """Ask liblsl for the current clock offset (called by the stream manager, not the pulling thread)."""
