@@ -11,7 +11,7 @@ import pytest
 from rohde.core.errors import ConfigError
 from rohde.core.recording import Recording
 from rohde.training.config import PipelineConfig, SplitConfig
-from rohde.training.pipeline import DataSplit, make_split
+from rohde.training.split import DataSplit, make_split
 from tests.training.conftest import small_recordings
 
 

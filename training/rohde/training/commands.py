@@ -43,12 +43,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 def _train(args: argparse.Namespace) -> int:
     from rohde.training.config import load_config
-    from rohde.training.pipeline import run_pipeline
+    from rohde.training.training_run import run_training
 
     config = load_config(args.config)
     command = " ".join(["rohde", "train", "--data", str(args.data), "--out", str(args.out)]
                        + (["--config", str(args.config)] if args.config else []))  # fmt: skip
-    result = run_pipeline(config, data_dir=args.data, out_dir=args.out, work_dir=args.work_dir,
+    result = run_training(config, data_dir=args.data, out_dir=args.out, work_dir=args.work_dir,
                           progress=not args.no_progress, command=command)  # fmt: skip
     for condition, m in result.report["models"]["rohde"].items():
         logger.info("RoHDE %s: accuracy %.4f, macro-F1 %.4f", condition, m["accuracy"], m["macro_f1"])

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rohde.core.errors import RohdeError
 from rohde.training.baselines import VARIANTS
+
+if TYPE_CHECKING:  # torch loads only where a GAN figure is drawn
+    from rohde.training.gan import DisturbanceGAN
 
 logger = logging.getLogger(__name__)
 
@@ -188,21 +191,29 @@ def _plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
-def write_report(
-    report: dict[str, Any],
-    out_dir: str | Path,
-    *,
-    gan: Any | None = None,
-    held_out: dict[str, np.ndarray] | None = None,
-    rng: np.random.Generator | None = None,
-) -> list[Path]:
-    """Write report.json, report.md and the PNG figures to `out_dir`; returns the written paths."""
+def write_tables(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write report.json (everything) and report.md (its tables) to `out_dir`; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "report.json", out_dir / "report.md"]
     paths[0].write_text(json.dumps(report, indent=1, default=float) + "\n")
     paths[1].write_text(markdown(report) + "\n")
-    paths += _plots(report, out_dir)
+    logger.info("Report written to %s", out_dir)
+    return paths
+
+
+def draw_figures(
+    report: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    gan: DisturbanceGAN | None = None,
+    held_out: dict[str, np.ndarray] | None = None,
+    rng: np.random.Generator | None = None,
+) -> list[Path]:
+    """Draw the report's PNG figures into `out_dir` (given the GAN, also real against GAN-made segments)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = _plots(report, out_dir)
     if gan is not None and held_out:
         # A failing figure must not throw away a finished training run: log it, keep the rest.
         try:
@@ -214,5 +225,10 @@ def write_report(
             )
         except (ImportError, RohdeError, ValueError):
             logger.exception("The GAN figure could not be drawn; the report is complete without it.")
-    logger.info("Report written to %s", out_dir)
     return paths
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write report.json, report.md and the PNG figures to `out_dir`; returns the written paths."""
+    figures = draw_figures(report, out_dir)
+    return write_tables(report, out_dir) + figures

@@ -1,4 +1,4 @@
-"""The whole pipeline with the tiny config on small simulated data, through the CLI."""
+"""A whole training run with the tiny config on small simulated data, through the CLI."""
 
 from __future__ import annotations
 
