@@ -64,22 +64,6 @@ from rohde.training.gan_models import (
 
 logger = logging.getLogger(__name__)
 
-# GANConfig and the amplitude scaling live beside the networks; they are part of this module's API.
-__all__ = [
-    "ADDITIVE_CONDITIONS",
-    "CHECKPOINT_NAME",
-    "DisturbanceGAN",
-    "GANConfig",
-    "ca_gate",
-    "extract_disturbance_segments",
-    "gan_quality_report",
-    "inverse_signed_log",
-    "plot_synthetic_vs_real",
-    "signed_log",
-    "tile_segments",
-    "train_disturbance_gan",
-]
-
 MODEL_FORMAT_VERSION = 2  # 2: linear upsampling and noise inputs in the generator
 _MODEL_JSON = "gan.json"
 _MODEL_WEIGHTS = "generator.pt"
@@ -590,24 +574,3 @@ def _train(
     if out_dir is not None:
         gan.save(Path(out_dir) / "model")
     return gan
-
-
-# ----------------------------------------------------------------------------- quality (lives in gan_quality)
-
-
-def gan_quality_report(
-    gan: DisturbanceGAN, held_out: dict[str, np.ndarray], *, fs_hz: float, rng: np.random.Generator, **kwargs: Any
-) -> dict[str, Any]:
-    """Synthetic vs held-out real segments per condition; see `rohde.training.gan_quality`."""
-    from rohde.training import gan_quality
-
-    return gan_quality.gan_quality_report(gan, held_out, fs_hz=fs_hz, rng=rng, **kwargs)
-
-
-def plot_synthetic_vs_real(
-    gan: DisturbanceGAN, held_out: dict[str, np.ndarray], *, out_path: Path, rng: np.random.Generator
-) -> Path:
-    """Real and generated segments side by side per condition; see `rohde.training.gan_quality`."""
-    from rohde.training import gan_quality
-
-    return gan_quality.plot_synthetic_vs_real(gan, held_out, out_path=out_path, rng=rng)
