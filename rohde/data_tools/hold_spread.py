@@ -18,15 +18,19 @@ group of holds (one subject and session):
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rohde.core.errors import ConfigError
+from rohde.core.errors import ConfigError, RecordingFormatError
 from rohde.core.gestures import REST_GESTURES
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording
+from rohde.data_tools.inputs import default_preprocessing, load_recording, peek_condition
 
 
 @dataclass(frozen=True)
@@ -95,3 +99,32 @@ def hold_spread(patterns: list[tuple[int, np.ndarray]]) -> HoldSpread:
         dispersion=float(np.sqrt(np.mean(within_sq)) / np.mean(between)),
         nearest_mean_accuracy=nearest_own / len(labels),
     )
+
+
+def hold_spreads(paths: Sequence[Path], *, layout: str | None = None) -> dict[str, HoldSpread]:
+    """The hold spread of the clean recordings of each subject and session, keyed `subject/session`."""
+    groups: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    for path in paths:
+        if peek_condition(path) != "clean":  # skip disturbed trials without loading their samples
+            continue
+        recording = load_recording(path, layout=layout)
+        key = f"{recording.subject}/{recording.session}"
+        groups[key].extend(hold_patterns(recording, default_preprocessing(recording)))
+    if not groups:
+        raise RecordingFormatError("No clean recordings found; the hold spread is measured on clean holds.")
+    return {key: hold_spread(groups[key]) for key in sorted(groups)}
+
+
+def format_hold_spreads(spreads: Mapping[str, HoldSpread]) -> str:
+    """One row per group, then what each column means."""
+    lines = [f"{'subject/session':<24}{'holds':>6}{'gestures':>9}{'corr':>8}{'dispersion':>11}{'nearest':>9}"]
+    for key, v in spreads.items():
+        lines.append(
+            f"{key:<24}{v.n_holds:>6}{v.n_gestures:>9}{v.corr_to_mean:>8.3f}{v.dispersion:>11.3f}"
+            f"{v.nearest_mean_accuracy:>9.3f}"
+        )
+    lines.append(
+        "corr: median correlation of a hold's pattern with its gesture's mean; dispersion: spread of the holds "
+        "over the distance between gestures; nearest: holds nearer their own gesture's mean than any other."
+    )
+    return "\n".join(lines)

@@ -29,8 +29,14 @@ from scipy import signal  # noqa: E402
 
 from rohde.core.gestures import UNUSABLE  # noqa: E402
 from rohde.core.layouts import NO_ELECTRODE  # noqa: E402
-from rohde.core.preprocessing import PreprocessingConfig, filter_recording  # noqa: E402
+from rohde.core.preprocessing import filter_recording  # noqa: E402
 from rohde.core.recording import Recording  # noqa: E402
+from rohde.data_tools.inputs import (  # noqa: E402
+    default_preprocessing,
+    load_recording,
+    recording_paths,
+    representative_recordings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +45,6 @@ SETTLE_SECONDS = 0.5  # start-up transient of the causal band-pass, left out of 
 OVERVIEW_SECONDS = 30.0  # length shown from the start of a recording without a disturbance
 TRACE_BLOCK_IN = 6.2  # height of the traces + spectra block of the figure
 N_TRACE_CHANNELS = 4  # channels per group (disturbed / undisturbed)
-
-
-def _preprocessing(recording: Recording) -> PreprocessingConfig:
-    notch = 60.0 if recording.provenance.get("source") == "flexemg" else 50.0
-    return PreprocessingConfig(fs_hz=recording.fs_hz, notch_hz=notch)
 
 
 def class_rms(recording: Recording, filtered: np.ndarray) -> dict[str, np.ndarray]:
@@ -128,11 +129,24 @@ def _trace_panel(
     )  # fmt: skip
 
 
+def plot_recordings(path: Path, out: Path, *, layout: str | None = None) -> list[Path]:
+    """One figure for a file (`out` is a PNG path or a folder), or one per representative recording of a
+    folder (one clean, one CA, one LC, named `CONDITION_NAME.png` in the folder `out`); returns the PNGs."""
+    if path.is_file():
+        out_path = out if out.suffix.lower() == ".png" else out / (path.name.split(".")[0] + ".png")
+        return [plot_recording(load_recording(path, layout=layout), out_path)]
+    written = []
+    for condition, chosen in representative_recordings(recording_paths(path)).items():
+        name = f"{condition}_{chosen.name.split('.')[0]}.png"
+        written.append(plot_recording(load_recording(chosen, layout=layout), out / name))
+    return written
+
+
 def plot_recording(recording: Recording, out_path: str | Path, *, title: str | None = None) -> Path:
     """Write the three-part figure of `recording` to `out_path` (PNG); returns the path."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    preprocessing = _preprocessing(recording)
+    preprocessing = default_preprocessing(recording)
     filtered = filter_recording(recording.samples, preprocessing)
     layout = recording.layout
     maps = class_rms(recording, filtered)

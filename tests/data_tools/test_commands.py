@@ -13,24 +13,8 @@ from rohde.core.datasets import load_any
 from rohde.core.gestures import DEFAULT_GESTURES
 from rohde.core.layouts import grid_layout
 from rohde.core.xdf import XdfStream, write_xdf
-from rohde.data_tools.commands import representative_recordings, summarize_recording
-from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# Four gestures at 1000 Hz: a 5.6 s trial of 192 channels, quick enough to make a few.
-SMALL = SimulatorConfig(
-    fs_hz=1000.0, gestures=DEFAULT_GESTURES[:4], rest_s=0.5, gesture_s=1.0, ramp_s=0.1, repetitions=1
-)
-
-
-@pytest.fixture(scope="module")
-def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Subject 1: clean trials 1-3, a CA trial 4 and an LC trial 5, as the simulator names them."""
-    out = tmp_path_factory.mktemp("sim")
-    for trial, condition in enumerate(["clean", "clean", "clean", "CA", "LC"], start=1):
-        rec = simulate_recording(config=SMALL, subject=1, session=1, trial=trial, condition=condition, seed=3)
-        rec.save(out / f"s01_sess1_t{trial:02d}_{condition}")
-    return out
 
 
 def test_info_text_and_json(sim_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,13 +34,6 @@ def test_info_text_and_json(sim_dir: Path, capsys: pytest.CaptureFixture[str]) -
     assert 0 < ca["rms_uv"]["p10"] <= ca["rms_uv"]["median"] <= ca["rms_uv"]["p90"]
 
 
-def test_summary_counts_match_labels(sim_dir: Path) -> None:
-    rec = load_any(sim_dir / "s01_sess1_t05_LC.rohde.npz")
-    summary = summarize_recording(rec)
-    assert summary["class_samples"]["unusable"] == int(np.sum(rec.labels == -1))
-    assert summary["disturbed_channels"] == int(rec.disturbance_mask.any(axis=0).sum())  # type: ignore[union-attr]
-
-
 def test_plot_file_and_folder(sim_dir: Path, tmp_path: Path) -> None:
     assert main(["data", "plot", str(sim_dir / "s01_sess1_t04_CA.rohde.npz"), "--out", str(tmp_path / "one.png")]) == 0
     assert (tmp_path / "one.png").read_bytes().startswith(PNG_MAGIC)
@@ -64,13 +41,6 @@ def test_plot_file_and_folder(sim_dir: Path, tmp_path: Path) -> None:
     written = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert written == ["CA_s01_sess1_t04_CA.png", "LC_s01_sess1_t05_LC.png", "clean_s01_sess1_t01_clean.png"]
     assert all((tmp_path / "plots" / name).stat().st_size > 50_000 for name in written)
-
-
-def test_representatives_of_a_clean_only_folder(sim_dir: Path, tmp_path: Path) -> None:
-    chosen = representative_recordings(
-        [sim_dir / "s01_sess1_t02_clean.rohde.npz", sim_dir / "s01_sess1_t01_clean.rohde.npz"]
-    )
-    assert chosen == {"clean": sim_dir / "s01_sess1_t01_clean.rohde.npz"}
 
 
 def test_baseline_on_simulated_conditions(sim_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
