@@ -1,33 +1,30 @@
-"""Server test fixtures: a synthetic gesture recording, tiny ONNX model packages fitted on it, helpers.
+"""Server test fixtures: a synthetic gesture recording, tiny ONNX model packages fitted on it, child
+processes and real LSL outlets in subprocesses.
 
 The model is a real multinomial logistic regression (fitted with numpy on the windows of the
-recording) on log mean-square per channel, written as an ONNX graph, so different gestures of the
-recording really map to different classes.
+recording) on log mean-square per channel, written as the benchmark's tiny ONNX package, so
+different gestures of the recording really map to different classes.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from rohde.bench.tiny_package import build_tiny_package
 from rohde.core.layouts import grid_layout
-from rohde.core.model_package import ModelMetadata, sha256_of, write_metadata
 from rohde.core.preprocessing import Normalization, PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig, extract_windows, window_ends
+from rohde.server.lsl_inlet import import_pylsl
+from rohde.server.processes import Child, ChildGroup, unique_id
 from rohde.server.settings import default_lsl_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,29 +91,6 @@ def fit_softmax(features: np.ndarray, labels: np.ndarray, n_classes: int) -> tup
     return w_folded, bias - mean @ w_folded
 
 
-def write_onnx(path: Path, weights: np.ndarray, bias: np.ndarray, n_channels: int, window: int) -> None:
-    nodes = [
-        helper.make_node("Mul", ["emg", "emg"], ["sq"]),
-        helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[2], keepdims=0),
-        helper.make_node("Add", ["ms", "eps"], ["ms_eps"]),
-        helper.make_node("Log", ["ms_eps"], ["logp"]),
-        helper.make_node("MatMul", ["logp", "W"], ["lin"]),
-        helper.make_node("Add", ["lin", "b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny_logreg",
-        [helper.make_tensor_value_info("emg", TensorProto.FLOAT, ["batch", n_channels, window])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", weights.shape[1]])],
-        initializer=[numpy_helper.from_array(weights.astype(np.float32), "W"),
-                     numpy_helper.from_array(bias.astype(np.float32), "b"),
-                     numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "eps")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
-
-
 def log_power_at(normalized: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
     """log mean-square per channel of the windows ending at `ends`, from `(n_samples, n_channels)`,
     without materialising the windows (what the ONNX graph computes, for long recordings)."""
@@ -168,20 +142,11 @@ class ModelSet:
 def build_package(target: Path, recording: Recording, *, name: str, version: str,
                   weights: np.ndarray, bias: np.ndarray, normalization: Normalization,
                   preprocessing: PreprocessingConfig, window_ms: float = WINDOW_MS) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    cfg = WindowConfig(window_ms, HOP_MS)
-    window = cfg.window_samples(recording.fs_hz)
-    write_onnx(target / "model.onnx", weights, bias, recording.n_channels, window)
-    meta = ModelMetadata(
-        name=name, version=version, created_utc="2026-01-01T00:00:00Z", labels=list(recording.gesture_names),
-        fs_hz=recording.fs_hz, n_channels=recording.n_channels, layout=recording.layout.to_dict(),
-        channel_map=recording.layout.channel_map(), window_ms=window_ms, hop_ms=HOP_MS, window_samples=window,
-        preprocessing=preprocessing.to_dict(), normalization=normalization.to_dict(), input_name="emg",
-        input_shape=["batch", recording.n_channels, window], output_name="probabilities",
-        output_shape=["batch", len(recording.gesture_names)], training_data={"source": "synthetic test data"},
-        metrics={}, onnx_sha256=sha256_of(target / "model.onnx"),
-    )
-    write_metadata(target, meta)
+    """The tiny log-power model with fitted `weights` and `bias`, for the recording's layout and labels."""
+    build_tiny_package(target, layout=recording.layout, labels=recording.gesture_names, fs_hz=recording.fs_hz,
+                       weights=weights, bias=bias, normalization=normalization, preprocessing=preprocessing,
+                       window_ms=window_ms, hop_ms=HOP_MS, name=name, version=version,
+                       created_utc="2026-01-01T00:00:00Z", training_data={"source": "synthetic test data"})
 
 
 @pytest.fixture(scope="session")
@@ -218,37 +183,48 @@ def simulator_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+def processes() -> Iterator[ChildGroup]:
+    """Child processes started by a test (`processes.start(...)`); always stopped at its end."""
+    with ChildGroup() as group:
+        yield group
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass(frozen=True)
+class RunningOutlet:
+    name: str
+    source_id: str
+    child: Child
 
 
-def lsl_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["LSLAPICFG"] = str(LSL_CONFIG)
-    env.pop("ROHDE_CONFIG", None)
-    return env
+def wait_until_resolvable(child: Child, name: str, source_id: str, timeout_s: float = 20.0) -> None:
+    """Return once the outlet `name` / `source_id` of `child` answers an LSL query; fail if it dies first."""
+    pylsl = import_pylsl(LSL_CONFIG)
+    deadline = time.monotonic() + timeout_s
+    while not pylsl.resolve_bypred(f"name='{name}' and source_id='{source_id}'", 1, 0.5):
+        if child.process.poll() is not None:
+            pytest.fail(f"{child.describe()} exited with code {child.process.returncode}:\n{child.log_tail()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"The outlet {name!r} ({source_id}) did not resolve within {timeout_s:g} s; "
+                        f"its log ends with:\n{child.log_tail()}")
 
 
 @pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Subprocesses started by a test; always terminated (then killed) at its end."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+def lsl_outlet(tmp_path: Path) -> Iterator[Callable[..., RunningOutlet]]:
+    """A factory of real LSL outlets, each `rohde COMMAND... --name NAME --source-id SOURCE_ID` in a
+    subprocess (COMMAND: `replay FILE` or `simulate ...`). `name` and `source_id` default to unique
+    ones; a call returns once the stream resolves, and every outlet stops at the test's end."""
+    with ChildGroup() as group:
+
+        def start(*command: str, name: str | None = None, source_id: str | None = None) -> RunningOutlet:
+            name = name or unique_id("outlet")
+            source_id = source_id or unique_id(name)
+            child = group.start([ROHDE, *command, "--name", name, "--source-id", source_id],
+                                log=tmp_path / f"outlet-{len(group.children)}-{source_id}.log")
+            wait_until_resolvable(child, name, source_id)
+            return RunningOutlet(name, source_id, child)
+
+        yield start
 
 
 def wait_for(predicate, timeout_s: float, interval_s: float = 0.1):  # type: ignore[no-untyped-def]

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROHDE, lsl_env
+from rohde.server.processes import child_env
+
+from .conftest import ROHDE
 
 pytestmark = [pytest.mark.lsl, pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -15,7 +17,7 @@ pytestmark = [pytest.mark.lsl, pytest.mark.slow, pytest.mark.timeout(150)]
 def test_demo_runs_and_summarises(simulator_models: Path) -> None:
     result = subprocess.run(
         [ROHDE, "demo", "--duration", "15", "--models-dir", str(simulator_models), "--model", "good"],
-        env=lsl_env(), capture_output=True, text=True, timeout=120,
+        env=child_env(), capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
@@ -28,6 +30,6 @@ def test_demo_runs_and_summarises(simulator_models: Path) -> None:
 
 def test_demo_without_model_fails_clearly(tmp_path: Path) -> None:
     result = subprocess.run([ROHDE, "demo", "--duration", "5", "--models-dir", str(tmp_path)],
-                            env=lsl_env(), capture_output=True, text=True, timeout=60)
+                            env=child_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "rohde-default" in result.stderr and "Train" in result.stderr

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +17,20 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from rohde.server.lsl_inlet import import_pylsl
+from rohde.server.processes import ChildGroup, free_port, unique_id
 
-from .conftest import LSL_CONFIG, ROHDE, ModelSet, free_port, lsl_env, unique, wait_for
+from .conftest import LSL_CONFIG, ROHDE, ModelSet, RunningOutlet, wait_for
 
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(150)]
 logger = logging.getLogger(__name__)  # figures: run with --log-cli-level=INFO
 
 
-def start_server(processes: list[subprocess.Popen[bytes]], tmp_path: Path, model_set: ModelSet,
-                 stream_name: str, *extra: str) -> str:
+def start_server(processes: ChildGroup, tmp_path: Path, model_set: ModelSet, stream_name: str, *extra: str) -> str:
     port = free_port()
-    log = (tmp_path / f"server-{port}.log").open("wb")
-    processes.append(subprocess.Popen(
+    processes.start(
         [ROHDE, "serve", "--port", str(port), "--models-dir", str(model_set.models_dir), "--model", "good",
          "--stream-name", stream_name, *extra],
-        env={**lsl_env(), "ROHDE_RESOLVE_INTERVAL_S": "0.2"}, stdout=log, stderr=subprocess.STDOUT))
+        log=tmp_path / f"server-{port}.log", extra_env={"ROHDE_RESOLVE_INTERVAL_S": "0.2"})
     base = f"http://127.0.0.1:{port}"
 
     def is_ready() -> bool:
@@ -42,14 +41,6 @@ def start_server(processes: list[subprocess.Popen[bytes]], tmp_path: Path, model
 
     wait_for(is_ready, 40, 0.2)
     return base
-
-
-def start_outlet(processes: list[subprocess.Popen[bytes]], recording_file: Path, name: str,
-                 source_id: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([ROHDE, "replay", str(recording_file), "--name", name, "--source-id", source_id],
-                            env=lsl_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    processes.append(proc)
-    return proc
 
 
 def messages_until(ws: ClientConnection, predicate: Any, timeout_s: float) -> list[dict[str, Any]]:
@@ -132,11 +123,11 @@ def compare_with_offline(predictions: list[dict[str, Any]], markers: list[list[s
     return live_accuracy, offline_accuracy, agreement
 
 
-def test_live_decisions_follow_the_truth(tmp_path: Path, model_set: ModelSet,
-                                         processes: list[subprocess.Popen[bytes]]) -> None:
-    name = unique("e2e")
+def test_live_decisions_follow_the_truth(tmp_path: Path, model_set: ModelSet, processes: ChildGroup,
+                                         lsl_outlet: Callable[..., RunningOutlet]) -> None:
+    name = unique_id("e2e")
     recording = model_set.recording
-    start_outlet(processes, recording.save(tmp_path / "replay"), name, name)
+    lsl_outlet("replay", str(recording.save(tmp_path / "replay")), name=name, source_id=name)
     base = start_server(processes, tmp_path, model_set, name)
     predictions, markers, stamps = collect(base, name, 14.0)
     loops = 40  # the replay loops the 8 s recording; enough copies for every live window
@@ -152,22 +143,23 @@ def test_live_decisions_follow_the_truth(tmp_path: Path, model_set: ModelSet,
 
 
 def test_killed_outlet_recovers_with_same_and_new_source_id(tmp_path: Path, model_set: ModelSet,
-                                                            processes: list[subprocess.Popen[bytes]]) -> None:
-    name = unique("restart")
-    recording_file = model_set.recording.save(tmp_path / "replay")
-    first = start_outlet(processes, recording_file, name, f"{name}-a")
+                                                            processes: ChildGroup,
+                                                            lsl_outlet: Callable[..., RunningOutlet]) -> None:
+    name = unique_id("restart")
+    recording_file = str(model_set.recording.save(tmp_path / "replay"))
+    first = lsl_outlet("replay", recording_file, name=name, source_id=f"{name}-a")
     base = start_server(processes, tmp_path, model_set, name)
     stream_id = f"{name}-a"
     with connect(f"ws://127.0.0.1:{base.split(':')[-1]}/ws") as ws:
         messages_until(ws, lambda m: m["kind"] == "prediction", 15)
         for new_source in (f"{name}-a", f"{name}-b"):  # same source_id, then a new one
-            first.send_signal(signal.SIGKILL)
-            first.wait(5)
+            first.child.process.send_signal(signal.SIGKILL)
+            first.child.process.wait(5)
             lost = messages_until(ws, lambda m: m.get("event") == "stream_lost", 10)[-1]
             assert lost["stream_id"] == stream_id
             state = httpx.get(f"{base}/streams").json()["streams"][0]
             assert state["state"] == "lost" and state["reason"]
-            first = start_outlet(processes, recording_file, name, new_source)
+            first = lsl_outlet("replay", recording_file, name=name, source_id=new_source)
             back = messages_until(ws, lambda m: m.get("event") == "stream_recovered", 20)[-1]
             assert back["stream_id"] == stream_id and back["source_id"] == new_source
             after = messages_until(ws, lambda m: m["kind"] == "prediction", 10)[-1]
@@ -179,16 +171,15 @@ def test_killed_outlet_recovers_with_same_and_new_source_id(tmp_path: Path, mode
 
 @pytest.mark.slow
 def test_simulated_amplifier_live_accuracy_matches_offline(tmp_path: Path, simulator_models: Path,
-                                                           processes: list[subprocess.Popen[bytes]]) -> None:
+                                                           processes: ChildGroup,
+                                                           lsl_outlet: Callable[..., RunningOutlet]) -> None:
     """`rohde simulate` -> `rohde serve` -> WebSocket: each live window is located in the simulator's
     sample stream (via the truth markers) and compared with the offline evaluation of the same window."""
     from rohde.simulation.simulator import LiveSimulator
 
-    name, seed, live_s = unique("sim"), 21, 14.0
-    processes.append(subprocess.Popen(
-        [ROHDE, "simulate", "--name", name, "--source-id", name, "--seed", str(seed), "--schedule", "clean",
-         "--subject", "0", "--session", "0"],
-        env=lsl_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    name, seed, live_s = unique_id("sim"), 21, 14.0
+    lsl_outlet("simulate", "--seed", str(seed), "--schedule", "clean", "--subject", "0", "--session", "0",
+               name=name, source_id=name)
     model_set = ModelSet(simulator_models, None, 0.0)  # type: ignore[arg-type]
     base = start_server(processes, tmp_path, model_set, name)
     predictions, markers, stamps = collect(base, name, live_s)
@@ -230,10 +221,10 @@ def _stalled_websocket(port: int, path: str) -> Any:
 
 
 def test_stalled_websocket_client_loses_oldest_and_never_stalls_others(
-    tmp_path: Path, model_set: ModelSet, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, model_set: ModelSet, processes: ChildGroup, lsl_outlet: Callable[..., RunningOutlet]
 ) -> None:
-    name = unique("slow")
-    start_outlet(processes, model_set.recording.save(tmp_path / "replay"), name, name)
+    name = unique_id("slow")
+    lsl_outlet("replay", str(model_set.recording.save(tmp_path / "replay")), name=name, source_id=name)
     base = start_server(processes, tmp_path, model_set, name, "--ws-queue-size", "8")
     port = int(base.split(":")[-1])
     stalled = _stalled_websocket(port, f"/ws?stream={name}")

@@ -1,22 +1,20 @@
 """`rohde demo`: simulated amplifier + server + a live subscriber scoring decisions against the truth.
 
-Starts `rohde simulate` and `rohde serve` as child processes (both with the repository's loopback LSL
-config), subscribes to the server's WebSocket and to the simulator's truth markers, prints live
-decisions with a running accuracy per condition (clean, then CA, then LC), and on Ctrl-C or after
-`--duration` stops everything and prints a summary: accuracy per condition, decisions per second,
-processing latency median and p99. Exits non-zero if no decision arrived.
+Starts `rohde simulate` and `rohde serve` as child processes (both on this process's LSL configuration:
+the shipped loopback one unless `LSLAPICFG` names another), subscribes to the server's WebSocket and
+to the simulator's truth markers, prints live decisions with a running accuracy per condition
+(clean, then CA, then LC), and on Ctrl-C or after `--duration` stops everything and prints a
+summary: accuracy per condition, decisions per second, processing latency median and p99. Exits
+non-zero if no decision arrived.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 from rohde.core.errors import ModelPackageError, RohdeError
 from rohde.core.model_package import load_model_package
 from rohde.server.lsl_inlet import import_pylsl
+from rohde.server.processes import ChildGroup, unique_id, wait_for_port
 from rohde.server.settings import default_lsl_config, default_models_dir
 
 logger = logging.getLogger(__name__)
@@ -100,54 +99,33 @@ def run_demo(options: DemoOptions) -> int:
             "Train and export one first (see README), or pass --models-dir/--model."
         ) from exc
     condition_s = options.condition_s or (options.duration_s / len(SCHEDULE) if options.duration_s else 30.0)
-    lsl_config = default_lsl_config()
-    env = {**os.environ, "LSLAPICFG": str(lsl_config)}
-    env.pop("ROHDE_CONFIG", None)
-    name = f"RoHDE-Demo-{uuid.uuid4().hex[:6]}"
+    name = unique_id("RoHDE-Demo")
     cli = [sys.executable, "-m", "rohde.cli"]
-    children: list[subprocess.Popen[bytes]] = []
     tally = Tally()
-    with tempfile.TemporaryDirectory(prefix="rohde-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rohde-demo-") as tmp, ChildGroup() as children:
         port_file = Path(tmp) / "port"
-        server_log = Path(tmp) / "server.log"
         try:
-            children.append(subprocess.Popen(
+            simulator = children.start(
                 [*cli, "simulate", "--name", name, "--source-id", name, "--seed", str(options.seed),
                  "--schedule", ",".join(SCHEDULE), "--condition-s", str(condition_s)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            with server_log.open("wb") as log:
-                children.append(subprocess.Popen(
-                    [*cli, "serve", "--port", "0", "--port-file", str(port_file), "--models-dir", str(models_dir),
-                     "--model", options.model, "--stream-name", name],
-                    env=env, stdout=log, stderr=subprocess.STDOUT))
-            port = _wait_for_port(port_file, children, server_log)
+                log=Path(tmp) / "simulator.log")
+            server = children.start(
+                [*cli, "serve", "--port", "0", "--port-file", str(port_file), "--models-dir", str(models_dir),
+                 "--model", options.model, "--stream-name", name],
+                log=Path(tmp) / "server.log")
+            port = wait_for_port(port_file, [server, simulator], timeout_s=60.0)
             _write(f"RoHDE demo: model {package.metadata.name} v{package.metadata.version}, stream {name}, "
                    f"server http://127.0.0.1:{port}, {condition_s:g} s per condition ({', '.join(SCHEDULE)}).")
-            _subscribe(port, name, lsl_config, options, tally)
+            _subscribe(port, name, options, tally)
         except KeyboardInterrupt:
             _write("Stopping (Ctrl-C).")
-        finally:
-            _stop_children(children)
     return _summary(tally)
 
 
-def _wait_for_port(port_file: Path, children: list[subprocess.Popen[bytes]], server_log: Path) -> int:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if port_file.is_file():
-            return int(port_file.read_text())
-        for child in children:
-            if child.poll() is not None:
-                raise RohdeError(f"A demo process exited early (code {child.returncode}): {child.args!r}\n"
-                                 + server_log.read_text()[-2000:])
-        time.sleep(0.1)
-    raise RohdeError("The server did not start listening within 60 s.")
-
-
-def _subscribe(port: int, name: str, lsl_config: Path, options: DemoOptions, tally: Tally) -> None:
+def _subscribe(port: int, name: str, options: DemoOptions, tally: Tally) -> None:
     from websockets.sync.client import connect
 
-    pylsl = import_pylsl(lsl_config)
+    pylsl = import_pylsl(default_lsl_config())
     found = pylsl.resolve_byprop("name", f"{name}-truth", 1, 20.0)
     if not found:
         raise RohdeError(f"The simulator's truth markers ({name}-truth) did not appear within 20 s.")
@@ -199,18 +177,6 @@ def _live_line(message: dict[str, Any], truth: TruthTracker, tally: Tally, elaps
     mark = "REJ" if message["rejected"] else ("ok " if message["gesture"] == true_gesture else "-- ")
     return (f"{elapsed_s:6.1f}s [{condition:>5}] truth {true_gesture:<16} decided {message['gesture']:<16} "
             f"{mark} conf {message['confidence']:.2f} bad ch {len(message['bad_channels']):3d} | {accs}")
-
-
-def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in reversed(children):
-        if child.poll() is None:
-            child.terminate()
-    for child in reversed(children):
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(timeout=5)
 
 
 def _summary(tally: Tally) -> int:
