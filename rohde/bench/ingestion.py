@@ -41,16 +41,18 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
     threads: list[threading.Thread] = []
     if kind == "ours":
         from rohde.server.inference import ModelManager
-        from rohde.server.ingest import CONNECTED, IngestConfig, JobQueue, StreamWorker
+        from rohde.server.ingest_config import IngestConfig
+        from rohde.server.jobs import JobQueue
         from rohde.server.lsl_inlet import StreamQuery, resolve
         from rohde.server.metrics import ServerMetrics
         from rohde.server.quality import QualityThresholds
+        from rohde.server.stream_worker import StreamState, StreamWorker
 
         ingest = IngestConfig(lsl_config=LSL_CONFIG)
         if pull_interval_ms is not None:
-            ingest = replace(ingest, pull_interval_s=pull_interval_ms / 1000.0)
+            ingest = replace(ingest, pull_interval_ms=pull_interval_ms)
         if quality_interval_s is not None:
-            ingest = replace(ingest, quality=QualityThresholds(interval_s=quality_interval_s))
+            ingest = replace(ingest, quality=QualityThresholds(quality_interval_s=quality_interval_s))
 
         models = ModelManager(model.parent)
         models.activate(model.name)
@@ -75,7 +77,7 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
         threads.append(threading.Thread(target=drain, daemon=True))
         threads[-1].start()
         deadline = time.monotonic() + 10
-        while worker.state != CONNECTED and time.monotonic() < deadline:
+        while worker.state != StreamState.CONNECTED and time.monotonic() < deadline:
             time.sleep(0.05)
 
         def samples() -> int:

@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 from rohde.core.recording import Recording
 from rohde.server.amplifier import LslAmplifier, RecordingSource
 from rohde.server.app import create_app
+from rohde.server.processes import unique_id
 from rohde.server.settings import load_settings
 
-from .conftest import LSL_CONFIG, ModelSet, synthetic_recording, unique, wait_for
+from .conftest import LSL_CONFIG, ModelSet, synthetic_recording, wait_for
 
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(90)]
 TOKEN = "test-token"
@@ -60,7 +61,7 @@ def stream_state(client: TestClient) -> dict[str, Any] | None:
 
 
 def test_rest_api_and_decisions(model_set: ModelSet) -> None:
-    name = unique("rest")
+    name = unique_id("rest")
     with outlet(model_set.recording, name), server(model_set, name) as client:
         ready = client.get("/ready")
         assert ready.status_code == 200 and ready.json()["model"]["provider"] == "CPUExecutionProvider"
@@ -90,7 +91,7 @@ def test_rest_api_and_decisions(model_set: ModelSet) -> None:
 
 
 def test_model_change_needs_token_and_refuses_invalid_package(model_set: ModelSet) -> None:
-    name = unique("auth")
+    name = unique_id("auth")
     with server(model_set, name) as client:
         assert client.put("/models/active", json={"name": "good2"}).status_code == 401
         bad_token = {"Authorization": "Bearer nope"}
@@ -106,7 +107,7 @@ def test_model_change_needs_token_and_refuses_invalid_package(model_set: ModelSe
 
 
 def test_missing_model_starts_not_ready(model_set: ModelSet) -> None:
-    with server(model_set, unique("none"), model="no-such-model") as client:
+    with server(model_set, unique_id("none"), model="no-such-model") as client:
         ready = client.get("/ready")
         assert ready.status_code == 503 and "no-such-model" in ready.json()["reason"]
         assert "no-such-model" in client.get("/health").json()["not_ready_reason"]
@@ -119,7 +120,7 @@ def test_missing_model_starts_not_ready(model_set: ModelSet) -> None:
 ])
 def test_mismatched_stream_is_refused_with_reason(model_set: ModelSet, n_channels: int, fs_hz: float,
                                                   expected: str) -> None:
-    name = unique("mismatch")
+    name = unique_id("mismatch")
     recording = synthetic_recording(seed=3, cycles=1, n_channels=n_channels, fs_hz=fs_hz)
     with server(model_set, name) as client:
         with outlet(recording, name):
@@ -136,7 +137,7 @@ def test_mismatched_stream_is_refused_with_reason(model_set: ModelSet, n_channel
 
 
 def test_nonfinite_samples_reject_decisions(model_set: ModelSet) -> None:
-    name = unique("nan")
+    name = unique_id("nan")
     recording = synthetic_recording(seed=4, cycles=1)
     samples = recording.samples.copy()
     samples[1000:1003, 2] = np.nan
@@ -153,7 +154,7 @@ def test_nonfinite_samples_reject_decisions(model_set: ModelSet) -> None:
 
 
 def test_hot_swap_loses_no_window_and_never_mixes(model_set: ModelSet) -> None:
-    name = unique("swap")
+    name = unique_id("swap")
     with outlet(model_set.recording, name), server(model_set, name) as client:
         with client.websocket_connect(f"/ws?stream={name}") as ws:
             before = receive(ws, 5)
@@ -172,7 +173,7 @@ def test_hot_swap_loses_no_window_and_never_mixes(model_set: ModelSet) -> None:
 def test_decisions_are_published_as_lsl_markers(model_set: ModelSet) -> None:
     from rohde.server.lsl_inlet import import_pylsl
 
-    name, marker_name = unique("markers"), unique("decisions")
+    name, marker_name = unique_id("markers"), unique_id("decisions")
     pylsl = import_pylsl(LSL_CONFIG)
     with outlet(model_set.recording, name), server(model_set, name, marker_outlet=True,
                                                    marker_stream_name=marker_name):
@@ -188,7 +189,7 @@ def test_timestamp_gap_is_counted_and_stream_continues(model_set: ModelSet) -> N
     from rohde.server.lsl_inlet import import_pylsl
 
     pylsl = import_pylsl(LSL_CONFIG)
-    name = unique("gap")
+    name = unique_id("gap")
     info = pylsl.StreamInfo(name, "EMG", 16, 1000.0, pylsl.cf_float32, name)
     emg = pylsl.StreamOutlet(info, 20)
     samples = model_set.recording.samples
@@ -224,7 +225,7 @@ def test_truth_markers_mark_every_change_even_on_chunk_boundaries() -> None:
     from rohde.server.lsl_inlet import import_pylsl
 
     pylsl = import_pylsl(LSL_CONFIG)
-    name = unique("truth")
+    name = unique_id("truth")
     labels = np.repeat([0, 1, 2, 3, 0], 20).astype(np.int16)  # changes every 20 samples = every chunk
     recording = Recording(samples=np.zeros((100, 4), np.float32), fs_hz=100.0, layout=grid_layout(1, 2, 2),
                           labels=labels, gesture_names=("a", "b", "c", "d"))
@@ -241,7 +242,7 @@ def test_truth_markers_mark_every_change_even_on_chunk_boundaries() -> None:
 
 
 def test_hot_swap_to_other_windows_runs_every_prepared_window(model_set: ModelSet) -> None:
-    name = unique("swap-long")
+    name = unique_id("swap-long")
     with outlet(model_set.recording, name), server(model_set, name) as client:
         with client.websocket_connect(f"/ws?stream={name}") as ws:
             before = receive(ws, 5)

@@ -4,7 +4,7 @@
 the active engine; activating another package loads and test-runs it first and only then replaces
 the active one in a single reference assignment, so a failed activation leaves the running model
 untouched. Each activation gets a new `generation`; a window is prepared for one generation and
-run with exactly that engine (see `ingest.WindowJob`), so no batch mixes models.
+run with exactly that engine (see `jobs.WindowJob`), so no batch mixes models.
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""The server's unit tests are in the test module named after each server module."""
