@@ -44,7 +44,7 @@ def test_every_ingestion_default_is_defined_once() -> None:
                 assert ServerSettings.model_fields[f.name].default == f.default, f.name
     # Settings left at their defaults give the dataclasses' defaults; only the LSL config is the server's own.
     settings = ServerSettings()
-    assert IngestConfig.from_settings(settings) == IngestConfig(lsl_config=settings.lsl_config)
+    assert settings.ingest_config() == IngestConfig(lsl_config=settings.lsl_config)
 
 
 def test_ingestion_settings_reach_the_configs_by_name() -> None:
@@ -52,7 +52,7 @@ def test_ingestion_settings_reach_the_configs_by_name() -> None:
                               reset_after_gap_ms=40.0, reject_bad_fraction=0.25, quality_window_s=0.75,
                               quality_interval_s=0.5, flat_std_uv=1.5, saturation_uv=5000.0, powerline_ratio=0.6,
                               artifact_uv=80.0, mains_hz=60.0)
-    config = IngestConfig.from_settings(settings)
+    config = settings.ingest_config()
     assert (config.inlet_buffer_s, config.pull_interval_ms, config.stale_after_s, config.gap_tolerance_samples,
             config.reset_after_gap_ms, config.reject_bad_fraction) == (3, 5.0, 2.5, 7, 40.0, 0.25)
     assert config.lsl_config == settings.lsl_config

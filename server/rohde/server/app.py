@@ -38,7 +38,6 @@ from rohde.server.api_models import (
 from rohde.server.hub import Hub
 from rohde.server.inference import ModelManager
 from rohde.server.inference_loop import InferenceLoop, Publisher
-from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import JobQueue
 from rohde.server.lsl_inlet import StreamQuery
 from rohde.server.markers import DecisionMarkerOutlet
@@ -114,7 +113,7 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
         hub.publish_threadsafe(StatusMessage(event=event, server_time=time.time(), stream_id=stream_id,
                                              detail=detail, source_id=source_id))
 
-    config = IngestConfig.from_settings(settings)
+    config = settings.ingest_config()
     query = StreamQuery(name=settings.stream_name, type=settings.stream_type, source_id=settings.stream_source_id)
     streams = StreamManager(query=query, models=models, jobs=jobs, metrics=metrics, config=config, announce=announce,
                             max_streams=settings.max_streams, resolve_interval_s=settings.resolve_interval_s)

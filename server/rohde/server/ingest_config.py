@@ -1,19 +1,15 @@
 """How one stream is pulled, checked and windowed: the ingestion defaults, defined once.
 
 `ServerSettings` takes its defaults for these knobs from here, under the same field names, so
-`IngestConfig.from_settings` maps them by name.
+`ServerSettings.ingest_config` maps them by name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rohde.server.quality import QualityThresholds
-
-if TYPE_CHECKING:
-    from rohde.server.settings import ServerSettings
 
 
 @dataclass(frozen=True)
@@ -30,9 +26,3 @@ class IngestConfig:
     open_timeout_s: float = 2.0  # how long to wait for an inlet to connect
     lsl_config: Path | None = None  # LSLAPICFG used when none is set; None leaves liblsl's own
     quality: QualityThresholds = field(default_factory=QualityThresholds)
-
-    @classmethod
-    def from_settings(cls, settings: ServerSettings) -> IngestConfig:
-        """The settings' values of every field they share with this config (same name, same unit)."""
-        shared = settings.model_dump(include={f.name for f in fields(cls)})
-        return cls(**shared, quality=QualityThresholds.from_settings(settings))

@@ -23,16 +23,12 @@ The spectrum is a Hann-windowed FFT of the mean-removed raw window. A channel wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft as sp_fft
 
 from rohde.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rohde.server.settings import ServerSettings
 
 FLAGS = ("flat", "saturated", "powerline", "artifact", "nonfinite")
 _HARD = [FLAGS.index(f) for f in ("flat", "saturated", "nonfinite")]  # no usable EMG at all
@@ -49,11 +45,6 @@ class QualityThresholds:
     powerline_ratio: float = 0.8  # mains share of >20 Hz power above which: powerline
     artifact_uv: float = 100.0  # 1-20 Hz RMS above which: artifact
     mains_hz: float = 50.0  # power-line fundamental
-
-    @classmethod
-    def from_settings(cls, settings: ServerSettings) -> QualityThresholds:
-        """The settings' values of every threshold (same field names)."""
-        return cls(**settings.model_dump(include={f.name for f in fields(cls)}))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from dataclasses import fields
 from importlib import resources, util
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,12 @@ class ServerSettings(BaseSettings):
         """The LSL properties a stream must have to be served."""
         query = {"name": self.stream_name, "type": self.stream_type, "source_id": self.stream_source_id}
         return {k: v for k, v in query.items() if v}
+
+    def ingest_config(self) -> IngestConfig:
+        """The ingestion and quality knobs, mapped by their shared field names (same name, same unit)."""
+        quality = QualityThresholds(**self.model_dump(include={f.name for f in fields(QualityThresholds)}))
+        shared = self.model_dump(include={f.name for f in fields(IngestConfig)} - {"quality"})
+        return IngestConfig(**shared, quality=quality)
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
