@@ -33,7 +33,7 @@ def test_every_ingestion_default_is_defined_once() -> None:
     # Each ingestion and quality knob the settings expose has the dataclass's default, under the same name.
     shared = {
         IngestConfig: {"inlet_buffer_s", "pull_interval_ms", "stale_after_s", "gap_tolerance_samples",
-                       "reset_after_gap_ms", "reject_bad_fraction", "lsl_config"},
+                       "reset_after_gap_ms", "max_abs_uv", "reject_bad_fraction", "lsl_config"},
         QualityThresholds: {"quality_window_s", "quality_interval_s", "flat_std_uv", "saturation_uv",
                             "powerline_ratio", "artifact_uv", "mains_hz"},
     }

@@ -22,6 +22,10 @@ class IngestConfig:
     stale_after_s: float = 1.0  # silence after which a connected stream is lost
     gap_tolerance_samples: int = 4  # timestamp jumps beyond this many sample periods are gaps
     reset_after_gap_ms: float = 100.0  # longer gaps restart the filter and the windows
+    # |sample| beyond this (uV) is outside the physical input range, like NaN: replaced before the filter and its
+    # windows rejected. Surface EMG stays below ~10 mV and amplifiers saturate well below 1e5 uV (100 mV), so
+    # nothing real is lost, while a finite 1e30 uV burst can no longer ring through the filter state for seconds.
+    max_abs_uv: float = 1e5
     reject_bad_fraction: float = 0.5  # share of flat/saturated/non-finite channels that rejects a window
     open_timeout_s: float = 2.0  # how long to wait for an inlet to connect
     lsl_config: Path | None = None  # LSLAPICFG used when none is set; None leaves liblsl's own

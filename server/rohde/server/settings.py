@@ -73,6 +73,8 @@ class ServerSettings(BaseSettings):
     gap_tolerance_samples: int = Field(default=IngestConfig.gap_tolerance_samples, ge=1)
     # gaps longer than this restart the filter
     reset_after_gap_ms: float = Field(default=IngestConfig.reset_after_gap_ms, ge=0)
+    # |sample| above this (uV) is outside the input range: replaced before the filter, its windows rejected
+    max_abs_uv: float = Field(default=IngestConfig.max_abs_uv, gt=0)
 
     # Decisions
     vote_k: int = Field(default=5, ge=1)  # majority vote over the last k windows
