@@ -3,7 +3,9 @@
 One thread takes every `WindowJob` that is ready (from all streams), groups them by the model
 generation they were prepared for, runs each group as one ONNX Runtime batch with that
 generation's engine, applies each stream's `DecisionSmoother`, and hands each `PredictionMessage`
-to the publishers (WebSocket hub, LSL marker outlet).
+to the publishers (WebSocket hub, LSL marker outlet). A message carries finite numbers only: a window
+whose model output is not finite is rejected (`nonfinite_output`) and published with zero
+probabilities, and the message models refuse NaN and Inf outright.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class InferenceLoop:
                     stream_id=job.stream_id, seq=seq, lsl_time=job.lsl_time, server_time=time.time(),
                     gesture=meta.labels[decision.gesture_index], gesture_index=decision.gesture_index,
                     confidence=decision.confidence, window_gesture=meta.labels[decision.window_index],
-                    probabilities=[float(p) for p in probs], labels=list(meta.labels),
+                    probabilities=list(decision.probabilities), labels=list(meta.labels),
                     rejected=decision.rejected, reject_reason=decision.reject_reason, vote_k=self.vote_k,
                     confidence_threshold=self.confidence_threshold, latency_ms=latency_s * 1000.0,
                     model_name=meta.name, model_version=meta.version, bad_channels=list(job.bad_channels),

@@ -1,7 +1,9 @@
 """Messages pushed to WebSocket subscribers; every one is a pydantic model with a schema version.
 
 `PredictionMessage` carries one decision per window; `StatusMessage` announces stream loss,
-recovery, refusal and model changes. Clients tell them apart by `kind`.
+recovery, refusal and model changes. Clients tell them apart by `kind`. Neither accepts NaN or
+Inf in a number (`allow_inf_nan=False`): JSON has no such values, so publishing one would break every
+client's parser and the published schema, and a non-finite confidence would pass for a decision.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ StatusEvent = Literal[
 class PredictionMessage(BaseModel):
     """One decision for one window of one stream."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
     schema_version: int = MESSAGE_SCHEMA_VERSION
     kind: Literal["prediction"] = "prediction"
@@ -30,25 +32,26 @@ class PredictionMessage(BaseModel):
     server_time: float  # Unix time when the decision was made
     gesture: str  # smoothed decision (majority vote over the last `vote_k` windows)
     gesture_index: int  # index of `gesture` in `labels`
-    confidence: float  # probability of the window's own top class
+    confidence: float  # probability of the window's own top class (0.0 when the model output was not finite)
     window_gesture: str  # the window's own top class, before voting
-    probabilities: list[float]  # all class probabilities of this window, in `labels` order
+    probabilities: list[float]  # all class probabilities of this window, in `labels` order (zeros: not finite)
     labels: list[str]  # class names of the model
     rejected: bool  # True when the decision must not be acted on
-    reject_reason: str | None = None  # low_confidence, nonfinite_input, bad_channels
+    # low_confidence, nonfinite_input, out_of_range_input, bad_channels, nonfinite_output
+    reject_reason: str | None = None
     vote_k: int  # majority-vote length used
     confidence_threshold: float  # rejection threshold used
     latency_ms: float  # processing latency: last sample pulled -> decision ready
     model_name: str
     model_version: str
     bad_channels: list[int]  # 0-based channels the quality monitor currently flags
-    condition_flags: list[str] = Field(default_factory=list)  # flags seen in this window (nonfinite, ...)
+    condition_flags: list[str] = Field(default_factory=list)  # flags seen in this window (nonfinite, out_of_range, ...)
 
 
 class StatusMessage(BaseModel):
     """A change of state: stream found, lost, recovered or refused, or a new active model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
     schema_version: int = MESSAGE_SCHEMA_VERSION
     kind: Literal["status"] = "status"
