@@ -23,6 +23,10 @@ class ModelPackageError(RohdeError):
     """A model package is missing a file, has inconsistent metadata or a wrong checksum."""
 
 
+class ModelMetadataError(ModelPackageError):
+    """A package's metadata.json is unreadable, not UTF-8, not JSON, too large or deep, or inconsistent."""
+
+
 class StreamNotFoundError(RohdeError):
     """No LSL stream matched the requested name, type or source_id."""
 

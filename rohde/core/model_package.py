@@ -6,7 +6,10 @@ in stream order. The graph itself places channels on the grids with the stored `
 `output_name` of shape `(batch, n_classes)`: class probabilities in the order of `labels`.
 
 `load_model_package` refuses a package whose files are missing, whose metadata is inconsistent or
-whose ONNX checksum differs from `onnx_sha256`.
+whose ONNX checksum differs from `onnx_sha256`. A package is untrusted input: whatever its files hold
+(bytes that are not UTF-8, JSON nested a thousand deep, a file of gigabytes, values of the wrong type),
+reading it raises `ModelPackageError` and nothing else, and every message names the package by its
+folder name only, never by an absolute path (the messages reach API clients).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rohde.core.errors import ModelPackageError, RohdeError
+from rohde.core.errors import ModelMetadataError, ModelPackageError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.preprocessing import Normalization, PreprocessingConfig
 from rohde.core.windows import WindowConfig
@@ -27,6 +30,10 @@ from rohde.core.windows import WindowConfig
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
+# The shipped metadata is about 30 KB (its metrics included); anything near this cap is not metadata.
+MAX_METADATA_BYTES = 4 << 20
+# The deepest real metadata (metrics: condition -> figure -> list) is about 5 levels deep.
+MAX_METADATA_DEPTH = 32
 
 
 class ModelMetadata(BaseModel):
@@ -88,17 +95,24 @@ def sha256_of(path: Path) -> str:
 
 def check_consistency(meta: ModelMetadata) -> tuple[ElectrodeLayout, PreprocessingConfig, Normalization, WindowConfig]:
     """Cross-field checks; returns the parsed parts or raises ModelPackageError naming the field."""
+    try:
+        return _check_consistency(meta)
+    except ModelPackageError:
+        raise
+    except Exception as exc:  # the parts are arbitrary JSON handed to other modules' parsers
+        raise ModelMetadataError(f"Metadata has an invalid part: {type(exc).__name__}: {_clip(str(exc))}") from exc
+
+
+def _check_consistency(meta: ModelMetadata) -> tuple[ElectrodeLayout, PreprocessingConfig, Normalization,
+                                                        WindowConfig]:
     if meta.schema_version != SCHEMA_VERSION:
-        raise ModelPackageError(
+        raise ModelMetadataError(
             f"schema_version is {meta.schema_version}; this RoHDE reads {SCHEMA_VERSION}. Re-export the model."
         )
-    try:
-        layout = ElectrodeLayout.from_dict(meta.layout)
-        preprocessing = PreprocessingConfig.from_dict(meta.preprocessing)
-        normalization = Normalization.from_dict(meta.normalization)
-        windows = WindowConfig(meta.window_ms, meta.hop_ms)
-    except (RohdeError, KeyError, TypeError, ValueError) as exc:
-        raise ModelPackageError(f"Metadata has an invalid part: {exc}") from exc
+    layout = ElectrodeLayout.from_dict(meta.layout)
+    preprocessing = PreprocessingConfig.from_dict(meta.preprocessing)
+    normalization = Normalization.from_dict(meta.normalization)
+    windows = WindowConfig(meta.window_ms, meta.hop_ms)
     problems = []
     if layout.n_channels != meta.n_channels:
         problems.append(f"layout has {layout.n_channels} channels, n_channels is {meta.n_channels}")
@@ -117,26 +131,89 @@ def check_consistency(meta: ModelMetadata) -> tuple[ElectrodeLayout, Preprocessi
     if len(set(meta.labels)) != len(meta.labels):
         problems.append("labels are not unique")
     if problems:
-        raise ModelPackageError("Inconsistent model metadata: " + "; ".join(problems) + ".")
+        raise ModelMetadataError("Inconsistent model metadata: " + "; ".join(problems) + ".")
     return layout, preprocessing, normalization, windows
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters: parts of a hostile file must not flood logs and responses."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_METADATA_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _validation_summary(exc: ValidationError, limit: int = 5) -> str:
+    """The first few field errors as `field: message`, without pydantic's echo of the input."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'top level'}: {e['msg']}" for e in errors[:limit]]
+    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
+    return _clip("; ".join(parts), 600) + more
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Parse and type-check `path/metadata.json`; any fault of the file is a ModelMetadataError."""
+    path = Path(path)
+    where = f"{METADATA_FILE} of package {path.name!r}"
+    try:
+        with (path / METADATA_FILE).open("rb") as fh:
+            raw = fh.read(MAX_METADATA_BYTES + 1)
+    except OSError as exc:
+        raise ModelMetadataError(f"The {where} cannot be read ({exc.strerror or type(exc).__name__}).") from exc
+    if len(raw) > MAX_METADATA_BYTES:
+        raise ModelMetadataError(f"The {where} is larger than {MAX_METADATA_BYTES} bytes; it is not model metadata.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelMetadataError(f"The {where} is not UTF-8 text (byte {exc.start} is invalid).") from exc
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ModelMetadataError(f"The {where} is nested too deeply to be model metadata.") from exc
+    except ValueError as exc:  # JSONDecodeError, NaN or Infinity, integers too long to convert
+        raise ModelMetadataError(f"The {where} is not valid JSON: {_clip(str(exc))}.") from exc
+    if _depth(data) > MAX_METADATA_DEPTH:
+        raise ModelMetadataError(f"The {where} is nested more than {MAX_METADATA_DEPTH} levels deep; "
+                                "it is not model metadata.")
+    try:
+        return ModelMetadata.model_validate(data)
+    except ValidationError as exc:
+        raise ModelMetadataError(f"The {where} is not valid model metadata: {_validation_summary(exc)}.") from exc
 
 
 def load_model_package(path: str | Path) -> ModelPackage:
     """Read and validate `path/metadata.json` and `path/model.onnx`."""
     path = Path(path)
-    meta_path, onnx_path = path / METADATA_FILE, path / MODEL_FILE
-    for required in (meta_path, onnx_path):
-        if not required.is_file():
-            raise ModelPackageError(f"Model package {str(path)!r} has no {required.name}; it is not a model package.")
+    for required in (METADATA_FILE, MODEL_FILE):
+        if not _is_file(path / required):
+            raise ModelPackageError(f"Model package {path.name!r} has no {required}; it is not a model package.")
+    meta = read_metadata(path)
     try:
-        meta = ModelMetadata.model_validate(json.loads(meta_path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ModelPackageError(f"{str(meta_path)!r} is not valid model metadata: {exc}") from exc
-    layout, preprocessing, normalization, windows = check_consistency(meta)
-    actual = sha256_of(onnx_path)
+        layout, preprocessing, normalization, windows = check_consistency(meta)
+    except ModelMetadataError as exc:
+        raise ModelMetadataError(f"Package {path.name!r}: {exc}") from exc
+    try:
+        actual = sha256_of(path / MODEL_FILE)
+    except OSError as exc:
+        raise ModelPackageError(f"The {MODEL_FILE} of package {path.name!r} cannot be read "
+                                f"({exc.strerror or type(exc).__name__}).") from exc
     if actual != meta.onnx_sha256:
         raise ModelPackageError(
-            f"Checksum of {str(onnx_path)!r} is {actual}, metadata says {meta.onnx_sha256}: "
+            f"Checksum of {MODEL_FILE} in package {path.name!r} is {actual}, metadata says {meta.onnx_sha256}: "
             "the file was changed or belongs to another package."
         )
     return ModelPackage(path, meta, layout, preprocessing, normalization, windows)
@@ -151,9 +228,24 @@ def write_metadata(path: str | Path, meta: ModelMetadata) -> Path:
     return target
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError as exc:  # a name too long, a permission: not a readable file, say which package
+        raise ModelPackageError(f"Package {path.parent.name[:64]!r} cannot be read "
+                                f"({exc.strerror or type(exc).__name__}).") from exc
+
+
+def _holds_metadata(folder: Path) -> bool:
+    try:
+        return (folder / METADATA_FILE).is_file()
+    except OSError:
+        return True  # unreadable: listed all the same, and loading it says why
+
+
 def list_model_packages(root: str | Path) -> list[Path]:
     """Folders under `root` that hold a metadata file (valid or not)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if (p / METADATA_FILE).is_file())
+    return sorted(p for p in root.iterdir() if _holds_metadata(p))
