@@ -157,3 +157,154 @@ def test_a_model_with_the_same_windows_keeps_them_and_another_restarts_them(mode
     assert by_generation[1] == [200, 250, 300, 350, 400]
     assert by_generation[2] == [450, 500, 550, 600, 650, 700]  # no window lost at the swap
     assert by_generation[3] == [300]  # 300-sample windows counted from the swap at sample 700
+
+
+def rms_ratio(window: np.ndarray, reference: np.ndarray) -> float:
+    """RMS of `window - reference` over the RMS of `reference`, both `(n_channels, window_samples)`."""
+    return float(np.sqrt(np.mean((window - reference) ** 2) / np.mean(reference**2)))
+
+
+def test_a_huge_finite_burst_never_reaches_the_filter(good: ModelPackage) -> None:
+    # 2.5 s of 1e30 uV on every channel inside 5 s of noise: the windows holding it are rejected, none is
+    # non-finite, and the windows after it are those of the clean stream (the filter state carried nothing).
+    samples, stamps = seeded_stream(6000)
+    burst = samples.copy()
+    burst[1500:4000] = 1e30
+    clean, run = Assembled(good), Assembled(good)
+    clean.push(samples, stamps, [50] * 120)
+    run.push(burst, stamps, [50] * 120)
+    assert all(np.isfinite(job.window).all() for job in run.jobs)
+    assert run.assembler.out_of_range_samples == 2500 * N_CHANNELS
+    assert run.count(StreamCounter.NONFINITE_SAMPLES) == 0 and run.assembler.filter_resets == 0
+    reasons = {job.end_index: job.reject_reason for job in run.jobs}
+    # Every window holding a sample of [1500, 4000) is rejected for it, and no other.
+    assert {end for end, reason in reasons.items() if reason == "out_of_range_input"} == set(range(1550, 4151, 50))
+    assert all("out_of_range" in job.flags for job in run.jobs if job.reject_reason == "out_of_range_input")
+    # After it, the quality monitor still sees the held (flat) samples for up to quality_window_s +
+    # quality_interval_s; then every window is accepted again.
+    quality = IngestConfig().quality
+    settle_end = 4000 + int((quality.quality_window_s + quality.quality_interval_s) * FS_HZ) + 50  # measured: 4550
+    after = [job for job in run.jobs if job.end_index >= 4200]
+    assert all(job.reject_reason in (None, "bad_channels") for job in after)
+    assert all(job.reject_reason is None for job in after if job.end_index > settle_end)
+    # The first window after the burst already differs from the clean stream's by little (measured: 19 %
+    # of its RMS; zeroing the burst instead of holding the last sample gives 730 %), and the gap closes.
+    reference = {job.end_index: job.window for job in clean.jobs}
+    by_end = {job.end_index: job.window for job in run.jobs}
+    assert rms_ratio(by_end[4200], reference[4200]) < 0.3
+    assert rms_ratio(by_end[5000], reference[5000]) < 0.01
+
+
+@pytest.mark.parametrize(("value", "reason", "flag"), [
+    (np.nan, "nonfinite_input", "nonfinite"), (np.inf, "nonfinite_input", "nonfinite"),
+    (-np.inf, "nonfinite_input", "nonfinite"), (1e30, "out_of_range_input", "out_of_range"),
+    (-3.0e38, "out_of_range_input", "out_of_range"), (2e5, "out_of_range_input", "out_of_range"),
+])
+def test_every_kind_of_bad_sample_is_replaced_and_rejects_its_windows(good: ModelPackage, value: float, reason: str,
+                                                                      flag: str) -> None:
+    samples, stamps = seeded_stream(2000)
+    samples[700:900, :] = value
+    samples[1000, 4] = value  # a single bad sample on one channel
+    run = Assembled(good)
+    run.push(samples, stamps, [7] * 300)
+    assert all(np.isfinite(job.window).all() for job in run.jobs)
+    n_bad = 200 * N_CHANNELS + 1
+    counted = (run.count(StreamCounter.NONFINITE_SAMPLES), run.assembler.out_of_range_samples)
+    assert counted == ((n_bad, 0) if reason == "nonfinite_input" else (0, n_bad))
+    rejected = {job.end_index for job in run.jobs if job.reject_reason == reason}
+    assert rejected == set(range(750, 1201, 50))  # windows holding a sample of [700, 900) or sample 1000
+    assert all(flag in job.flags for job in run.jobs if job.end_index in rejected)
+    assert all(job.reject_reason in (None, "bad_channels") for job in run.jobs if job.end_index not in rejected)
+
+
+def test_a_range_within_max_abs_uv_is_real_signal(good: ModelPackage) -> None:
+    samples, stamps = seeded_stream(1000)
+    samples[500:520, 0] = 9e4  # large but physical (below the 1e5 uV default)
+    run = Assembled(good)
+    run.push(samples, stamps, [50] * 20)
+    assert run.assembler.out_of_range_samples == 0
+    assert all(job.reject_reason != "out_of_range_input" for job in run.jobs)
+    strict = Assembled(good, config=IngestConfig(max_abs_uv=5e4))
+    strict.push(samples, stamps, [50] * 20)
+    assert strict.assembler.out_of_range_samples == 20
+
+
+def test_a_non_finite_filter_state_restarts_the_filter_and_windows(good: ModelPackage) -> None:
+    samples, stamps = seeded_stream(1500)
+    run = Assembled(good)
+    run.push(samples[:600], stamps[:600], [50] * 12)
+    signal = run.assembler._signal
+    assert signal is not None
+    signal.filter._state[:] = np.inf  # a corrupt state (no input can cause one any more)
+    run.push(samples[600:], stamps[600:], [50] * 18)
+    assert run.assembler.filter_resets == 1
+    assert all(np.isfinite(job.window).all() for job in run.jobs)
+    # Windows count again from the restart at sample 600: the first ends a window later.
+    assert [job.end_index for job in run.jobs] == [*range(200, 601, 50), *range(200, 901, 50)]
+
+
+def test_all_zero_and_saturated_channels_are_rejected_as_bad_channels(good: ModelPackage) -> None:
+    samples, stamps = seeded_stream(3000)
+    faulty = samples.copy()
+    faulty[1000:2000] = 0.0  # every lead off
+    faulty[2000:] = np.clip(samples[2000:] * 1000.0, -6000.0, 6000.0)  # every channel at the amplifier's rail
+    run = Assembled(good)
+    run.push(faulty, stamps, [50] * 60)
+    assert all(np.isfinite(job.window).all() for job in run.jobs)
+    assert run.assembler.out_of_range_samples == 0  # in range: the quality monitor's case
+    # Each fault is seen by the quality estimate that follows once it fills half the quality window.
+    quality = IngestConfig().quality
+    lag = int((quality.quality_window_s / 2 + quality.quality_interval_s) * FS_HZ) + 50
+    for start, stop in ((1000, 2000), (2000, 3000)):
+        flagged = [job for job in run.jobs if start + lag < job.end_index <= stop]
+        assert flagged and all(job.reject_reason == "bad_channels" and len(job.bad_channels) == N_CHANNELS
+                               for job in flagged)
+    assert set(run.jobs[-1].bad_channels) == set(range(N_CHANNELS))
+
+
+def test_a_second_of_samples_at_once_gives_the_windows_of_a_steady_stream(good: ModelPackage) -> None:
+    # One pull of 1000 samples, longer than the timestamp ring of a 64-sample max chunk (850 + 64).
+    samples, stamps = seeded_stream(3000)
+    steady, bursty = Assembled(good, max_chunk=64), Assembled(good, max_chunk=64)
+    steady.push(samples, stamps, [50] * 60)
+    bursty.push(samples, stamps, [500, 1000, 20, 20, 1460])
+    assert [job.end_index for job in bursty.jobs] == [job.end_index for job in steady.jobs]
+    assert [job.lsl_time for job in bursty.jobs] == [job.lsl_time for job in steady.jobs]
+    for job, ref in zip(bursty.jobs, steady.jobs, strict=True):
+        np.testing.assert_array_equal(job.window, ref.window)
+    assert bursty.count(StreamCounter.GAPS) == 0
+
+
+@pytest.mark.parametrize("drift_ppm", [-1000.0, 1000.0])
+def test_clock_drift_and_jitter_are_not_gaps(good: ModelPackage, drift_ppm: float) -> None:
+    # An amplifier clock off by 1000 ppm, stamped per 20-sample chunk with up to +-1.5 ms of jitter (as liblsl
+    # does: the last sample of a chunk is stamped, the others back at the nominal rate).
+    samples, _ = seeded_stream(6000)
+    rng = np.random.default_rng(7)
+    chunk_last = np.arange(19, 6000, 20)
+    last_stamps = 100.0 + chunk_last * (1 + drift_ppm * 1e-6) / FS_HZ + rng.uniform(-1.5e-3, 1.5e-3, chunk_last.size)
+    stamps = np.concatenate([s - np.arange(19, -1, -1) / FS_HZ for s in last_stamps])
+    run = Assembled(good)
+    run.push(samples, stamps, [20] * 300)
+    meta = good.metadata
+    ends = window_ends(6000, meta.window_samples, good.windows.hop_samples(meta.fs_hz))
+    assert [job.end_index for job in run.jobs] == ends.tolist()  # a window every hop, none lost
+    assert run.count(StreamCounter.GAPS) == 0 and run.count(StreamCounter.MISSING_SAMPLES) == 0
+    assert all(job.reject_reason is None for job in run.jobs)
+    assert [job.lsl_time for job in run.jobs] == [float(stamps[end - 1]) for end in ends]
+
+
+def test_a_gap_after_a_burst_restarts_clean(good: ModelPackage) -> None:
+    # A burst, then 500 ms of silence: the windows restart after the gap and hold no burst sample, so no
+    # rejection mark survives the restart.
+    samples, stamps = seeded_stream(3000)
+    samples[900:1000] = -1e30
+    stamps = stamps + np.where(np.arange(3000) >= 1000, 0.5, 0.0)
+    run = Assembled(good)
+    run.push(samples, stamps, [50] * 60)
+    assert run.count(StreamCounter.GAPS) == 1 and run.count(StreamCounter.MISSING_SAMPLES) == 500
+    before = [job for job in run.jobs if job.lsl_time < stamps[1000]]
+    after = [job for job in run.jobs if job.lsl_time >= stamps[1000]]
+    assert [job.end_index for job in after] == list(range(200, 2001, 50))
+    assert {job.end_index for job in before if job.reject_reason == "out_of_range_input"} == {950, 1000}
+    assert all(job.reject_reason != "out_of_range_input" for job in after)

@@ -11,13 +11,14 @@ Recovery after bad input. A bad sample is replaced by its channel's last good sa
 sees the signal stop rather than jump (to zero, a step of the electrode's DC offset, hundreds of uV,
 which rings through the band-pass and notches for about a second). Every window holding a bad sample
 is rejected, so the first window accepted again ends one window (`window_samples`) after the last bad
-sample. By then the filter has settled: on 5 uV noise with a 300 uV offset after a 2.5 s burst of 1e30 uV,
-the first window after the burst differs from the same window of the clean stream by 15 % of its RMS,
-4 % after another 100 ms (measured, 1 kHz, 20-450 Hz band-pass and 50 Hz notches). The quality
-monitor, which sees the held samples as flat and the bad channels as non-finite for
-`quality_window_s`, may keep rejecting the windows (`bad_channels`) for up to `quality_window_s`
-plus `quality_interval_s` after the burst: 0.75 s with the defaults. Live, a 2.5 s burst of 1e30 uV on
-every channel is followed by accepted decisions again within about 0.8 s (`tests/server/test_signal_faults.py`).
+sample, and by then the filter has settled. Measured on 5 uV noise with a 300 uV offset after 2.5 s of
+1e30 uV on every channel (1 kHz, 200 ms windows, 20-450 Hz band-pass, 50 Hz notches): the first window
+after the burst differs from the same window of the clean stream by 19 % of its RMS, 7 % 50 ms later,
+1 % after 350 ms (zeroing the burst instead: 730 %, still 38 % a window later). The quality monitor
+sees the held samples as flat and the bad channels as non-finite for `quality_window_s`, so it rejects
+the windows as `bad_channels` until its first estimate past that: decisions are accepted again
+550 ms after the burst in this case; at most the longer of a window and `quality_window_s` +
+`quality_interval_s`, plus a hop: 0.8 s with the defaults (live: `tests/server/test_signal_faults.py`).
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class WindowAssembler:
         self._check_gap(float(stamps[0]), sig, fs_hz)
         self.last_lsl_time = float(stamps[-1])
 
-        samples, replaced_channels, nonfinite_through, out_of_range_through = self._replace_bad_samples(samples, sig)
+        samples, replaced_channels, last_nonfinite, last_out_of_range = self._replace_bad_samples(samples, sig)
         filtered = sig.filter.process(samples)
         if not np.isfinite(filtered).all():
             # The input is finite and bounded here, so only a corrupt filter state gets here; it would
@@ -175,11 +176,11 @@ class WindowAssembler:
                            self.stream_id)
             sig.reset()
             filtered = sig.filter.process(samples)
-        # A window ending at or before `sig.total + window + i + 1` holds sample i of this run.
-        if nonfinite_through:
-            sig.nonfinite_until = sig.total + sig.window + nonfinite_through
-        if out_of_range_through:
-            sig.out_of_range_until = sig.total + sig.window + out_of_range_through
+        # The windows holding sample i of this run end after it and at or before `sig.total + i + window`.
+        if last_nonfinite >= 0:
+            sig.nonfinite_until = sig.total + last_nonfinite + sig.window
+        if last_out_of_range >= 0:
+            sig.out_of_range_until = sig.total + last_out_of_range + sig.window
         idx = (sig.total + np.arange(n)) % sig.ts_capacity
         sig.timestamps[idx] = stamps
         sig.total += n
@@ -217,32 +218,32 @@ class WindowAssembler:
                              sig: _SignalState) -> tuple[np.ndarray, np.ndarray | None, int, int]:
         """Replace the non-finite and out-of-range samples of `(n, n_channels)` `samples` by their
         channel's last good sample and count them. Returns the samples, the `(n_channels,)` mask of
-        channels that had bad ones (None when none had), and how many samples of the run reach up
-        to its last non-finite sample and up to its last out-of-range one (0: none)."""
+        channels that had bad ones (None when none had), and the index in the run of its last
+        non-finite sample and of its last out-of-range one (-1: none)."""
         # NaN compares False, so `good` is False for non-finite samples too.
         good = np.abs(samples) <= np.float32(self._config.max_abs_uv)
         if good.all():
             sig.last_good = samples[-1].copy()
-            return samples, None, 0, 0
+            return samples, None, -1, -1
         finite = np.isfinite(samples)
         out_of_range = ~good & finite
-        nonfinite_through = out_of_range_through = 0
+        last_nonfinite = last_out_of_range = -1
         n_nonfinite = int((~finite).sum())
         if n_nonfinite:
             # NaN in the filter state would poison every later sample.
             self._metrics.add(StreamCounter.NONFINITE_SAMPLES, self.stream_id, n_nonfinite)
-            nonfinite_through = int(np.flatnonzero(~finite.all(axis=1))[-1]) + 1
+            last_nonfinite = int(np.flatnonzero(~finite.all(axis=1))[-1])
         if out_of_range.any():
             # Finite but beyond any real EMG: carried by the filter state, a burst would ring for seconds.
             self.out_of_range_samples += int(out_of_range.sum())
-            out_of_range_through = int(np.flatnonzero(out_of_range.any(axis=1))[-1]) + 1
+            last_out_of_range = int(np.flatnonzero(out_of_range.any(axis=1))[-1])
         # Forward fill: each bad sample takes its channel's last good one (from an earlier pull if none yet).
         source = np.where(good, np.arange(len(samples))[:, None], -1)  # (n, n_channels)
         np.maximum.accumulate(source, axis=0, out=source)
         filled = np.take_along_axis(samples, np.maximum(source, 0), axis=0)
         filled = np.where(source >= 0, filled, sig.last_good[None, :]).astype(np.float32, copy=False)
         sig.last_good = filled[-1].copy()
-        return filled, ~good.all(axis=0), nonfinite_through, out_of_range_through
+        return filled, ~good.all(axis=0), last_nonfinite, last_out_of_range
 
     def _check_gap(self, first_stamp: float, sig: _SignalState, fs_hz: float) -> None:
         last = self.last_lsl_time
