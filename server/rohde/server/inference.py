@@ -5,11 +5,19 @@ the active engine; activating another package loads and test-runs it first and o
 the active one in a single reference assignment, so a failed activation leaves the running model
 untouched. Each activation gets a new `generation`; a window is prepared for one generation and
 run with exactly that engine (see `jobs.WindowJob`), so no batch mixes models.
+
+Package names come from clients: a name must be a plain folder name inside the models folder (at most
+255 characters, no separator, no leading dot, no link leading outside), else it is refused before the
+file system is touched. The listing says `valid` only for a package that really loads (metadata,
+checksum and an ONNX Runtime session that runs a test batch); the verdict is cached per package by the
+size and modification time of its two files, so listing stays cheap. Every message names a package by
+its folder name, never by an absolute path.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,12 +27,22 @@ import numpy as np
 import onnxruntime as ort
 
 from rohde.core.errors import ModelPackageError
-from rohde.core.model_package import ModelPackage, list_model_packages, load_model_package
+from rohde.core.model_package import METADATA_FILE, MODEL_FILE, ModelPackage, list_model_packages, load_model_package
+from rohde.server.security import loggable
 
 logger = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+MAX_NAME_CHARS = 255  # the longest folder name common file systems allow
+
+
+def _runtime_message(exc: Exception, package: ModelPackage) -> str:
+    """ONNX Runtime's text for `exc`, with the package's absolute path replaced by its folder name and
+    cut short (ORT names the file it failed to load; the text reaches API clients)."""
+    text = str(exc).replace(str(package.path.resolve()), package.path.name).replace(str(package.path),
+                                                                                     package.path.name)
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def choose_providers(preferred: Sequence[str] | None = None) -> list[str]:
@@ -58,7 +76,8 @@ class InferenceEngine:
         except ModelPackageError:
             raise
         except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
-            raise ModelPackageError(f"ONNX Runtime cannot load {str(package.onnx_path)!r}: {exc}") from exc
+            raise ModelPackageError(f"ONNX Runtime cannot load {MODEL_FILE} of package {package.path.name!r}: "
+                                    f"{_runtime_message(exc, package)}") from exc
         # onnxruntime-gpu lists CUDA even without a GPU and silently falls back: report what is used.
         self.provider = self.session.get_providers()[0]
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -77,10 +96,12 @@ class InferenceEngine:
         try:
             out = self.run(probe)
         except Exception as exc:
-            raise ModelPackageError(f"Model {meta.name!r} fails on a test batch of zeros: {exc}") from exc
+            raise ModelPackageError(f"Model {loggable(meta.name)} fails on a test batch of zeros: "
+                                    f"{_runtime_message(exc, self.package)}") from exc
         if out.shape != (2, self.n_classes):
             raise ModelPackageError(
-                f"Model {meta.name!r} returns shape {out.shape} for a batch of 2; expected (2, {self.n_classes})."
+                f"Model {loggable(meta.name)} returns shape {out.shape} for a batch of 2; "
+                f"expected (2, {self.n_classes})."
             )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -99,6 +120,9 @@ class ActiveModel:
         return self.engine.package
 
 
+_Stamp = tuple[int, int, int, int]  # size and mtime_ns of metadata.json and model.onnx
+
+
 class ModelManager:
     """Lists packages under `models_dir` and owns the active model."""
 
@@ -110,6 +134,8 @@ class ModelManager:
         self._engines: dict[int, InferenceEngine] = {}
         self._keep = keep_engines
         self.last_error: str | None = None
+        self._verdicts: dict[str, tuple[_Stamp, dict[str, object]]] = {}
+        self._verdicts_lock = threading.Lock()
 
     @property
     def active(self) -> ActiveModel | None:
@@ -119,36 +145,87 @@ class ModelManager:
         return self._engines.get(generation)
 
     def available(self) -> list[dict[str, object]]:
-        """Every package folder with whether it validates (and why not)."""
-        rows: list[dict[str, object]] = []
-        for path in list_model_packages(self.models_dir):
-            try:
-                meta = load_model_package(path).metadata
-                rows.append({"name": path.name, "valid": True, "version": meta.version, "labels": meta.labels,
-                             "n_channels": meta.n_channels, "fs_hz": meta.fs_hz, "error": None})
-            except ModelPackageError as exc:
-                rows.append({"name": path.name, "valid": False, "version": None, "labels": None,
-                             "n_channels": None, "fs_hz": None, "error": str(exc)})
+        """Every package folder with whether it really loads (and why not)."""
+        paths = list_model_packages(self.models_dir)
+        with self._verdicts_lock:
+            rows = [self._verdict(path) for path in paths]
+            listed = {path.name for path in paths}
+            for gone in set(self._verdicts) - listed:
+                del self._verdicts[gone]
         return rows
 
+    def _verdict(self, path: Path) -> dict[str, object]:
+        stamp = _stamp(path)
+        cached = self._verdicts.get(path.name)
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            package = self._load(path.name)
+            InferenceEngine(package, providers=self.providers)  # built and test-run, then dropped
+            meta = package.metadata
+            row: dict[str, object] = {"name": path.name, "valid": True, "version": meta.version,
+                                      "labels": meta.labels, "n_channels": meta.n_channels, "fs_hz": meta.fs_hz,
+                                      "error": None}
+        except ModelPackageError as exc:
+            row = _invalid_row(path.name, str(exc))
+        if stamp is not None:
+            self._verdicts[path.name] = (stamp, row)
+        return row
+
+    def check_name(self, name: str) -> None:
+        """Refuse a name that is not a plain folder name (what a client may ask to activate)."""
+        problem = None
+        if not name:
+            problem = "is empty"
+        elif len(name) > MAX_NAME_CHARS:
+            problem = f"has {len(name)} characters (at most {MAX_NAME_CHARS})"
+        elif any(sep in name for sep in ("/", "\\", "\0")) or name.startswith("."):
+            problem = "holds a separator, a NUL or a leading dot"
+        if problem:
+            raise ModelPackageError(f"Model name {loggable(name)} {problem}: it is not a folder name in the "
+                                    "models folder.")
+
     def resolve_path(self, name: str) -> Path:
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise ModelPackageError(f"Model name {name!r} is not a folder name under {str(self.models_dir)!r}.")
+        """The package folder `name` inside the models folder, or ModelPackageError saying why not."""
+        self.check_name(name)
         path = self.models_dir / name
-        if not path.is_dir():
+        try:
+            exists = path.is_dir()
+            inside = exists and path.resolve().parent == self.models_dir.resolve()
+        except OSError as exc:
+            raise ModelPackageError(f"Model package {loggable(name)} cannot be read "
+                                    f"({exc.strerror or type(exc).__name__}).") from exc
+        if not exists:
             known = [p.name for p in list_model_packages(self.models_dir)]
-            raise ModelPackageError(f"No model package {name!r} in {str(self.models_dir)!r}; available: {known}.")
+            raise ModelPackageError(f"No model package {loggable(name)} in the models folder; available: {known}.")
+        if not inside:
+            raise ModelPackageError(f"Model package {loggable(name)} is a link leading out of the models folder; "
+                                    "packages are served only from inside it.")
         return path
+
+    def _load(self, name: str) -> ModelPackage:
+        """`load_model_package` behind the name check; an unexpected error of a hostile package is logged
+        and refused like any other fault, since a package must never stop the server."""
+        path = self.resolve_path(name)
+        try:
+            return load_model_package(path)
+        except ModelPackageError:
+            raise
+        except Exception as exc:
+            logger.exception("Reading model package %s failed unexpectedly.", loggable(name))
+            raise ModelPackageError(f"Model package {loggable(name)} cannot be read ({type(exc).__name__}; the "
+                                    "server log has the details).") from exc
 
     def activate(self, name: str) -> ActiveModel:
         """Load, check and activate package `name`; on any error the current model stays active."""
         with self._lock:
             try:
-                package = load_model_package(self.resolve_path(name))
+                package = self._load(name)
                 engine = InferenceEngine(package, providers=self.providers)
             except ModelPackageError as exc:
                 self.last_error = str(exc)
-                logger.error("Model %r refused, keeping %s: %s", name, self.describe_active(), exc)
+                logger.error("Model %s refused, keeping %s: %s", loggable(name), self.describe_active(),
+                             loggable(exc, 600))
                 raise
             generation = (self._active.generation + 1) if self._active else 1
             self._engines[generation] = engine
@@ -156,10 +233,25 @@ class ModelManager:
                 del self._engines[old]
             self._active = ActiveModel(generation, engine)  # the swap: one reference assignment
             self.last_error = None
-            logger.info("Model %r v%s active (generation %d, provider %s).",
-                        package.metadata.name, package.metadata.version, generation, engine.provider)
+            logger.info("Model %s v%s active (generation %d, provider %s).",
+                        loggable(package.metadata.name), loggable(package.metadata.version), generation,
+                        engine.provider)
             return self._active
 
     def describe_active(self) -> str:
         active = self._active
-        return "no model" if active is None else f"{active.package.metadata.name!r}"
+        return "no model" if active is None else loggable(active.package.metadata.name)
+
+
+def _stamp(path: Path) -> _Stamp | None:
+    """Size and modification time of a package's two files; None when either cannot be read."""
+    try:
+        meta, onnx = os.stat(path / METADATA_FILE), os.stat(path / MODEL_FILE)
+    except OSError:
+        return None
+    return meta.st_size, meta.st_mtime_ns, onnx.st_size, onnx.st_mtime_ns
+
+
+def _invalid_row(name: str, error: str) -> dict[str, object]:
+    return {"name": name, "valid": False, "version": None, "labels": None, "n_channels": None, "fs_hz": None,
+            "error": error}

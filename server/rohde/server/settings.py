@@ -51,6 +51,11 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"  # bind address; loopback unless deliberately opened
     port: int = Field(default=8000, ge=0, le=65535)  # 0 picks a free port
     admin_token: str | None = None  # bearer token for PUT /models/active; None disables model changes
+    # bearer token (or ?token=) every read needs (GET routes but /health, /ready and the docs, and /ws); None: open
+    read_token: str | None = None
+    # Origins whose pages may open /ws ("*": any); None: pages from loopback hosts. No Origin header always passes.
+    allowed_origins: list[str] | None = None
+    max_request_bytes: int = Field(default=64 * 1024, ge=1024)  # larger request bodies are refused with 413
 
     # Models
     models_dir: Path = Field(default_factory=default_models_dir)  # folder of model packages
@@ -106,9 +111,9 @@ class ServerSettings(BaseSettings):
 
     lsl_config: Path = Field(default_factory=default_lsl_config)  # LSLAPICFG used when none is set
 
-    @field_validator("providers", mode="before")
+    @field_validator("providers", "allowed_origins", mode="before")
     @classmethod
-    def _split_providers(cls, value: Any) -> Any:
+    def _split_comma_lists(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
