@@ -69,7 +69,7 @@ class ReadyResponse(_Body):
 
 class ModelPackageSummary(_Body):
     name: str  # folder name, the name to activate
-    valid: bool  # the package loads and its checksum matches
+    valid: bool  # the package really loads: metadata, checksum, and an ONNX Runtime session that runs
     version: str | None
     labels: list[str] | None
     n_channels: int | None
@@ -78,7 +78,7 @@ class ModelPackageSummary(_Body):
 
 
 class ModelsResponse(_Body):
-    models_dir: str
+    models_dir: str  # the models folder's name (clients are never told the server's absolute paths)
     active: str | None  # folder of the active package
     models: list[ModelPackageSummary]
 

@@ -14,11 +14,16 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # ships no type information
 
 from rohde.core.errors import ModelPackageError
 from rohde.core.version import VERSION
@@ -36,13 +41,14 @@ from rohde.server.api_models import (
     WorkerThreads,
 )
 from rohde.server.hub import Hub
-from rohde.server.inference import ModelManager
+from rohde.server.inference import MAX_NAME_CHARS, ModelManager
 from rohde.server.inference_loop import InferenceLoop, Publisher
 from rohde.server.jobs import JobQueue
 from rohde.server.lsl_inlet import StreamQuery
 from rohde.server.markers import DecisionMarkerOutlet
 from rohde.server.messages import PredictionMessage, StatusEvent, StatusMessage
 from rohde.server.metrics import ServerMetrics
+from rohde.server.security import RequestGuard, loggable, read_refusal, token_matches
 from rohde.server.settings import ServerSettings
 from rohde.server.stream_manager import StreamManager
 
@@ -87,7 +93,9 @@ class ServerRuntime:
 
 
 class ActivateRequest(BaseModel):
-    name: str  # folder name of the package under the models directory
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS,
+                      description="Folder name of the package in the models folder (GET /models lists them).")
+
 
 
 def get_runtime(request: Request) -> ServerRuntime:
@@ -96,6 +104,18 @@ def get_runtime(request: Request) -> ServerRuntime:
 
 
 Runtime = Annotated[ServerRuntime, Depends(get_runtime)]
+
+# How clients present tokens; declared so /openapi.json and the docs' "Authorize" know them.
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer",
+                           description="The admin token (model changes), or the read token where reads need one.")
+query_token_scheme = APIKeyQuery(name="token", auto_error=False, scheme_name="token query",
+                                 description="The read token as `?token=`, for clients that cannot set headers.")
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+
+# The Swagger UI files /docs loads, served from the swagger-ui-bundle package (no CDN, no third party).
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+               "favicon-32x32.png": "image/png"}
+
 
 
 def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) -> ServerRuntime:
@@ -131,6 +151,44 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
                          inference=inference, markers=markers)
 
 
+def _add_docs(app: FastAPI) -> None:
+    """`/docs`: Swagger UI from the installed swagger-ui-bundle, so the page works offline and loads
+    nothing from a third party (the validator badge, which calls an outside service, is off)."""
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title}: API",
+                                   swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
+                                   swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> FileResponse:
+        # Only the files the page uses: the bundle's own index.html would load a demo API from the web.
+        if name not in DOCS_ASSETS:
+            raise HTTPException(404, detail="No such documentation asset.")
+        return FileResponse(Path(swagger_ui_path) / name, media_type=DOCS_ASSETS[name])
+
+
+async def _refuse_invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 body without the echo of what was sent: a 60 KB name must not come back (or reach a
+    log) in full, so each error keeps its type, location and message, and a short input."""
+    if not isinstance(exc, RequestValidationError):  # registered for this class only
+        raise exc
+    errors = []
+    for error in exc.errors():
+        entry: dict[str, Any] = {"type": error.get("type"), "msg": error.get("msg"),
+                                 "loc": [part if isinstance(part, int) else loggable(part)[1:-1]
+                                         for part in error.get("loc", ())]}
+        value = error.get("input")
+        if value is None or isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 64):
+            entry["input"] = value
+        errors.append(entry)
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     """The app for `settings`; resources are created by its lifespan, not here."""
 
@@ -152,6 +210,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             logger.info("RoHDE server stopped.")
 
     app = FastAPI(
+        docs_url=None,  # served below from the installed Swagger UI; ReDoc would need a CDN
+        redoc_url=None,
         title="RoHDE gesture server",
         version=VERSION,
         description=(
@@ -161,6 +221,30 @@ def create_app(settings: ServerSettings) -> FastAPI:
         ),
         lifespan=lifespan,
     )
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_request_bytes)
+    app.add_exception_handler(RequestValidationError, _refuse_invalid_request)
+    _add_docs(app)
+
+    def require_reader(bearer: Bearer, query_token: Annotated[str | None, Security(query_token_scheme)]) -> None:
+        refusal = read_refusal(bearer.credentials if bearer else query_token, read_token=settings.read_token,
+                               admin_token=settings.admin_token)
+        if refusal:
+            raise HTTPException(401, detail=refusal, headers={"WWW-Authenticate": "Bearer"})
+
+    def require_admin(bearer: Bearer) -> None:
+        if not settings.admin_token:
+            raise HTTPException(403, detail="Model changes are disabled: the server has no ROHDE_ADMIN_TOKEN.")
+        if not token_matches(bearer.credentials if bearer else None, settings.admin_token):
+            raise HTTPException(401, detail="A valid 'Authorization: Bearer <token>' header is required.",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    unauthorized: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorResponse, "description": "The token is missing or wrong.",
+              "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}}}
+    # Reads need a token only when the server has a read token; /health and /ready stay open for probes.
+    reading = [Depends(require_reader)] if settings.read_token else []
+    read_errors = unauthorized if settings.read_token else {}
+
 
     @app.get("/health", summary="Liveness and errors of every owned worker")
     def health(runtime: Runtime) -> HealthResponse:
@@ -195,15 +279,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
                              streams=runtime.streams.states())
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if reason is None else 503)
 
-    @app.get("/models", summary="Model packages in the models directory")
+    @app.get("/models", summary="Model packages in the models directory, each with whether it really loads",
+             dependencies=reading, responses={**read_errors})
     def models(runtime: Runtime) -> ModelsResponse:
         active = runtime.models.active
-        return ModelsResponse(models_dir=str(runtime.models.models_dir),
+        return ModelsResponse(models_dir=runtime.models.models_dir.name,
                               active=active.package.path.name if active else None,
                               models=[ModelPackageSummary.model_validate(row) for row in runtime.models.available()])
 
-    @app.get("/models/active", summary="The active model, its provider and metadata summary",
-             responses={404: {"model": ErrorResponse, "description": "No model is active; `detail` says why."}})
+    @app.get("/models/active", summary="The active model, its provider and metadata summary", dependencies=reading,
+             responses={**read_errors,
+                        404: {"model": ErrorResponse, "description": "No model is active; `detail` says why."}})
     def active_model(runtime: Runtime) -> ActiveModelInfo:
         info = runtime.model_info()
         if info is None:
@@ -211,23 +297,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return ActiveModelInfo.model_validate(info)
 
     @app.put("/models/active", summary="Activate another model package (bearer token from ROHDE_ADMIN_TOKEN)",
+             dependencies=[Depends(require_admin)],
              responses={
-                 401: {"model": ErrorResponse, "description": "The bearer token is missing or wrong.",
-                       "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}},
+                 **unauthorized,
                  403: {"model": ErrorResponse, "description": "Model changes are disabled (no ROHDE_ADMIN_TOKEN)."},
+                 413: {"model": ErrorResponse, "description": "The request body is over max_request_bytes."},
                  422: {"model": RequestRefused,
                        "description": "The package is refused (the previous model stays active), or the body is "
                                       "invalid."},
                  500: {"model": ErrorResponse, "description": "The model was activated but is not reported active."},
              })
-    async def set_active_model(body: ActivateRequest, runtime: Runtime,
-                               authorization: Annotated[str | None, Header()] = None) -> ActiveModelInfo:
-        token = runtime.settings.admin_token
-        if not token:
-            raise HTTPException(403, detail="Model changes are disabled: the server has no ROHDE_ADMIN_TOKEN.")
-        if authorization != f"Bearer {token}":
-            raise HTTPException(401, detail="A valid 'Authorization: Bearer <token>' header is required.",
-                                headers={"WWW-Authenticate": "Bearer"})
+    async def set_active_model(body: ActivateRequest, runtime: Runtime) -> ActiveModelInfo:
         try:
             active = await asyncio.to_thread(runtime.models.activate, body.name)
         except ModelPackageError as exc:
@@ -241,19 +321,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise HTTPException(500, detail="The model was activated but is not reported active.")
         return ActiveModelInfo.model_validate(info)
 
-    @app.get("/streams", summary="Every stream the server knows: state, reason, counters, per-channel quality")
+    @app.get("/streams", summary="Every stream the server knows: state, reason, counters, per-channel quality",
+             dependencies=reading, responses={**read_errors})
     def streams(runtime: Runtime) -> StreamsResponse:
         return StreamsResponse(query=runtime.streams.query.describe(),
                                streams=[StreamSnapshot.model_validate(w.snapshot())
                                         for w in list(runtime.streams.workers.values())])
 
     @app.get("/metrics", summary="Prometheus text exposition", response_class=PlainTextResponse,
-             responses={200: {"description": "Prometheus text format 0.0.4."}})
+             dependencies=reading, responses={**read_errors, 200: {"description": "Prometheus text format 0.0.4."}})
     def metrics(runtime: Runtime) -> PlainTextResponse:
         return PlainTextResponse(runtime.metrics.render(runtime.streams.states()),
                                  media_type="text/plain; version=0.0.4")
 
-    @app.get("/schema/messages", summary="JSON schemas of the WebSocket messages")
+    @app.get("/schema/messages", summary="JSON schemas of the WebSocket messages", dependencies=reading,
+             responses={**read_errors})
     def message_schemas() -> MessageSchemas:
         return MessageSchemas(prediction=PredictionMessage.model_json_schema(),
                               status=StatusMessage.model_json_schema())
