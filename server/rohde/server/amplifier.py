@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +158,11 @@ class LslAmplifier:
                                           self._pylsl.cf_string, f"{source_id}-truth")
             info.desc().append_child_value("content", "truth: [gesture, condition, stream sample index]")
             self.marker_outlet = self._pylsl.StreamOutlet(info)
-        self._stop = threading.Event()
+        # A plain flag, not a threading.Event: `stop()` runs inside SIGTERM handlers, and Event.set() there
+        # deadlocks when the signal lands while the main thread holds the Event's lock inside Event.wait()
+        # (the push loop sleeping): the process then stops pushing but never exits. Setting an attribute
+        # takes no lock, and the loop below sleeps in short time.sleep() calls that see it.
+        self._stopping = False
         self.samples_sent = 0
         self._last_marker: tuple[str, str] | None = None
         self._repeat_samples = max(1, int(marker_repeat_s * source.fs_hz))
@@ -181,7 +185,15 @@ class LslAmplifier:
         return info
 
     def stop(self) -> None:
-        self._stop.set()
+        """Ask `run` to return; safe from a signal handler and from another thread."""
+        self._stopping = True
+
+    def close(self) -> None:
+        """Stop and destroy both outlets now, so inlets see the stream end at once; idempotent."""
+        self._stopping = True
+        # Dropping the last reference destroys the liblsl outlet (pylsl's __del__), which unadvertises it.
+        self.outlet = None
+        self.marker_outlet = None
 
     def run(self, *, duration_s: float | None = None) -> int:
         """Push in real time until `stop()`, `duration_s`, or the end of a non-looping source."""
@@ -189,7 +201,7 @@ class LslAmplifier:
         fs = self.source.fs_hz
         t0 = local_clock()
         limit = None if duration_s is None else int(duration_s * fs)
-        while not self._stop.is_set():
+        while not self._stopping:
             due = int((local_clock() - t0) * fs)
             if limit is not None:
                 due = min(due, limit)
@@ -206,7 +218,7 @@ class LslAmplifier:
             elif limit is not None and self.samples_sent >= limit:
                 break
             else:
-                self._stop.wait(self.chunk_samples / fs / 2)
+                time.sleep(self.chunk_samples / fs / 2)  # at most half a chunk: a stop is seen within it
         return self.samples_sent
 
     def _push_markers(self, chunk: SourceChunk, first_stamp: float, fs: float) -> None:

@@ -78,13 +78,59 @@ def _serve(args: argparse.Namespace) -> int:
         ws_queue_size=args.ws_queue_size, inference_queue_size=args.inference_queue_size,
         marker_outlet=False if args.no_marker_outlet else None,
     )
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, workers=1,
-                            log_level="info", lifespan="on", ws="websockets-sansio")
-    server = uvicorn.Server(config)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level="info",
+                            lifespan="on", ws=_websocket_protocol(), ws_max_size=WS_MAX_MESSAGE_BYTES,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    server = _server_class(app)(config)
     if args.port_file:
         _write_port_when_started(server, Path(args.port_file))
     server.run()
     return 0
+
+
+# Clients never send messages on /ws (it refuses them with 1003); anything this large is refused sooner, by the
+# WebSocket layer, with 1009, before it is buffered.
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+GRACEFUL_SHUTDOWN_S = 2.0  # a connection that ignores the close frames cannot hold a stop up for longer
+
+
+def _server_class(app: Any) -> Any:
+    """uvicorn's Server, telling the WebSocket clients (`server_stopping`, then close 1001) before it
+    closes their connections on SIGTERM/SIGINT; uvicorn itself would drop them with 1012 and no message."""
+    import uvicorn
+
+    from rohde.server.app import announce_shutdown
+
+    class RohdeServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            try:
+                await announce_shutdown(app)
+            except Exception:  # telling the clients must never keep the server from stopping
+                logger.exception("Telling the WebSocket clients about the shutdown failed.")
+            await super().shutdown(sockets=sockets)
+
+    return RohdeServer
+
+
+def _websocket_protocol() -> Any:
+    """uvicorn's websockets-sansio protocol, answering the handshakes websockets itself refuses.
+
+    websockets rejects an upgrade request whose request line is over 8 KB (414) or whose header lines are
+    too long or too many (431) and queues that response, but uvicorn only writes responses for requests
+    that parsed: the client got nothing until its own timeout. This writes the response and closes.
+    """
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    class AnsweringWebSocketProtocol(WebSocketsSansIOProtocol):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if (not self.handshake_initiated and self.conn.handshake_exc is not None
+                    and not self.transport.is_closing()):
+                self.transport.write(b"".join(self.conn.data_to_send()))
+                self.transport.close()
+
+    return AnsweringWebSocketProtocol
 
 
 def _write_port_when_started(server: Any, port_file: Path) -> None:
@@ -104,14 +150,19 @@ def _write_port_when_started(server: Any, port_file: Path) -> None:
 
 
 def _play(amplifier: Any, duration: float | None) -> int:
-    stopper = amplifier.stop
-    signal.signal(signal.SIGTERM, lambda *_: stopper())
+    """Run `amplifier` in this (main) thread until SIGTERM, SIGINT, `duration` or the source's end, then
+    close its outlets before returning, so inlets see the stream end at once."""
+    # The handler only sets a flag (no lock: see LslAmplifier.stop); the push loop sleeps at most half a
+    # chunk, so it returns within a few ms of the signal.
+    stop = amplifier.stop
+    previous = {sig: signal.signal(sig, lambda *_: stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
     logger.info("Streaming %r (%s) until stopped.", amplifier.name, amplifier.source_id)
     try:
         sent = amplifier.run(duration_s=duration)
-    except KeyboardInterrupt:
-        amplifier.stop()
-        return 130
+    finally:
+        amplifier.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     logger.info("Sent %d samples.", sent)
     return 0
 

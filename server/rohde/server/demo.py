@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -89,6 +90,17 @@ class TruthTracker:
         return self.values[i] if i >= 0 else None
 
 
+class DemoStopped(Exception):
+    """Raised in the main thread by SIGTERM, so the children are stopped on the way out."""
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # One-shot: a second SIGTERM while the children are being stopped must not cut that short (the
+    # harness stops them within its bounded timeout).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise DemoStopped
+
+
 def run_demo(options: DemoOptions) -> int:
     models_dir = Path(options.models_dir) if options.models_dir else default_models_dir()
     try:
@@ -102,6 +114,20 @@ def run_demo(options: DemoOptions) -> int:
     name = unique_id("RoHDE-Demo")
     cli = [sys.executable, "-m", "rohde.cli"]
     tally = Tally()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        _run(options, models_dir, package, condition_s, name, cli, tally)
+    except DemoStopped:
+        _write("Stopping (SIGTERM).")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return _summary(tally)
+
+
+def _run(options: DemoOptions, models_dir: Path, package: Any, condition_s: float, name: str, cli: list[str],
+         tally: Tally) -> None:
+    """Start the simulator and the server, subscribe until the duration or a stop; both children are
+    stopped (SIGTERM, then SIGKILL) on every way out."""
     with tempfile.TemporaryDirectory(prefix="rohde-demo-") as tmp, ChildGroup() as children:
         port_file = Path(tmp) / "port"
         try:
@@ -119,7 +145,6 @@ def run_demo(options: DemoOptions) -> int:
             _subscribe(port, name, options, tally)
         except KeyboardInterrupt:
             _write("Stopping (Ctrl-C).")
-    return _summary(tally)
 
 
 def _subscribe(port: int, name: str, options: DemoOptions, tally: Tally) -> None:
@@ -132,6 +157,7 @@ def _subscribe(port: int, name: str, options: DemoOptions, tally: Tally) -> None
     truth_inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_clocksync)
     truth_inlet.open_stream(timeout=5.0)
     truth = TruthTracker(truth_inlet)
+    _wait_for_stream(port, name, timeout_s=60.0)
     started = time.monotonic()
     next_line = started + 1.0
     with connect(f"ws://127.0.0.1:{port}/ws?stream={name}", open_timeout=20) as ws:
@@ -150,6 +176,21 @@ def _subscribe(port: int, name: str, options: DemoOptions, tally: Tally) -> None
             if not options.quiet and time.monotonic() >= next_line:
                 next_line += 1.0
                 _write(_live_line(message, truth, tally, time.monotonic() - started))
+
+
+def _wait_for_stream(port: int, stream_id: str, *, timeout_s: float) -> None:
+    """Return once the server lists `stream_id` in /streams (it refuses a subscription to an id it has
+    never known, and the simulator may still be starting)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/streams", timeout=5.0) as response:
+            streams = json.loads(response.read())["streams"]
+        if any(s["stream_id"] == stream_id for s in streams):
+            return
+        time.sleep(0.2)
+    raise RohdeError(f"The server did not find the simulated stream {stream_id!r} within {timeout_s:g} s.")
 
 
 def _score(message: dict[str, Any], truth: TruthTracker, tally: Tally) -> None:
