@@ -2,7 +2,12 @@
 
 Resources (model manager and ONNX session, stream workers and watchdog, inference thread, WebSocket
 hub, decision marker outlet) are built on start-up in a `ServerRuntime`, handed to routes through a
-typed dependency, and stopped in reverse order on shutdown.
+typed dependency, and stopped in reverse order on shutdown. Shutdown first tells every WebSocket client
+(`announce_shutdown`: a `server_stopping` status, then close code 1001), then joins every thread.
+
+`/ws` only sends: a client frame of any kind closes the connection with 1003, a message over the
+server's size limit with 1009 (by the WebSocket protocol layer), and `?stream=` with an id the server
+has never known (after a short wait for a stream that is still being found) with 1008.
 """
 
 from __future__ import annotations
@@ -54,6 +59,15 @@ from rohde.server.stream_manager import StreamManager
 
 logger = logging.getLogger(__name__)
 
+# WebSocket close codes (RFC 6455, section 7.4.1).
+WS_GOING_AWAY = 1001  # the server is stopping
+WS_UNSUPPORTED_DATA = 1003  # the client sent a frame; this endpoint only sends
+WS_POLICY_VIOLATION = 1008  # an unknown ?stream= id
+SHUTDOWN_NOTICE_S = 0.5  # how long shutdown waits for the clients' close frames before stopping threads
+# How long a subscription to a stream id the server does not know yet waits for it to be found: a client
+# started together with the amplifier subscribes before the watchdog's first scans.
+UNKNOWN_STREAM_WAIT_S = 5.0
+
 
 @dataclass
 class ServerRuntime:
@@ -97,7 +111,6 @@ class ActivateRequest(BaseModel):
                       description="Folder name of the package in the models folder (GET /models lists them).")
 
 
-
 def get_runtime(request: Request) -> ServerRuntime:
     runtime: ServerRuntime = request.app.state.runtime
     return runtime
@@ -115,7 +128,6 @@ Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 # The Swagger UI files /docs loads, served from the swagger-ui-bundle package (no CDN, no third party).
 DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
                "favicon-32x32.png": "image/png"}
-
 
 
 def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) -> ServerRuntime:
@@ -203,6 +215,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         try:
             yield
         finally:
+            await announce_shutdown(app)  # done already when `rohde serve` stops (before uvicorn closes sockets)
             await asyncio.to_thread(runtime.streams.stop)
             await asyncio.to_thread(runtime.inference.stop)
             if runtime.markers is not None:
@@ -245,9 +258,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
     reading = [Depends(require_reader)] if settings.read_token else []
     read_errors = unauthorized if settings.read_token else {}
 
-
-    @app.get("/health", summary="Liveness and errors of every owned worker")
-    def health(runtime: Runtime) -> HealthResponse:
+    @app.get("/health", summary="Liveness and errors of every owned worker: 200 ok, 503 degraded",
+             response_model=HealthResponse,
+             responses={503: {"model": HealthResponse,
+                              "description": "Degraded: a thread is down or a worker reported an error (`errors`)."}})
+    def health(runtime: Runtime) -> JSONResponse:
         errors = {}
         if runtime.inference.error:
             errors["inference"] = runtime.inference.error
@@ -257,8 +272,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
             if worker.error:
                 errors[f"stream:{sid}"] = worker.error
         threads_ok = runtime.inference.alive and runtime.streams.alive
-        return HealthResponse(
-            status="ok" if threads_ok and not errors else "degraded",
+        # The same body either way; the status code is what a container health check reads, so a server
+        # whose workers died is restarted instead of staying "healthy".
+        degraded = not threads_ok or bool(errors)
+        body = HealthResponse(
+            status="degraded" if degraded else "ok",
             version=VERSION,
             uptime_s=time.time() - runtime.started_at,
             model=runtime.models.describe_active(),
@@ -267,6 +285,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             streams=runtime.streams.states(),
             errors=errors,
         )
+        return JSONResponse(body.model_dump(mode="json"), status_code=503 if degraded else 200)
 
     @app.get("/ready", summary="200 when a model is active and the pipeline runs, else 503 with the reason",
              response_model=ReadyResponse,
@@ -341,9 +360,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
                               status=StatusMessage.model_json_schema())
 
     @app.websocket("/ws")
-    async def ws(websocket: WebSocket, stream: Annotated[str | None, Query()] = None) -> None:
+    async def ws(websocket: WebSocket, stream: Annotated[str | None, Query(max_length=256)] = None) -> None:
         runtime: ServerRuntime = websocket.app.state.runtime
         await websocket.accept()
+        if stream is not None and not await _wait_for_stream_id(runtime, stream):
+            known = len(runtime.streams.known_ids())
+            # A close reason is at most 123 bytes: the id itself (up to 256 characters) is not echoed.
+            await websocket.close(WS_POLICY_VIOLATION,
+                                  f"Unknown stream id; the server knows {known} stream id(s): see GET /streams.")
+            return
         client = runtime.hub.register(stream)
         hello = StatusMessage(event="hello", server_time=time.time(), stream_id=stream,
                               detail=f"client {client.client_id}; model {runtime.models.describe_active()}",
@@ -351,15 +376,23 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                           else None))
         client.queue.append(hello.model_dump_json())
         receiver = asyncio.create_task(_drain_incoming(websocket))
+        close: tuple[int, str] | None = None
         try:
             while not receiver.done():
-                getter = asyncio.create_task(runtime.hub.next_message(client))
+                getter = asyncio.create_task(runtime.hub.next_to_send(client))
                 done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
+                    close = receiver.result()
                     break
-                await websocket.send_text(getter.result())
+                text = getter.result()
+                if text is None:  # the server is stopping: everything queued has been sent
+                    close = (client.close_code or WS_GOING_AWAY, client.close_reason)
+                    break
+                await websocket.send_text(text)
                 client.sent += 1
+            if close is not None:
+                await websocket.close(*close)
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
@@ -371,8 +404,41 @@ def create_app(settings: ServerSettings) -> FastAPI:
     return app
 
 
-async def _drain_incoming(websocket: WebSocket) -> None:
-    """Read (and ignore) what the client sends, so a disconnect is noticed at once."""
+async def _wait_for_stream_id(runtime: ServerRuntime, stream_id: str) -> bool:
+    """True once `stream_id` is a stream the server knows now or has known; False after
+    `UNKNOWN_STREAM_WAIT_S` (a stream being found right now gets its id within a few watchdog scans)."""
+    deadline = time.monotonic() + UNKNOWN_STREAM_WAIT_S
+    while stream_id not in runtime.streams.known_ids():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(min(0.1, runtime.settings.resolve_interval_s))
+    return True
+
+
+async def _drain_incoming(websocket: WebSocket) -> tuple[int, str] | None:
+    """Wait for what the client sends: None when it disconnects, else the close (code, reason) for a
+    frame it should not have sent. The endpoint only sends, so any text or binary message is refused
+    (with 1003) instead of being read and dropped, or dropping the connection without a close frame."""
     with suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            await websocket.receive_text()
+        message = await websocket.receive()
+        if message["type"] == "websocket.receive":
+            kind = "binary" if message.get("bytes") is not None else "text"
+            return WS_UNSUPPORTED_DATA, f"This endpoint only sends; a {kind} message from the client is refused."
+    return None
+
+
+async def announce_shutdown(app: FastAPI) -> None:
+    """Tell every WebSocket client that the server stops: a `server_stopping` status message, then a close
+    frame 1001 once its queue is sent; waits up to `SHUTDOWN_NOTICE_S` for the handlers to finish.
+    Idempotent; `rohde serve` calls it before uvicorn closes the connections, the lifespan again."""
+    runtime: ServerRuntime | None = getattr(app.state, "runtime", None)
+    if runtime is None:
+        return
+    hub = runtime.hub
+    if not hub.closing:
+        hub.publish(StatusMessage(event="server_stopping", server_time=time.time(),
+                                  detail="The server is stopping; reconnect once it is back."))
+        hub.close_all(WS_GOING_AWAY, "The server is stopping.")
+    deadline = time.monotonic() + SHUTDOWN_NOTICE_S
+    while hub.clients and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)

@@ -2,7 +2,8 @@
 
 `publish` only appends to each client's queue (dropping and counting the oldest message when the
 queue is full) and wakes its sender, so a slow client never stalls the pipeline or the other
-clients. Pipeline threads call `publish_threadsafe`, which hops onto the event loop.
+clients. Pipeline threads call `publish_threadsafe`, which hops onto the event loop. `close_all` asks
+every client's handler to send what is queued and then a close frame (the server is stopping).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Client:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     sent: int = 0
     dropped: int = 0
+    close_code: int | None = None  # set by Hub.close_all: send the queue, then close with this code
+    close_reason: str = ""
 
     def __post_init__(self) -> None:
         self.queue = deque(maxlen=self.maxlen)
@@ -43,12 +46,15 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_drop = on_drop
         self.published = 0
+        self._closing: tuple[int, str] | None = None  # (code, reason) once close_all ran
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     def register(self, stream_filter: str | None = None) -> Client:
         client = Client(next(self._ids), stream_filter, self.queue_size)
+        if self._closing is not None:  # registered during shutdown: closed at once
+            client.close_code, client.close_reason = self._closing
         self._clients[client.client_id] = client
         return client
 
@@ -83,10 +89,33 @@ class Hub:
         except RuntimeError:  # the loop is shutting down
             logger.debug("Event loop closed; message of %s not delivered.", message.stream_id)
 
+    @property
+    def closing(self) -> bool:
+        """True once `close_all` ran."""
+        return self._closing is not None
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Ask every client, present and future, to close with `code` once its queue is sent (event-loop
+        thread only). Publish the farewell message first so it is the last one each client gets."""
+        self._closing = (code, reason)
+        for client in list(self._clients.values()):
+            client.close_code, client.close_reason = code, reason
+            client.wake.set()
+
     @staticmethod
     async def next_message(client: Client) -> str:
         """Wait for and pop the oldest queued message of `client`."""
         while not client.queue:
+            client.wake.clear()
+            await client.wake.wait()
+        return client.queue.popleft()
+
+    @staticmethod
+    async def next_to_send(client: Client) -> str | None:
+        """Like `next_message`, but None once the queue is empty and the client was asked to close."""
+        while not client.queue:
+            if client.close_code is not None:
+                return None
             client.wake.clear()
             await client.wake.wait()
         return client.queue.popleft()

@@ -6,7 +6,9 @@ pulls: each pull waits in liblsl for the samples missing until the next window e
 hop, not per outlet chunk) and goes to the assembler, whose windows go on the inference queue.
 
 A worker notices loss itself (LostError from liblsl, or no samples for `stale_after_s`), announces
-it and waits for `attach` (from the `StreamManager`) to hand it the stream again.
+it and waits for `attach` (from the `StreamManager`) to hand it the stream again: a new outlet, or the
+same one while it is still advertised (a stalled or stopped process). A lost stream stays lost until
+samples arrive again, so reopening a silent outlet neither announces a recovery nor counts a new loss.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class StreamWorker:
         self.lost_count = 0
         self.recovered_count = 0
         self.last_data_monotonic = 0.0
+        self.idle_since_monotonic = time.monotonic()  # when the last attempt to read a lost stream ended
         self.time_correction_s: float = float("nan")
         self._generation = 0  # the model generation this worker follows
         self._refused_info: Any = None  # kept so a later model that fits can open the stream
@@ -82,8 +85,8 @@ class StreamWorker:
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self._thread.stop(timeout_s)
+        self._close_reader()
         with self._lock:
-            self._close_reader()
             self.state = StreamState.STOPPED
 
     @property
@@ -106,6 +109,16 @@ class StreamWorker:
             if self.description and self.state in served:
                 return self.description.uid
             return None
+
+    @property
+    def idle_lost(self) -> bool:
+        """Lost, with no inlet open and nothing handed over: the stream manager may retry the stream."""
+        with self._lock:
+            return self.state == StreamState.LOST and self._reader is None and self._pending is None
+
+    def signal_stop(self) -> None:
+        """Ask the thread to end without waiting (`stop` then joins), so many workers stop in parallel."""
+        self._stop.set()
 
     @property
     def samples_received(self) -> int:
@@ -132,7 +145,8 @@ class StreamWorker:
                 self._take_pending()
                 self._follow_model()
                 reader = self._reader
-                if reader is None or self.state != StreamState.CONNECTED:
+                # LOST with an open reader: a lost stream reopened, read until samples arrive or it stays silent.
+                if reader is None or self.state not in (StreamState.CONNECTED, StreamState.LOST):
                     self._stop.wait(0.05)
                     continue
                 try:
@@ -143,11 +157,16 @@ class StreamWorker:
                     continue
                 now = time.monotonic()
                 if len(stamps) == 0:
-                    if now - self.last_data_monotonic > self._config.stale_after_s:
-                        self._mark_lost(f"no samples for {self._config.stale_after_s:g} s")
-                    else:
+                    if now - self.last_data_monotonic <= self._config.stale_after_s:
                         self._stop.wait(self._config.pull_interval_ms / 1000.0)
+                    elif self.state == StreamState.LOST:  # still silent: close it until the next retry
+                        self._close_reader()
+                        self.idle_since_monotonic = now
+                    else:
+                        self._mark_lost(f"no samples for {self._config.stale_after_s:g} s")
                     continue
+                if self.state == StreamState.LOST:
+                    self._recovered()
                 self.last_data_monotonic = now
                 self._assembler.push(samples, stamps, pulled_at=time.perf_counter(),
                                      full=len(stamps) == reader.max_chunk)
@@ -176,7 +195,8 @@ class StreamWorker:
             was_lost = self.state == StreamState.LOST or (
                 self.state in (StreamState.CONNECTING, StreamState.WAITING) and self.ever_connected)
             self.description = desc
-            self.state = StreamState.CONNECTING
+            if self.state != StreamState.LOST:  # a lost stream stays lost until its samples flow again
+                self.state = StreamState.CONNECTING
         self._close_reader()
         active = self._models.active
         if active is None:
@@ -204,13 +224,16 @@ class StreamWorker:
         except Exception as exc:  # liblsl raises TimeoutError or RuntimeError when the outlet vanished
             self._mark_lost(f"could not open inlet: {exc}")
             return
-        self._reader = reader
+        with self._lock:  # `idle_lost` reads the reader under the lock
+            self._reader = reader
         self.description = reader.description  # now with the desc (channel labels)
         self._generation = active.generation
         self._assembler.use_model(active.package, active.generation, max_chunk=max_chunk)
         self._assembler.restart(reader.description.fs_hz)  # a new inlet starts a new sample count
-        self.state, self.reason = StreamState.CONNECTED, ""
         self.last_data_monotonic = time.monotonic()
+        if recovered and self.state == StreamState.LOST:
+            return  # recovered (and announced) by the first samples that arrive, in `_run`
+        self.state, self.reason = StreamState.CONNECTED, ""
         event: StatusEvent = "stream_recovered" if recovered else "stream_connected"
         if recovered:
             self.recovered_count += 1
@@ -218,6 +241,16 @@ class StreamWorker:
         self._announce(event, self.stream_id,
                        f"{opened.name} ({opened.n_channels} ch, {opened.fs_hz:g} Hz)",
                        opened.source_id)
+
+    def _recovered(self) -> None:
+        """The first samples of a lost stream that was reopened: it is connected again."""
+        desc = self.description
+        self.state, self.reason = StreamState.CONNECTED, ""
+        self.recovered_count += 1
+        self.ever_connected = True
+        detail = f"{desc.name} ({desc.n_channels} ch, {desc.fs_hz:g} Hz)" if desc else ""
+        logger.info("Stream %s recovered.", self.stream_id)
+        self._announce("stream_recovered", self.stream_id, detail, desc.source_id if desc else None)
 
     def _follow_model(self) -> None:
         """Adopt a newly activated model between two pulls; the windows already queued keep theirs."""
@@ -251,6 +284,7 @@ class StreamWorker:
 
     def _mark_lost(self, reason: str) -> None:
         self._close_reader()
+        self.idle_since_monotonic = time.monotonic()
         if self.state == StreamState.LOST:
             return
         self.state, self.reason = StreamState.LOST, reason
@@ -259,7 +293,8 @@ class StreamWorker:
         self._announce("stream_lost", self.stream_id, reason, self.description.source_id if self.description else None)
 
     def _close_reader(self) -> None:
-        reader, self._reader = self._reader, None
+        with self._lock:
+            reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
 
