@@ -16,9 +16,10 @@ sample, and by then the filter has settled. Measured on 5 uV noise with a 300 uV
 after the burst differs from the same window of the clean stream by 19 % of its RMS, 7 % 50 ms later,
 1 % after 350 ms (zeroing the burst instead: 730 %, still 38 % a window later). The quality monitor
 sees the held samples as flat and the bad channels as non-finite for `quality_window_s`, so it rejects
-the windows as `bad_channels` until its first estimate past that: decisions are accepted again
-550 ms after the burst in this case; at most the longer of a window and `quality_window_s` +
-`quality_interval_s`, plus a hop: 0.8 s with the defaults (live: `tests/server/test_signal_faults.py`).
+the windows as `bad_channels` until its first estimate past that, which the windows of the next pull
+see: decisions are accepted again 550 ms after the burst in this case, and at most `quality_window_s`
++ `quality_interval_s` + two pulls after it (a pull is a hop when the server keeps up: 0.85 s with the
+defaults). Live (`tests/server/test_signal_faults.py`): 0.7-0.8 s.
 """
 
 from __future__ import annotations
