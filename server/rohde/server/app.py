@@ -257,6 +257,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # Reads need a token only when the server has a read token; /health and /ready stay open for probes.
     reading = [Depends(require_reader)] if settings.read_token else []
     read_errors = unauthorized if settings.read_token else {}
+    # /metrics answers text: its JSON error body is declared by hand (a "model" takes the route's media type).
+    metrics_read_errors = {401: {**{k: v for k, v in unauthorized[401].items() if k != "model"}, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}} if settings.read_token else {}
 
     @app.get("/health", summary="Liveness and errors of every owned worker: 200 ok, 503 degraded",
              response_model=HealthResponse,
@@ -320,6 +323,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
              responses={
                  **unauthorized,
                  403: {"model": ErrorResponse, "description": "Model changes are disabled (no ROHDE_ADMIN_TOKEN)."},
+                 400: {"model": ErrorResponse, "description": "The body cannot be parsed (not JSON)."},
                  413: {"model": ErrorResponse, "description": "The request body is over max_request_bytes."},
                  422: {"model": RequestRefused,
                        "description": "The package is refused (the previous model stays active), or the body is "
@@ -348,7 +352,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                         for w in list(runtime.streams.workers.values())])
 
     @app.get("/metrics", summary="Prometheus text exposition", response_class=PlainTextResponse,
-             dependencies=reading, responses={**read_errors, 200: {"description": "Prometheus text format 0.0.4."}})
+             dependencies=reading,
+             responses={**metrics_read_errors, 200: {"description": "Prometheus text format 0.0.4."}})
     def metrics(runtime: Runtime) -> PlainTextResponse:
         return PlainTextResponse(runtime.metrics.render(runtime.streams.states()),
                                  media_type="text/plain; version=0.0.4")
