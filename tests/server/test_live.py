@@ -220,27 +220,6 @@ def test_timestamp_gap_is_counted_and_stream_continues(model_set: ModelSet) -> N
         pusher.join(5)
 
 
-def test_truth_markers_mark_every_change_even_on_chunk_boundaries() -> None:
-    from rohde.core.layouts import grid_layout
-    from rohde.server.lsl_inlet import import_pylsl
-
-    pylsl = import_pylsl(LSL_CONFIG)
-    name = unique_id("truth")
-    labels = np.repeat([0, 1, 2, 3, 0], 20).astype(np.int16)  # changes every 20 samples = every chunk
-    recording = Recording(samples=np.zeros((100, 4), np.float32), fs_hz=100.0, layout=grid_layout(1, 2, 2),
-                          labels=labels, gesture_names=("a", "b", "c", "d"))
-    amp = LslAmplifier(RecordingSource(recording, loop=False), name=name, source_id=name, chunk_ms=200.0,
-                       lsl_config=LSL_CONFIG)
-    (info,) = wait_for(lambda: pylsl.resolve_byprop("name", f"{name}-truth", 1, 1.0), 10)
-    inlet = pylsl.StreamInlet(info)
-    inlet.open_stream(timeout=5)
-    amp.run(duration_s=1.0)
-    markers, stamps = inlet.pull_chunk(timeout=1.0)
-    changes = [m for m in markers if m[0] != "pause"]
-    assert [(m[0], m[2]) for m in changes][:5] == [("a", "0"), ("b", "20"), ("c", "40"), ("d", "60"), ("a", "80")]
-    assert np.allclose(np.diff(stamps[:5]), 0.2, atol=1e-6)
-
-
 def test_hot_swap_to_other_windows_runs_every_prepared_window(model_set: ModelSet) -> None:
     name = unique_id("swap-long")
     with outlet(model_set.recording, name), server(model_set, name) as client:
