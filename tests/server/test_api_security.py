@@ -301,3 +301,13 @@ def test_client_text_is_bounded_and_escaped_for_logs() -> None:
     assert loggable("a\nb\x1b[31m") == "'a\\nb\\x1b[31m'"
     long = loggable("x" * 10_000_000)
     assert len(long) < 100 and long.endswith("(10000000 characters)")
+
+
+def test_security_settings_read_lists_and_refuse_tiny_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROHDE_ALLOWED_ORIGINS", "http://app.example:8080, https://other.example")
+    monkeypatch.setenv("ROHDE_READ_TOKEN", READER)
+    settings = load_settings()
+    assert settings.allowed_origins == ["http://app.example:8080", "https://other.example"]
+    assert settings.read_token == READER and settings.max_request_bytes == 65536 and settings.host == "127.0.0.1"
+    with pytest.raises(ValueError, match="max_request_bytes"):
+        load_settings(max_request_bytes=10)

@@ -258,8 +258,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     reading = [Depends(require_reader)] if settings.read_token else []
     read_errors = unauthorized if settings.read_token else {}
     # /metrics answers text: its JSON error body is declared by hand (a "model" takes the route's media type).
-    metrics_read_errors = {401: {**{k: v for k, v in unauthorized[401].items() if k != "model"}, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}} if settings.read_token else {}
+    json_unauthorized = {key: value for key, value in unauthorized[401].items() if key != "model"}
+    json_unauthorized["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    metrics_read_errors: dict[int | str, dict[str, Any]] = {401: json_unauthorized} if settings.read_token else {}
 
     @app.get("/health", summary="Liveness and errors of every owned worker: 200 ok, 503 degraded",
              response_model=HealthResponse,

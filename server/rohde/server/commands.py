@@ -30,6 +30,13 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                        help="windows waiting for inference before the oldest are shed (default 256)")
     serve.add_argument("--no-marker-outlet", action="store_true", help="do not publish decisions on LSL")
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
+    # Tokens come from ROHDE_ADMIN_TOKEN / ROHDE_READ_TOKEN or the config file, never from flags, which any
+    # local user can read in the process list.
+    serve.add_argument("--allowed-origin", action="append", dest="allowed_origins", metavar="ORIGIN",
+                       help="a web page origin (scheme://host[:port], or *) whose pages may open /ws; repeat for "
+                            "more (default: pages from loopback hosts; clients without an Origin always pass)")
+    serve.add_argument("--max-request-bytes", type=int,
+                       help="refuse request bodies larger than this with 413 (default 65536)")
     serve.set_defaults(handler=_serve)
 
     for name, help_text in (("simulate", "LSL outlet playing the embedded simulator in real time"),
@@ -76,7 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
         stream_name=args.stream_name, stream_type=args.stream_type, stream_source_id=args.stream_source_id,
         max_streams=args.max_streams, vote_k=args.vote_k, confidence_threshold=args.confidence_threshold,
         ws_queue_size=args.ws_queue_size, inference_queue_size=args.inference_queue_size,
-        marker_outlet=False if args.no_marker_outlet else None,
+        marker_outlet=False if args.no_marker_outlet else None, allowed_origins=args.allowed_origins,
+        max_request_bytes=args.max_request_bytes,
     )
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level="info",
