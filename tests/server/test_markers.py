@@ -56,3 +56,10 @@ def test_each_decision_is_one_json_marker_at_the_window_time() -> None:
     assert stamps == pytest.approx([t0, t0 + 0.05, t0 + 0.1], abs=1e-9)  # the windows' LSL times, not arrival
     outlet.close()
     assert pylsl.resolve_byprop("source_id", source_id, 0, 1.0) == []  # the stream is gone
+
+
+def test_close_is_idempotent_and_later_decisions_are_dropped() -> None:
+    outlet = DecisionMarkerOutlet(name=unique_id("markers-close"), source_id=unique_id("src"), lsl_config=LSL_CONFIG)
+    outlet.close()
+    outlet.close()
+    outlet.publish(decision(0, 1.0))  # after close: dropped, no error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from rohde.server.lsl_inlet import import_pylsl
 from rohde.server.messages import PredictionMessage
@@ -25,7 +26,7 @@ class DecisionMarkerOutlet:
         # must not pick up the decisions instead.
         info = pylsl.StreamInfo(name, "Decisions", 1, pylsl.IRREGULAR_RATE, pylsl.cf_string, source_id)
         info.desc().append_child_value("content", "RoHDE gesture decisions (JSON per marker)")
-        self._outlet = pylsl.StreamOutlet(info)
+        self._outlet: Any = pylsl.StreamOutlet(info)
         self.name = name
 
     def publish(self, message: PredictionMessage) -> None:
@@ -33,8 +34,10 @@ class DecisionMarkerOutlet:
             "stream_id": message.stream_id, "seq": message.seq, "gesture": message.gesture,
             "confidence": round(message.confidence, 4), "rejected": message.rejected,
         })
-        self._outlet.push_sample([marker], message.lsl_time)
+        outlet = self._outlet
+        if outlet is not None:  # a decision racing with close() is dropped, not an error
+            outlet.push_sample([marker], message.lsl_time)
 
     def close(self) -> None:
-        # Dropping the reference destroys the outlet; liblsl announces the stream's end to inlets.
-        del self._outlet
+        """Idempotent. Dropping the reference destroys the outlet; liblsl announces the stream's end to inlets."""
+        self._outlet = None
