@@ -10,7 +10,7 @@ DATA_DIR ?= $(HOME)/.cache/rohde/sim-default
 QUICK_DIR ?= $(HOME)/.cache/rohde/sim-quick
 DEMO_SECONDS ?= 60
 
-.PHONY: install test test-fast lint demo data-demo model bench clean
+.PHONY: install test test-fast lint demo data-demo model bench reliability clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ model: $(STAMP)
 # Benchmarks with real parts (outlets, server, WebSocket clients); writes bench/results.json and bench/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/rohde bench --out bench
+
+# The fault matrix with real parts (outlets, server, clients) and the 30-minute soak; writes docs/reliability.md.
+reliability: $(STAMP)
+	$(BIN)/rohde reliability --out docs/reliability.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,7 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     from rohde.bench import commands as bench_commands
     from rohde.data_tools import commands as data_commands
+    from rohde.reliability import commands as reliability_commands
     from rohde.server import commands as server_commands
     from rohde.training import commands as training_commands
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     training_commands.register(subparsers)
     server_commands.register(subparsers)
     bench_commands.register(subparsers)
+    reliability_commands.register(subparsers)
     return parser
 
 

@@ -21,7 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"core", "simulation", "classic"},
     "data_tools": {"core", "simulation", "classic"},
     "bench": {"core", "simulation", "classic", "server", "training"},
-    "cli": {"core", "data_tools", "server", "training", "bench"},
+    "reliability": {"core", "simulation", "classic", "server", "training", "bench"},
+    "cli": {"core", "data_tools", "server", "training", "bench", "reliability"},
 }
 
 

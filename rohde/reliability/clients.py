@@ -1,0 +1,234 @@
+"""Client faults while one stream plays: WebSocket churn, clients that never read, malformed, binary
+and oversized frames and an overlong upgrade request, and an HTTP request flood. A steady client
+reads every message throughout; it must lose nothing the server does not count."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import ExitStack
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from rohde.bench.server import ServerHandle, wait_connected
+from rohde.reliability import judge
+from rohde.reliability.fault_outlet import FaultSpec
+from rohde.reliability.observe import Http, Observer, max_silence_s, start_observer
+from rohde.reliability.outcome import Outcome
+from rohde.reliability.rig import CaseContext, read_counters, rss_mb
+from rohde.reliability.streams import DRAIN_S, HOP_S, Live, start_live
+
+MAX_CONNECTS_PER_CLIENT = 200  # bounds the churn loop besides its duration
+
+
+Body = Callable[[CaseContext, Outcome, Live], Coroutine[Any, Any, None]]
+
+
+def _with_stream(ctx: CaseContext, out: Outcome, body: Body) -> None:
+    with ExitStack() as stack:
+        live = start_live(ctx, stack, FaultSpec())
+        wait_connected(live.server, [live.source_id], timeout_s=30.0)
+        asyncio.run(body(ctx, out, live))
+
+
+async def _finish(ctx: CaseContext, out: Outcome, live: Live, http: Http, steady: Observer,
+                  task: asyncio.Task[None], stop: asyncio.Event, before: float, start: float, end: float) -> None:
+    """Common end: stop the outlet, drain, read counters and memory, judge the steady client."""
+    health = await http.json("/health")
+    await asyncio.to_thread(live.outlet.stop)
+    await asyncio.sleep(DRAIN_S)
+    counters = await read_counters(http)
+    after = rss_mb(live.server)
+    stop.set()
+    await task
+    preds = steady.predictions()
+    during = [m for m in preds if start <= m.recv_clock <= end]
+    judge.values(out, preds, http)
+    judge.loss(out, preds, counters)
+    judge.memory(out, before, after, ctx.limits.rss_growth_mb)
+    judge.delivery(out, during, n_streams=1, seconds=end - start, hop_s=HOP_S, share=ctx.limits.min_delivery)
+    out.check("server healthy", bool(health) and health.get("status") == "ok",
+              f"/health status {health.get('status') if health else 'unanswered'}")
+    out.notes.append(f"steady client: longest silence {max_silence_s(during, start, end):.2f} s, "
+                     f"{steady.describe_end()}")
+    if counters is not None:
+        out.notes.append(f"WebSocket messages dropped for slow clients (counted): {counters.ws_dropped}")
+
+
+def churn(ctx: CaseContext, out: Outcome) -> None:
+    _with_stream(ctx, out, _churn)
+
+
+async def _churn(ctx: CaseContext, out: Outcome, live: Live) -> None:
+    from websockets.asyncio.client import connect
+
+    d = ctx.durations
+    stop = asyncio.Event()
+    connects, failures = 0, 0
+    async with Http(live.server.url) as http:
+        steady, task = await start_observer(live.server.ws_url, stop)
+        before = rss_mb(live.server)
+        start = time.monotonic()
+        end = start + d.churn_s
+        rng = random.Random(0)
+
+        async def client() -> None:
+            nonlocal connects, failures
+            for _ in range(MAX_CONNECTS_PER_CLIENT):
+                if time.monotonic() >= end:
+                    return
+                try:
+                    async with connect(live.server.ws_url + "/ws", open_timeout=10, ping_interval=None,
+                                       close_timeout=2) as ws:
+                        connects += 1
+                        stay = time.monotonic() + rng.uniform(0.1, 1.0)
+                        while time.monotonic() < min(stay, end):
+                            await asyncio.wait_for(ws.recv(), 2.0)
+                except Exception:  # a refused or dropped client is counted and judged
+                    failures += 1
+                    await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(client() for _ in range(d.churn_clients)))
+        end = time.monotonic()
+        await asyncio.sleep(1.0)  # the server lets go of the last clients
+        out.check("every client served", failures == 0,
+                  f"{connects} connections by {d.churn_clients} concurrent clients in {end - start:.0f} s, "
+                  f"{failures} failed")
+        await _finish(ctx, out, live, http, steady, task, stop, before, start, end)
+
+
+def never_read(ctx: CaseContext, out: Outcome) -> None:
+    _with_stream(ctx, out, _never_read)
+
+
+async def _upgrade(server: ServerHandle, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw WebSocket upgrade on a TCP socket; the caller decides whether it ever reads again."""
+    host = urlsplit(server.url)
+    reader, writer = await asyncio.open_connection(host.hostname, host.port)
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def _never_read(ctx: CaseContext, out: Outcome, live: Live) -> None:
+    d = ctx.durations
+    stop = asyncio.Event()
+    async with Http(live.server.url) as http:
+        steady, task = await start_observer(live.server.ws_url, stop)
+        before = rss_mb(live.server)
+        start = time.monotonic()
+        sockets = []
+        for _ in range(d.never_read_clients):
+            reader, writer = await _upgrade(live.server, "/ws")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)  # the 101 answer, then never again
+            sockets.append(writer)
+        await asyncio.sleep(d.never_read_s)
+        end = time.monotonic()
+        out.notes.append(f"{len(sockets)} clients never read for {end - start:.0f} s")
+        for writer in sockets:
+            writer.close()
+        await _finish(ctx, out, live, http, steady, task, stop, before, start, end)
+
+
+def bad_frames(ctx: CaseContext, out: Outcome) -> None:
+    _with_stream(ctx, out, _bad_frames)
+
+
+async def _probe(url: str, payload: str | bytes, limit_s: float) -> str:
+    """Send one frame, then read for `limit_s`: 'kept open', 'closed <code>' or 'dropped without close'."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async with connect(url + "/ws", open_timeout=10, ping_interval=None, max_size=None, close_timeout=2) as ws:
+            await ws.send(payload)
+            deadline = time.monotonic() + limit_s
+            got = 0
+            while time.monotonic() < deadline:
+                try:
+                    await asyncio.wait_for(ws.recv(), deadline - time.monotonic())
+                    got += 1
+                except TimeoutError:
+                    break
+            return f"kept open ({got} messages after)" if got else "silent"
+    except ConnectionClosed as exc:
+        return "dropped without close" if exc.rcvd is None else f"closed {exc.rcvd.code}"
+    except Exception as exc:  # refused at the handshake: recorded as an answer
+        return f"refused ({type(exc).__name__})"
+
+
+async def _bad_frames(ctx: CaseContext, out: Outcome, live: Live) -> None:
+    lim = ctx.limits
+    stop = asyncio.Event()
+    async with Http(live.server.url) as http:
+        steady, task = await start_observer(live.server.ws_url, stop)
+        before = rss_mb(live.server)
+        start = time.monotonic()
+        probes: dict[str, str | bytes] = {"malformed text": "{not json", "binary": b"\x00\x01\x02\xff",
+                  "oversized (4 MiB)": "x" * (4 << 20)}
+        for label, payload in probes.items():
+            answer = await _probe(live.server.ws_url, payload, min(lim.answer_s, 3.0))
+            out.check(f"{label} frame handled", answer.startswith(("kept open", "closed")),
+                      f"{label} frame: {answer} (a close frame or service expected)")
+        # An upgrade whose request line is over 8 KB must be answered, not left hanging.
+        reader, writer = await _upgrade(live.server, "/ws?stream=" + "a" * 9000)
+        asked = time.monotonic()
+        try:
+            line = await asyncio.wait_for(reader.readline(), lim.answer_s)
+            answer = line.decode(errors="replace").strip() or "connection closed without an answer"
+        except TimeoutError:
+            answer = f"no answer within {lim.answer_s:g} s"
+        writer.close()
+        out.check("overlong upgrade answered", answer.startswith("HTTP/"),
+                  f"9 KB request line: {answer!r} after {time.monotonic() - asked:.2f} s")
+        await asyncio.sleep(ctx.durations.settle_s)  # the stream goes on after the probes
+        end = time.monotonic()
+        await _finish(ctx, out, live, http, steady, task, stop, before, start, end)
+
+
+def http_load(ctx: CaseContext, out: Outcome) -> None:
+    _with_stream(ctx, out, _http_load)
+
+
+async def _http_load(ctx: CaseContext, out: Outcome, live: Live) -> None:
+    d = ctx.durations
+    stop = asyncio.Event()
+    async with Http(live.server.url) as http, Http(live.server.url) as load:
+        steady, task = await start_observer(live.server.ws_url, stop)
+        before = rss_mb(live.server)
+        latencies: list[float] = []
+        gate = asyncio.Semaphore(100)  # requests in flight at most
+
+        async def one(path: str) -> None:
+            async with gate:
+                t = time.perf_counter()
+                response = await load.request("GET", path)
+                if response is not None:
+                    latencies.append(time.perf_counter() - t)
+
+        start = time.monotonic()
+        n_total = int(d.http_rate * d.http_s)
+        pending = []
+        for i in range(n_total):
+            due = start + i / d.http_rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.create_task(one("/health" if i % 2 == 0 else "/streams")))
+            if time.monotonic() > start + 2 * d.http_s:  # the client itself cannot keep up: stop asking
+                break
+        await asyncio.gather(*pending)
+        end = time.monotonic()
+        rate = len(pending) / (end - start)
+        p99 = float(np.percentile(latencies, 99)) * 1000 if latencies else float("nan")
+        out.notes.append(f"{len(pending)} requests at {rate:.0f}/s achieved (asked {d.http_rate:g}/s), "
+                         f"p99 {p99:.1f} ms, {load.errors} transport errors")
+        out.check("every request answered", load.errors == 0 and load.five_xx == 0,
+                  f"{load.five_xx} 5xx, {load.errors} transport errors of {len(pending)}")
+        http.five_xx += load.five_xx
+        await _finish(ctx, out, live, http, steady, task, stop, before, start, end)
