@@ -150,7 +150,9 @@ def test_nonfinite_samples_reject_decisions(model_set: ModelSet) -> None:
     assert flagged and clean  # the stream goes on after the NaN, and windows without NaN are clean again
     assert all(m["rejected"] and m["reject_reason"] == "nonfinite_input" for m in flagged)
     assert all(np.isfinite(m["probabilities"]).all() for m in messages)
-    assert any(2 in m["bad_channels"] or 7 in m["bad_channels"] for m in flagged)
+    # The quality monitor names the channel once its next estimate (every 250 ms) has seen the NaN: in the
+    # windows after it, not necessarily in the few flagged ones, whose list is the estimate of the pull before.
+    assert any(2 in m["bad_channels"] or 7 in m["bad_channels"] for m in messages)
 
 
 def test_hot_swap_loses_no_window_and_never_mixes(model_set: ModelSet) -> None:
