@@ -20,10 +20,12 @@ from rohde.core.model_package import METADATA_FILE, MODEL_FILE, sha256_of
 from rohde.server.app import create_app
 from rohde.server.processes import unique_id
 from rohde.server.security import (
+    TokenRedactingFilter,
     loggable,
     origin_allowed,
     presented_token,
     read_refusal,
+    redact_tokens,
     token_matches,
     websocket_refusal,
 )
@@ -311,3 +313,14 @@ def test_security_settings_read_lists_and_refuse_tiny_limits(monkeypatch: pytest
     assert settings.read_token == READER and settings.max_request_bytes == 65536 and settings.host == "127.0.0.1"
     with pytest.raises(ValueError, match="max_request_bytes"):
         load_settings(max_request_bytes=10)
+
+
+def test_tokens_in_query_strings_stay_out_of_the_access_log() -> None:
+    assert redact_tokens("/models?token=s3cret&x=1") == "/models?token=***&x=1"
+    assert redact_tokens("/ws?stream=a&TOKEN=s3cret") == "/ws?stream=a&TOKEN=***"
+    assert redact_tokens("/models?mytoken=keep") == "/models?mytoken=keep"
+    # uvicorn's access record: (client, method, full path, HTTP version, status)
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", "/streams?token=s3cret", "1.1", 200), None)
+    assert TokenRedactingFilter().filter(record)
+    assert "s3cret" not in record.getMessage() and "token=***" in record.getMessage()

@@ -76,6 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rohde.server.app import create_app
+    from rohde.server.security import TokenRedactingFilter
     from rohde.server.settings import load_settings
 
     settings = load_settings(
@@ -90,6 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level="info",
                             lifespan="on", ws=_websocket_protocol(), ws_max_size=WS_MAX_MESSAGE_BYTES,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    # After uvicorn.Config, which sets up its loggers: a read token sent as ?token= stays out of the access log.
+    logging.getLogger("uvicorn.access").addFilter(TokenRedactingFilter())
     server = _server_class(app)(config)
     if args.port_file:
         _write_port_when_started(server, Path(args.port_file))

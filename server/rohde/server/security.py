@@ -11,7 +11,8 @@ the same rules:
   the decisions. Clients that are not browsers send no Origin and pass.
 - `RequestGuard`, an ASGI middleware, refuses request bodies over a size (413) and turns any
   unexpected exception into a 500 with a generic body (the traceback goes to the log only).
-- `loggable` bounds and escapes text a client supplied before it reaches a log line or a message.
+- `loggable` bounds and escapes text a client supplied before it reaches a log line or a message;
+  `TokenRedactingFilter` keeps `?token=` values out of the access log.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,6 +40,25 @@ def loggable(value: object, limit: int = 64) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+_TOKEN_QUERY = re.compile(r"(?<=[?&]token=)[^&#\s]*", flags=re.IGNORECASE)
+
+
+def redact_tokens(text: str) -> str:
+    """`text` with the value of every `token=` query parameter replaced by `***`."""
+    return _TOKEN_QUERY.sub("***", text)
+
+
+class TokenRedactingFilter(logging.Filter):
+    """For the access log (`uvicorn.access`): a read token sent as `?token=` must not be written to it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_tokens(arg) if isinstance(arg, str) else arg for arg in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact_tokens(record.msg)
+        return True
 
 
 def token_matches(presented: str | None, expected: str | None) -> bool:
