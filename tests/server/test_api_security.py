@@ -45,6 +45,7 @@ BAD_PACKAGES = {  # folder -> what /models and PUT must say about it
     "truncated": "ONNX Runtime cannot load model.onnx",
     "wrongtypes": "not valid model metadata",
     "no_onnx": "has no model.onnx",
+    "outside": "link leading out of the models folder",
 }
 
 
@@ -73,6 +74,10 @@ def models_dir(model_set: ModelSet, tmp_path_factory: pytest.TempPathFactory) ->
     _edit_metadata(root / "truncated", onnx_sha256=sha256_of(root / "truncated" / MODEL_FILE))
     _edit_metadata(root / "wrongtypes", labels="rest", layout=[1, 2])
     (root / "no_onnx" / MODEL_FILE).unlink()
+    # A valid package, but reached through a link to a folder elsewhere.
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "good"
+    shutil.copytree(root / "good", elsewhere)
+    (root / "outside").symlink_to(elsewhere, target_is_directory=True)
     return root
 
 
