@@ -301,6 +301,8 @@ def test_websocket_refusal_checks_origin_then_token() -> None:
     assert refusal({}, {"token": READER}, read_token=READER) is None
     assert refusal({"authorization": f"Bearer {READER}"}, {}, read_token=READER) is None
     assert "origin" in str(refusal({"origin": "http://evil.example"}, {"token": READER}, read_token=READER))
+    for reason in (refusal({"origin": "http://" + "e" * 500}, {}), refusal({}, {}, read_token=READER)):
+        assert reason is not None and len(reason.encode()) <= 123  # a close frame's reason
 
 
 def test_client_text_is_bounded_and_escaped_for_logs() -> None:

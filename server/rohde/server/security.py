@@ -89,8 +89,7 @@ def read_refusal(presented: str | None, *, read_token: str | None, admin_token: 
         return None
     if token_matches(presented, read_token) or token_matches(presented, admin_token):
         return None
-    return ("A valid token is required to read from this server: send 'Authorization: Bearer <token>' "
-            "or '?token=<token>'.")
+    return "A valid token is required to read: send 'Authorization: Bearer <token>' or '?token=<token>'."
 
 
 def _origin_parts(origin: str) -> tuple[str, str, int | None] | None:
@@ -126,17 +125,18 @@ def origin_allowed(origin: str | None, allowed: Sequence[str] | None) -> bool:
 
 
 def origin_refusal(origin: str | None, allowed: Sequence[str] | None) -> str | None:
-    """Why a WebSocket from `origin` is refused, or None."""
+    """Why a WebSocket from `origin` is refused, or None (short enough for a close frame's reason; the
+    origin itself is not echoed)."""
     if origin_allowed(origin, allowed):
         return None
-    return (f"WebSocket connections from origin {loggable(origin)} are not allowed; "
-            "the server's allowed_origins setting lists those that are.")
+    return "WebSockets from this origin are not allowed; the server's allowed_origins setting lists those that are."
 
 
 def websocket_refusal(headers: Mapping[str, str], query: Mapping[str, str], *, read_token: str | None,
                       admin_token: str | None, allowed_origins: Sequence[str] | None) -> str | None:
     """Why a WebSocket handshake is refused (origin first, then token), or None: what the `/ws` route
-    checks before `accept()`, closing with code 1008 (policy violation) and this reason when refused."""
+    checks before `accept()`, closing with code 1008 (policy violation) when refused. Every reason fits
+    a close frame (at most 123 bytes)."""
     return origin_refusal(headers.get("origin"), allowed_origins) or read_refusal(
         presented_token(headers.get("authorization"), query.get("token")),
         read_token=read_token, admin_token=admin_token)
