@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 
 from rohde.server.processes import Child, ChildGroup, unique_id
 
-from .conftest import ROHDE, ModelSet, RunningOutlet, wait_for, wait_until_resolvable
+from .conftest import LSL_CONFIG, ROHDE, ModelSet, RunningOutlet, wait_for, wait_until_resolvable
 from .test_e2e import start_server
 
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(240)]
@@ -152,3 +152,26 @@ def test_serve_stops_within_a_second_telling_every_client_and_restarts_to_the_sa
                                     if s["state"] == "connected" and s["windows_emitted"] > 0), None), 20, 0.1)
     assert stream["stream_id"] == name and before["streams"] == {name: "connected"}
     logger.info("restart: stream %s decided again %.2f s after /ready", name, time.monotonic() - started)
+
+
+def test_health_answers_503_once_a_thread_is_down(model_set: ModelSet) -> None:
+    """In-process app: the inference thread, then the watchdog, stopped under a running server."""
+    from fastapi.testclient import TestClient
+
+    from rohde.server.app import create_app
+    from rohde.server.settings import load_settings
+
+    settings = load_settings(models_dir=model_set.models_dir, model="good", stream_name=unique_id("health"),
+                             marker_outlet=False, lsl_config=LSL_CONFIG)
+    with TestClient(create_app(settings)) as client:
+        healthy = client.get("/health")
+        assert healthy.status_code == 200 and healthy.json()["status"] == "ok"
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        runtime.inference.stop()
+        degraded = client.get("/health")
+        assert degraded.status_code == 503
+        body = degraded.json()
+        assert body["status"] == "degraded" and body["threads"] == {"inference": False, "watchdog": True}
+        assert set(body) == set(healthy.json())  # the same body, only the status differs
+        runtime.streams.error = "RuntimeError: a scan failed"
+        assert client.get("/health").json()["errors"] == {"watchdog": "RuntimeError: a scan failed"}
