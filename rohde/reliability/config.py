@@ -23,6 +23,7 @@ class Limits:
     exit_s: float = 1.0  # SIGTERM -> the server process has exited
     restart_s: float = 20.0  # a restarted server deciding again (process start included)
     answer_s: float = 5.0  # a refused frame or request is answered (close frame, status) within
+    detect_s: float = 0.1  # a window holding at most this much of a signal fault may still be accepted
     lost_after_s: float = 3.0  # a stalled or hung stream is reported lost within
     min_delivery: float = 0.9  # share of the expected decisions a reading client must get under load
 
