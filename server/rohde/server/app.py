@@ -53,7 +53,7 @@ from rohde.server.lsl_inlet import StreamQuery
 from rohde.server.markers import DecisionMarkerOutlet
 from rohde.server.messages import PredictionMessage, StatusEvent, StatusMessage
 from rohde.server.metrics import ServerMetrics
-from rohde.server.security import RequestGuard, loggable, read_refusal, token_matches
+from rohde.server.security import RequestGuard, loggable, read_refusal, token_matches, websocket_refusal
 from rohde.server.settings import ServerSettings
 from rohde.server.stream_manager import StreamManager
 
@@ -368,6 +368,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.websocket("/ws")
     async def ws(websocket: WebSocket, stream: Annotated[str | None, Query(max_length=256)] = None) -> None:
         runtime: ServerRuntime = websocket.app.state.runtime
+        settings = runtime.settings
+        refusal = websocket_refusal(websocket.headers, websocket.query_params, read_token=settings.read_token,
+                                    admin_token=settings.admin_token, allowed_origins=settings.allowed_origins)
+        if refusal is not None:  # before the handshake completes, as security.websocket_refusal says
+            await websocket.close(WS_POLICY_VIOLATION, refusal)
+            return
         await websocket.accept()
         if stream is not None and not await _wait_for_stream_id(runtime, stream):
             known = len(runtime.streams.known_ids())

@@ -103,7 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
 # Clients never send messages on /ws (it refuses them with 1003); anything this large is refused sooner, by the
 # WebSocket layer, with 1009, before it is buffered.
 WS_MAX_MESSAGE_BYTES = 64 * 1024
-GRACEFUL_SHUTDOWN_S = 2.0  # a connection that ignores the close frames cannot hold a stop up for longer
+GRACEFUL_SHUTDOWN_S = 2  # a connection that ignores the close frames cannot hold a stop up for longer
 
 
 def _server_class(app: Any) -> Any:
