@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 MESSAGE_SCHEMA_VERSION = 1
 
 StatusEvent = Literal[
-    "hello", "stream_connected", "stream_lost", "stream_recovered", "stream_refused", "model_changed"
+    "hello", "stream_connected", "stream_lost", "stream_recovered", "stream_refused", "model_changed",
+    "server_stopping",
 ]
 
 
