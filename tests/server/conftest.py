@@ -197,8 +197,9 @@ class RunningOutlet:
     child: Child
 
 
-def wait_until_resolvable(child: Child, name: str, source_id: str, timeout_s: float = 20.0) -> None:
-    """Return once the outlet `name` / `source_id` of `child` answers an LSL query; fail if it dies first."""
+def wait_until_resolvable(child: Child, name: str, source_id: str, timeout_s: float = 60.0) -> None:
+    """Return once the outlet `name` / `source_id` of `child` answers an LSL query; fail if it dies first.
+    The bound is generous: a child that imports numpy, scipy and pylsl on a loaded 2-core machine is slow to start."""
     pylsl = import_pylsl(LSL_CONFIG)
     deadline = time.monotonic() + timeout_s
     while not pylsl.resolve_bypred(f"name='{name}' and source_id='{source_id}'", 1, 0.5):
