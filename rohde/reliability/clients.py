@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import ExitStack
@@ -23,6 +24,7 @@ from rohde.reliability.rig import CaseContext, read_counters, rss_mb
 from rohde.reliability.streams import DRAIN_S, HOP_S, Live, start_live
 
 MAX_CONNECTS_PER_CLIENT = 200  # bounds the churn loop besides its duration
+NEVER_READ_BUFFER = 4096  # bytes: the kernel's receive buffer of a client that never reads
 
 
 Body = Callable[[CaseContext, Outcome, Live], Coroutine[Any, Any, None]]
@@ -105,10 +107,17 @@ def never_read(ctx: CaseContext, out: Outcome) -> None:
     _with_stream(ctx, out, _never_read)
 
 
-async def _upgrade(server: ServerHandle, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw WebSocket upgrade on a TCP socket; the caller decides whether it ever reads again."""
+async def _upgrade(server: ServerHandle, path: str, *, receive_buffer: int | None = None,
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw WebSocket upgrade on a TCP socket; the caller decides whether it ever reads again. A small
+    `receive_buffer` (bytes) makes a client that never reads push back on the server within seconds."""
     host = urlsplit(server.url)
-    reader, writer = await asyncio.open_connection(host.hostname, host.port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host.hostname or "127.0.0.1", host.port or 80))
+    reader, writer = await asyncio.open_connection(sock=sock)
     writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
     await writer.drain()
@@ -124,12 +133,14 @@ async def _never_read(ctx: CaseContext, out: Outcome, live: Live) -> None:
         start = time.monotonic()
         sockets = []
         for _ in range(d.never_read_clients):
-            reader, writer = await _upgrade(live.server, "/ws")
+            reader, writer = await _upgrade(live.server, "/ws", receive_buffer=NEVER_READ_BUFFER)
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)  # the 101 answer, then never again
             sockets.append(writer)
         await asyncio.sleep(d.never_read_s)
         end = time.monotonic()
-        out.notes.append(f"{len(sockets)} clients never read for {end - start:.0f} s")
+        out.notes.append(f"{len(sockets)} clients never read for {end - start:.0f} s (receive buffers of "
+                         f"{NEVER_READ_BUFFER} bytes); a WebSocket drop count of 0 means the kernel's buffers still "
+                         "held their backlog, so the per-client drop path was not reached in this time")
         for writer in sockets:
             writer.close()
         await _finish(ctx, out, live, http, steady, task, stop, before, start, end)
