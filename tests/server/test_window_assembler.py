@@ -13,6 +13,7 @@ from rohde.core.windows import extract_windows, window_ends
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import WindowJob
 from rohde.server.metrics import ServerMetrics, StreamCounter
+from rohde.server.quality import QualityThresholds
 from rohde.server.window_assembler import WindowAssembler
 
 from .conftest import FS_HZ, N_CHANNELS, ModelSet
@@ -136,12 +137,72 @@ def test_too_many_flat_channels_reject_the_windows(good: ModelPackage) -> None:
     samples[:, :9] = 42.0  # 9 of 16 channels flat: more than reject_bad_fraction (0.5)
     run = Assembled(good)
     run.push(samples, stamps, [50] * 20)
-    # The first quality estimate comes after 500 samples; the windows after it are rejected.
-    assert [job.end_index for job in run.jobs if job.reject_reason is None] == list(range(200, 501, 50))
-    rejected = [job for job in run.jobs if job.reject_reason is not None]
-    assert rejected and all(job.reject_reason == "bad_channels" and job.flags == ("bad_channels",)
-                            for job in rejected)
-    assert rejected[0].bad_channels == tuple(range(9))
+    # The check of each pull finds them before the first quality estimate (after 500 samples) does.
+    assert run.jobs and all(job.reject_reason == "bad_channels" and job.flags == ("bad_channels",)
+                            and job.bad_channels == tuple(range(9)) for job in run.jobs)
+
+
+def test_flat_channels_up_to_the_bad_fraction_are_accepted(good: ModelPackage) -> None:
+    samples, stamps = seeded_stream(1000)
+    samples[:, :8] = 42.0  # 8 of 16: not more than reject_bad_fraction (0.5)
+    run = Assembled(good, config=IngestConfig(quality=NO_ESTIMATE))
+    run.push(samples, stamps, [50] * 20)
+    assert run.jobs and all(job.reject_reason is None for job in run.jobs)
+
+
+# Quality estimates too rare to come within a test: the per-pull check of hard faults acts alone.
+NO_ESTIMATE = QualityThresholds(quality_interval_s=1000.0)
+
+
+def faulty_stream(kind: str, n: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """`seeded_stream(n)` with every channel all-zero or at the rail over samples [start, stop)."""
+    samples, stamps = seeded_stream(n)
+    if kind == "zero":
+        samples[start:stop] = 0.0
+    else:
+        samples[start:stop] = np.clip(samples[start:stop] * 1000.0, -6000.0, 6000.0)
+    return samples, stamps
+
+
+@pytest.mark.parametrize("kind", ["zero", "saturated"])
+def test_a_hard_fault_rejects_its_windows_at_once_and_while_the_filter_settles(good: ModelPackage,
+                                                                               kind: str) -> None:
+    samples, stamps = faulty_stream(kind, 4000, 1000, 2000)
+    run = Assembled(good, config=IngestConfig(quality=NO_ESTIMATE))
+    run.push(samples, stamps, [50] * 80)
+    settle = int(np.ceil(FS_HZ / good.preprocessing.effective_band_hz[0]))  # one period of 20 Hz: 50 samples
+    assert settle == 50
+    window = good.metadata.window_samples
+    rejected = {job.end_index for job in run.jobs if job.reject_reason is not None}
+    # Every window holding a sample of [1000, 2000), from the first pull of the fault on, and those ending
+    # within one period of the high-pass corner after the window that last holds one.
+    assert rejected == set(range(1050, 2000 + window + settle, 50))
+    assert all(job.reject_reason == "bad_channels" and job.flags == ("bad_channels",)
+               and job.bad_channels == tuple(range(N_CHANNELS)) for job in run.jobs if job.end_index in rejected)
+    assert all(np.isfinite(job.window).all() for job in run.jobs)
+
+
+@pytest.mark.parametrize("kind", ["zero", "saturated"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_window_holding_two_periods_of_a_hard_fault_is_accepted_however_it_is_pulled(good: ModelPackage,
+                                                                                       kind: str, seed: int) -> None:
+    # Pulls of 1 to 120 samples: short ones are judged together with the samples before them, long ones block
+    # by block, so a fault is found within two periods of the high-pass corner (100 ms at 20 Hz) of its start.
+    start, stop = 1013, 1987
+    samples, stamps = faulty_stream(kind, 4000, start, stop)
+    sizes = np.random.default_rng(seed).integers(1, 121, size=4000).tolist()
+    run = Assembled(good, config=IngestConfig(quality=NO_ESTIMATE))
+    run.push(samples, stamps, sizes)
+    settle, window = 50, good.metadata.window_samples
+
+    def held(end: int) -> int:
+        return max(0, min(end, stop) - max(end - window, start))
+
+    accepted = [job.end_index for job in run.jobs if job.reject_reason is None]
+    assert accepted and max(held(end) for end in accepted) < 2 * settle - 1
+    # A rail sample marks its whole block, which may begin up to a period before the fault.
+    assert all(job.reject_reason is None for job in run.jobs if job.end_index <= start - settle)
+    assert all(job.reject_reason is None for job in run.jobs if job.end_index > stop + window + 2 * settle)
 
 
 def test_a_model_with_the_same_windows_keeps_them_and_another_restarts_them(model_set: ModelSet,
@@ -308,3 +369,32 @@ def test_a_gap_after_a_burst_restarts_clean(good: ModelPackage) -> None:
     assert [job.end_index for job in after] == list(range(200, 2001, 50))
     assert {job.end_index for job in before if job.reject_reason == "out_of_range_input"} == {950, 1000}
     assert all(job.reject_reason != "out_of_range_input" for job in after)
+
+
+def arrival_stamped(n: int, *, chunk: int, late_ms: float, seed: int) -> np.ndarray:
+    """Stamps `(n,)` of chunks of `chunk` samples, each stamped on arrival, late by 0 to `late_ms`
+    (liblsl stamps a chunk's last sample and the others back at the nominal rate)."""
+    rng = np.random.default_rng(seed)
+    last = np.arange(chunk - 1, n, chunk)
+    last_stamps = 100.0 + last / FS_HZ + rng.uniform(0.0, late_ms / 1000.0, last.size)
+    return np.concatenate([s - np.arange(chunk - 1, -1, -1) / FS_HZ for s in last_stamps])
+
+
+def test_arrival_jitter_is_not_counted_missing_but_a_real_gap_is(good: ModelPackage) -> None:
+    # Chunks of 10 samples late by 0-8 ms: the stamps jump by up to 9 ms and back, and nothing is lost.
+    samples, _ = seeded_stream(20000)
+    stamps = arrival_stamped(20000, chunk=10, late_ms=8.0, seed=3)
+    run = Assembled(good)
+    run.push(samples, stamps, [50] * 400)
+    assert run.count(StreamCounter.GAPS) == 0 and run.count(StreamCounter.MISSING_SAMPLES) == 0
+    assert all(job.reject_reason is None for job in run.jobs)
+    # Without the jitter tolerance the same stream counts hundreds of samples that were never lost.
+    strict = Assembled(good, config=IngestConfig(jitter_tolerance_ms=0.0))
+    strict.push(samples, stamps, [50] * 400)
+    assert strict.count(StreamCounter.GAPS) > 50 and strict.count(StreamCounter.MISSING_SAMPLES) > 200
+    # 500 samples really lost in the jittered stream: counted, to within the jitter.
+    lost = Assembled(good)
+    stamps_with_gap = stamps + np.where(np.arange(20000) >= 10000, 0.5, 0.0)
+    lost.push(samples, stamps_with_gap, [50] * 400)
+    assert lost.count(StreamCounter.GAPS) == 1
+    assert 500 - 8 <= lost.count(StreamCounter.MISSING_SAMPLES) <= 500 + 8

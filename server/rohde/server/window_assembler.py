@@ -20,6 +20,20 @@ the windows as `bad_channels` until its first estimate past that, which the wind
 see: decisions are accepted again 550 ms after the burst in this case, and at most `quality_window_s`
 + `quality_interval_s` + two pulls after it (a pull is a hop when the server keeps up: 0.85 s with the
 defaults). Live (`tests/server/test_signal_faults.py`): 0.7-0.8 s.
+
+Hard faults at once. The quality monitor estimates every `quality_interval_s` over `quality_window_s`, so
+on its own it would accept up to half a second of windows after every lead goes flat or every channel hits
+the rail. Each run of a pull is therefore also checked directly, in blocks of one period of the band-pass's
+high-pass corner (50 samples at 20 Hz and 1 kHz; the oldest block reaches back into the previous run): a
+channel is flat in a block when its raw peak-to-peak stays below `flat_std_uv` (any signal in the EMG band
+swings over its amplitude within one such period), saturated when some |sample| reaches `saturation_uv`.
+When more than `reject_bad_fraction` of the channels are either in a block, every window holding a sample
+of it is rejected as `bad_channels`, and so are the windows ending within one more period of the high-pass
+corner: the step back from a rail or from zero to the electrode's offset rings through the high-pass for
+about that long (the chain's step response falls below 10 % of the step within 62 ms at 20 Hz).
+
+Timestamp jitter is not loss. A driver that stamps blocks on arrival makes the stamps jump late and back;
+a jump counts as a gap only beyond `gap_tolerance_samples` sample periods plus `jitter_tolerance_ms`.
 """
 
 from __future__ import annotations
@@ -63,6 +77,15 @@ class _SignalState:
         self.total = 0  # samples pushed since the last restart
         self.nonfinite_until = 0  # windows ending at or before this index contain a non-finite sample
         self.out_of_range_until = 0  # ... a finite sample beyond the physical input range
+        # Windows ending after `hard_fault_from` and at or before `hard_fault_until` hold a sample of a block with
+        # too many flat or saturated channels, or end while the filter rings after one.
+        self.hard_fault_from = 0
+        self.hard_fault_until = 0
+        self.hard_fault_channels: tuple[int, ...] = ()  # the channels flat or saturated in the last such block
+        # One period of the high-pass corner, in samples: the block length of the hard-fault check and the
+        # settling margin after a hard fault (see the module docstring).
+        self.settle = int(np.ceil(meta.fs_hz / package.preprocessing.effective_band_hz[0]))
+        self.raw_tail = np.zeros((0, meta.n_channels), dtype=np.float32)  # the last `settle` raw samples
         # Each channel's last good raw sample, which stands in for its bad ones.
         self.last_good = np.zeros(meta.n_channels, dtype=np.float32)
 
@@ -72,6 +95,10 @@ class _SignalState:
         self.total = 0
         self.nonfinite_until = 0
         self.out_of_range_until = 0
+        self.hard_fault_from = 0
+        self.hard_fault_until = 0
+        self.hard_fault_channels = ()
+        self.raw_tail = self.raw_tail[:0]
 
 
 class WindowAssembler:
@@ -149,8 +176,9 @@ class WindowAssembler:
         self._prev_pull_full = full
 
     def _max_step_s(self, fs_hz: float) -> float:
-        """The longest step between two timestamps that is not a gap."""
-        return (1 + self._config.gap_tolerance_samples) / fs_hz
+        """The longest step between two timestamps that is not a gap: a few sample periods, plus the
+        jitter of stamps taken on arrival."""
+        return (1 + self._config.gap_tolerance_samples) / fs_hz + self._config.jitter_tolerance_ms / 1000.0
 
     def _runs(self, stamps: np.ndarray, fs_hz: float) -> list[tuple[int, int]]:
         """Index ranges `[start, stop)` of `stamps` `(n,)` with no gap inside."""
@@ -182,6 +210,12 @@ class WindowAssembler:
             sig.nonfinite_until = sig.total + last_nonfinite + sig.window
         if last_out_of_range >= 0:
             sig.out_of_range_until = sig.total + last_out_of_range + sig.window
+        hard_fault = self._check_hard_faults(samples, sig)
+        if hard_fault is not None:
+            first, last = hard_fault
+            if sig.hard_fault_until <= sig.total:  # the last mark covers no window of this run: a new fault
+                sig.hard_fault_from = sig.total + first
+            sig.hard_fault_until = sig.total + last + sig.window + sig.settle
         idx = (sig.total + np.arange(n)) % sig.ts_capacity
         sig.timestamps[idx] = stamps
         sig.total += n
@@ -200,20 +234,48 @@ class WindowAssembler:
             if end <= sig.nonfinite_until:
                 flags.append("nonfinite")
                 reason = "nonfinite_input"
-            if reason is None and hard_fraction > self._config.reject_bad_fraction:
+            in_hard_fault = sig.hard_fault_from < end <= sig.hard_fault_until
+            if reason is None and (in_hard_fault or hard_fraction > self._config.reject_bad_fraction):
                 flags.append("bad_channels")
                 reason = "bad_channels"
+            # The estimate may not know the faulty channels yet: the window names those the check found.
+            window_bad = tuple(sorted({*bad, *sig.hard_fault_channels})) if in_hard_fault else bad
             normalized = normalization.apply(window.T).T  # (C, W)
             self._emit(WindowJob(
                 stream_id=self.stream_id, generation=self._generation,
                 window=np.ascontiguousarray(normalized, dtype=np.float32), end_index=end,
                 lsl_time=float(sig.timestamps[(end - 1) % sig.ts_capacity]), pulled_at=pulled_at,
-                bad_channels=bad, reject_reason=reason, flags=tuple(flags),
+                bad_channels=window_bad, reject_reason=reason, flags=tuple(flags),
             ))
             self.windows_emitted += 1
         # The quality estimate (an FFT of every channel, a few ms) runs after the windows are emitted, so it
         # never delays a decision; their bad-channel list is the estimate of the pull before.
         quality.push(samples, replaced_channels)
+
+    def _check_hard_faults(self, samples: np.ndarray, sig: _SignalState) -> tuple[int, int] | None:
+        """Check `(n, n_channels)` finite raw `samples` for flat and saturated channels, in blocks of
+        `sig.settle` samples aligned on the run's end (the oldest block completed from `sig.raw_tail`).
+        Returns the indices in the run of the first sample of the first block and of the last sample of the
+        last block in which more than `reject_bad_fraction` of the channels are flat or saturated (the first
+        is negative when that block reaches back into the run before), or None when no block is; records
+        the last such block's channels."""
+        n, span, thresholds = len(samples), sig.settle, self._config.quality
+        held = len(sig.raw_tail)
+        ext = np.concatenate([sig.raw_tail, samples]) if held else samples  # (held + n, n_channels)
+        ends = len(ext) - span * np.arange(-(-n // span) - 1, -1, -1)  # block ends, oldest first
+        starts = np.maximum(ends - span, 0)
+        high = np.maximum.reduceat(ext, starts, axis=0)  # (n_blocks, n_channels)
+        low = np.minimum.reduceat(ext, starts, axis=0)
+        sig.raw_tail = ext[-span:].copy()
+        # A block shorter than one period (just after a restart) cannot tell a flat lead from a slow swing.
+        flat = ((high - low) < thresholds.flat_std_uv) & ((ends - starts) >= span)[:, None]
+        bad = flat | (high >= thresholds.saturation_uv) | (low <= -thresholds.saturation_uv)
+        faulty = np.flatnonzero(bad.mean(axis=1) > self._config.reject_bad_fraction)
+        if faulty.size == 0:
+            return None
+        first, last = int(faulty[0]), int(faulty[-1])
+        sig.hard_fault_channels = tuple(np.flatnonzero(bad[last]).tolist())
+        return int(starts[first]) - held, int(ends[last]) - held - 1
 
     def _replace_bad_samples(self, samples: np.ndarray,
                              sig: _SignalState) -> tuple[np.ndarray, np.ndarray | None, int, int]:
