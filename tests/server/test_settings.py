@@ -33,7 +33,7 @@ def test_every_ingestion_default_is_defined_once() -> None:
     # Each ingestion and quality knob the settings expose has the dataclass's default, under the same name.
     shared = {
         IngestConfig: {"inlet_buffer_s", "pull_interval_ms", "stale_after_s", "gap_tolerance_samples",
-                       "reset_after_gap_ms", "max_abs_uv", "reject_bad_fraction", "lsl_config"},
+                       "jitter_tolerance_ms", "reset_after_gap_ms", "max_abs_uv", "reject_bad_fraction", "lsl_config"},
         QualityThresholds: {"quality_window_s", "quality_interval_s", "flat_std_uv", "saturation_uv",
                             "powerline_ratio", "artifact_uv", "mains_hz"},
     }
@@ -49,12 +49,13 @@ def test_every_ingestion_default_is_defined_once() -> None:
 
 def test_ingestion_settings_reach_the_configs_by_name() -> None:
     settings = ServerSettings(inlet_buffer_s=3, pull_interval_ms=5.0, stale_after_s=2.5, gap_tolerance_samples=7,
-                              reset_after_gap_ms=40.0, reject_bad_fraction=0.25, quality_window_s=0.75,
-                              quality_interval_s=0.5, flat_std_uv=1.5, saturation_uv=5000.0, powerline_ratio=0.6,
-                              artifact_uv=80.0, mains_hz=60.0)
+                              jitter_tolerance_ms=20.0, reset_after_gap_ms=40.0, reject_bad_fraction=0.25,
+                              quality_window_s=0.75, quality_interval_s=0.5, flat_std_uv=1.5, saturation_uv=5000.0,
+                              powerline_ratio=0.6, artifact_uv=80.0, mains_hz=60.0)
     config = settings.ingest_config()
     assert (config.inlet_buffer_s, config.pull_interval_ms, config.stale_after_s, config.gap_tolerance_samples,
-            config.reset_after_gap_ms, config.reject_bad_fraction) == (3, 5.0, 2.5, 7, 40.0, 0.25)
+            config.jitter_tolerance_ms, config.reset_after_gap_ms,
+            config.reject_bad_fraction) == (3, 5.0, 2.5, 7, 20.0, 40.0, 0.25)
     assert config.lsl_config == settings.lsl_config
     assert config.quality == QualityThresholds(quality_window_s=0.75, quality_interval_s=0.5, flat_std_uv=1.5,
                                                saturation_uv=5000.0, powerline_ratio=0.6, artifact_uv=80.0,

@@ -76,6 +76,8 @@ class ServerSettings(BaseSettings):
     stale_after_s: float = Field(default=IngestConfig.stale_after_s, gt=0)
     # timestamp jumps beyond this many sample periods are gaps
     gap_tolerance_samples: int = Field(default=IngestConfig.gap_tolerance_samples, ge=1)
+    # ... and beyond this much arrival jitter (ms) of the stamps
+    jitter_tolerance_ms: float = Field(default=IngestConfig.jitter_tolerance_ms, ge=0)
     # gaps longer than this restart the filter
     reset_after_gap_ms: float = Field(default=IngestConfig.reset_after_gap_ms, ge=0)
     # |sample| above this (uV) is outside the input range: replaced before the filter, its windows rejected
