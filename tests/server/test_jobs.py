@@ -27,6 +27,22 @@ def test_full_inference_queue_sheds_the_oldest_windows_and_counts_them_per_strea
     assert 'rohde_windows_shed_total{stream="a"} 2' in metrics.render({})
 
 
+def test_queue_depth_gauge_follows_every_offer_take_and_shed() -> None:
+    metrics = ServerMetrics()
+    jobs = JobQueue(3, metrics)
+    depths = []
+    for end in range(5):  # the last two shed the oldest: the depth stays at the capacity
+        jobs.offer(_job("a", end))
+        depths.append(metrics.inference_queue_depth)
+    assert depths == [1, 2, 3, 3, 3]
+    jobs.get_nowait()
+    assert metrics.inference_queue_depth == 2
+    jobs.get(timeout=1.0)
+    jobs.get_nowait()
+    assert metrics.inference_queue_depth == 0
+    assert "rohde_inference_queue_depth 0" in metrics.render({}).splitlines()
+
+
 def test_queue_needs_room_for_one_window() -> None:
     with pytest.raises(ValueError, match="maxsize=0"):
         JobQueue(0, ServerMetrics())

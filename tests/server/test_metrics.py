@@ -26,6 +26,14 @@ def test_metrics_text_format() -> None:
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
 
 
+def test_inference_queue_depth_is_a_gauge() -> None:
+    metrics = ServerMetrics()
+    assert "rohde_inference_queue_depth 0" in metrics.render({}).splitlines()
+    metrics.set_inference_queue_depth(17)
+    lines = metrics.render({}).splitlines()
+    assert "# TYPE rohde_inference_queue_depth gauge" in lines and "rohde_inference_queue_depth 17" in lines
+
+
 def test_every_per_stream_counter_is_listed_in_order() -> None:
     metrics = ServerMetrics()
     for counter in StreamCounter:

@@ -36,6 +36,16 @@ class JobQueue(queue.Queue[WindowJob]):
         super().__init__(maxsize)
         self._metrics = metrics
 
+    # Queue calls `_put` and `_get` with its mutex held, so the depth reported is the one each change left.
+    def _put(self, item: WindowJob) -> None:
+        super()._put(item)
+        self._metrics.set_inference_queue_depth(self._qsize())
+
+    def _get(self) -> WindowJob:
+        item = super()._get()
+        self._metrics.set_inference_queue_depth(self._qsize())
+        return item
+
     def offer(self, job: WindowJob) -> None:
         """Queue `job`, shedding the oldest queued windows while the queue is full."""
         while True:

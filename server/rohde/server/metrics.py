@@ -83,6 +83,7 @@ class ServerMetrics:
         self.inference_latency = Histogram(LATENCY_BUCKETS_S)  # ONNX Runtime run per batch
         self.processing_latency = Histogram(LATENCY_BUCKETS_S)  # last sample pulled -> decision ready
         self.model_swaps = 0
+        self.inference_queue_depth = 0  # windows waiting for inference now (set by `JobQueue`)
 
     def add(self, counter: StreamCounter, stream_id: str, value: int = 1) -> None:
         with self._lock:
@@ -108,6 +109,10 @@ class ServerMetrics:
             self.inference_latency.observe(inference_s)
             for value in processing_s:
                 self.processing_latency.observe(value)
+
+    def set_inference_queue_depth(self, depth: int) -> None:
+        with self._lock:
+            self.inference_queue_depth = depth
 
     def count_swap(self) -> None:
         with self._lock:
@@ -139,6 +144,9 @@ class ServerMetrics:
                 "# HELP rohde_model_swaps_total Successful model activations after start-up.",
                 "# TYPE rohde_model_swaps_total counter",
                 f"rohde_model_swaps_total {self.model_swaps}",
+                "# HELP rohde_inference_queue_depth Windows waiting for inference (the oldest are shed when full).",
+                "# TYPE rohde_inference_queue_depth gauge",
+                f"rohde_inference_queue_depth {self.inference_queue_depth}",
             ]
             lines += _histogram_lines(
                 "rohde_inference_latency_seconds", "ONNX Runtime time per batch.", self.inference_latency
