@@ -119,7 +119,8 @@ def stage_costs(model: Path, *, chunk_ms: float, seconds: float = 1.0,
                           window_gesture=meta.labels[d.window_index], probabilities=[float(p) for p in probs[0]],
                           labels=list(meta.labels), rejected=d.rejected, reject_reason=d.reject_reason, vote_k=5,
                           confidence_threshold=0.5, latency_ms=1.0, model_name=meta.name,
-                          model_version=meta.version, bad_channels=[], condition_flags=[]).model_dump_json()
+                          model_version=meta.version, model_generation=1, bad_channels=[],
+                          condition_flags=[]).model_dump_json()
         ser.append(time.perf_counter() - t)
     return {
         "preprocessing_ms_per_window": round(t_pre / max(n_windows, 1) * 1000, 4),

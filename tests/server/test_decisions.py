@@ -89,8 +89,13 @@ def test_weak_or_partial_input_keeps_the_vote_history(reason: str) -> None:
 def test_messages_refuse_nonfinite_numbers() -> None:
     fields = dict(stream_id="s", seq=0, lsl_time=1.0, server_time=2.0, gesture="a", gesture_index=0, confidence=0.9,
                   window_gesture="a", probabilities=[0.9, 0.1], labels=["a", "b"], rejected=False, vote_k=5,
-                  confidence_threshold=0.5, latency_ms=1.0, model_name="m", model_version="1", bad_channels=[])
+                  confidence_threshold=0.5, latency_ms=1.0, model_name="m", model_version="1", model_generation=1,
+                  bad_channels=[])
     PredictionMessage(**fields)  # type: ignore[arg-type]
+    # Every decision names the model activation that ran it; generations count from 1.
+    for missing in ({k: v for k, v in fields.items() if k != "model_generation"}, {**fields, "model_generation": 0}):
+        with pytest.raises(ValidationError, match="model_generation"):
+            PredictionMessage(**missing)  # type: ignore[arg-type]
     for name, value in (("confidence", np.nan), ("probabilities", [np.nan, 0.1]), ("latency_ms", np.inf),
                         ("lsl_time", -np.inf)):
         with pytest.raises(ValidationError, match="finite number"):

@@ -19,7 +19,8 @@ def _prediction(stream: str, seq: int) -> PredictionMessage:
     return PredictionMessage(
         stream_id=stream, seq=seq, lsl_time=1.0, server_time=time.time(), gesture="a", gesture_index=0,
         confidence=0.9, window_gesture="a", probabilities=[0.9, 0.1], labels=["a", "b"], rejected=False,
-        vote_k=3, confidence_threshold=0.5, latency_ms=1.0, model_name="m", model_version="1", bad_channels=[],
+        vote_k=3, confidence_threshold=0.5, latency_ms=1.0, model_name="m", model_version="1", model_generation=1,
+        bad_channels=[],
     )
 
 

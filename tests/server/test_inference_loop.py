@@ -70,6 +70,7 @@ def test_queued_windows_are_published_per_stream_with_their_generations_engine(m
             engine = models.engine_for(job.generation)
             assert engine is not None
             assert message.model_name == ("good" if job.generation == 1 else "good2")
+            assert message.model_generation == job.generation  # the client can check which activation ran it
             np.testing.assert_allclose(message.probabilities, engine.run(job.window[None])[0], rtol=1e-5, atol=1e-6)
             assert message.labels == list(package.metadata.labels) and message.vote_k == 3
     (nonfinite,) = [m for m in published if m.reject_reason == "nonfinite_input"]

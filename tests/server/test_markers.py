@@ -21,7 +21,7 @@ def decision(seq: int, lsl_time: float, *, rejected: bool = False) -> Prediction
         stream_id="amp-1", seq=seq, lsl_time=lsl_time, server_time=0.0, gesture="g1", gesture_index=1,
         confidence=0.876543, window_gesture="g1", probabilities=[0.1, 0.876543, 0.023457], labels=["rest", "g1", "g2"],
         rejected=rejected, reject_reason="low_confidence" if rejected else None, vote_k=5, confidence_threshold=0.5,
-        latency_ms=1.0, model_name="good", model_version="1", bad_channels=[],
+        latency_ms=1.0, model_name="good", model_version="1", model_generation=1, bad_channels=[],
     )
 
 

@@ -110,7 +110,8 @@ class InferenceLoop:
                     probabilities=list(decision.probabilities), labels=list(meta.labels),
                     rejected=decision.rejected, reject_reason=decision.reject_reason, vote_k=self.vote_k,
                     confidence_threshold=self.confidence_threshold, latency_ms=latency_s * 1000.0,
-                    model_name=meta.name, model_version=meta.version, bad_channels=list(job.bad_channels),
+                    model_name=meta.name, model_version=meta.version, model_generation=generation,
+                    bad_channels=list(job.bad_channels),
                     condition_flags=list(job.flags),
                 ))
                 self._metrics.add(StreamCounter.WINDOWS_PROCESSED, job.stream_id)

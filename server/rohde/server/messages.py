@@ -45,7 +45,10 @@ class PredictionMessage(BaseModel):
     latency_ms: float  # processing latency: last sample pulled -> decision ready
     model_name: str
     model_version: str
-    bad_channels: list[int]  # 0-based channels the quality monitor currently flags
+    # The activation (generation) of the model that ran the window, the one it was prepared for: a client can
+    # check that no window was run by another model than the one named (counts from 1, new with every PUT).
+    model_generation: int = Field(ge=1)
+    bad_channels: list[int]  # 0-based channels the quality monitor or the pull's own check currently flags
     condition_flags: list[str] = Field(default_factory=list)  # flags seen in this window (nonfinite, out_of_range, ...)
 
 
