@@ -21,10 +21,10 @@ class IngestConfig:
     # window ends, so one wake per window); bounds how late a stop or a silent stream is seen
     stale_after_s: float = 1.0  # silence after which a connected stream is lost
     gap_tolerance_samples: int = 4  # timestamp jumps beyond this many sample periods are gaps ...
-    # ... once they also exceed this jitter. Drivers that stamp each block on arrival (USB frames of 1 ms,
-    # blocks of a few ms, the scheduler's wake-up delay) make stamps jump late by a few ms and back, which is
-    # no loss; 10 ms covers that on Linux and macOS (Windows' 15.6 ms timer tick may need 20).
-    jitter_tolerance_ms: float = 10.0
+    # ... unless the stamps come back to the sample grid within this time (ms): jitter. Outlets and drivers that
+    # stamp each block on arrival (USB frames, blocks of a few ms, a push delayed by the scheduler on a loaded
+    # machine: tens of ms) make stamps jump late and back, which is no loss. Lost samples keep the stamps late.
+    jitter_tolerance_ms: float = 100.0
     reset_after_gap_ms: float = 100.0  # longer gaps restart the filter and the windows
     # |sample| beyond this (uV) is outside the physical input range, like NaN: replaced before the filter and its
     # windows rejected. Surface EMG stays below ~10 mV and amplifiers saturate well below 1e5 uV (100 mV), so

@@ -76,7 +76,7 @@ class ServerSettings(BaseSettings):
     stale_after_s: float = Field(default=IngestConfig.stale_after_s, gt=0)
     # timestamp jumps beyond this many sample periods are gaps
     gap_tolerance_samples: int = Field(default=IngestConfig.gap_tolerance_samples, ge=1)
-    # ... and beyond this much arrival jitter (ms) of the stamps
+    # ... unless the stamps come back to the sample grid within this time (ms): arrival jitter, not loss
     jitter_tolerance_ms: float = Field(default=IngestConfig.jitter_tolerance_ms, ge=0)
     # gaps longer than this restart the filter
     reset_after_gap_ms: float = Field(default=IngestConfig.reset_after_gap_ms, ge=0)

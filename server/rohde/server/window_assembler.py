@@ -32,14 +32,23 @@ of it is rejected as `bad_channels`, and so are the windows ending within one mo
 corner: the step back from a rail or from zero to the electrode's offset rings through the high-pass for
 about that long (the chain's step response falls below 10 % of the step within 62 ms at 20 Hz).
 
-Timestamp jitter is not loss. A driver that stamps blocks on arrival makes the stamps jump late and back;
-a jump counts as a gap only beyond `gap_tolerance_samples` sample periods plus `jitter_tolerance_ms`.
+Timestamp jitter is not loss. An outlet or driver that stamps blocks on arrival makes the stamps jump late
+and back (a loaded machine delays a push by tens of ms), while lost samples shift every later stamp for good.
+A jump beyond `gap_tolerance_samples` sample periods is therefore judged by the sample grid: each stamp
+minus its sample index over the rate is the grid's offset plus that sample's lateness, so the smallest such
+value over a stretch is the grid (the least late sample is on it). The grid over the `jitter_tolerance_ms`
+after the jump minus the grid over the same time before it (back to the previous jump at most, so no loss
+is counted twice) is what was lost: counted when it exceeds the tolerance too, nothing when the stamps came
+back. Drift moves the grid by a fraction of a sample in that time. A jump beyond `reset_after_gap_ms` is a
+silence that restarts the windows, counted at once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,6 +69,16 @@ def model_signature(package: ModelPackage) -> tuple[Any, ...]:
     meta = package.metadata
     return (meta.n_channels, meta.fs_hz, meta.window_samples, package.windows.hop_samples(meta.fs_hz),
             tuple(sorted(package.preprocessing.to_dict().items())))
+
+
+@dataclass
+class _Jump:
+    """A timestamp jump waiting to be told apart from jitter (times in LSL seconds)."""
+
+    grid_before: float  # the sample grid's offset before the jump
+    deadline: float  # the grid after it is measured until this stamp
+    overflow: bool  # the pull before it filled the pull buffer
+    grid_after: float = float("inf")
 
 
 class _SignalState:
@@ -120,6 +139,9 @@ class WindowAssembler:
         self._generation = 0
         self._fs_hz: float | None = None  # the stream's nominal rate, for the gap check
         self._prev_pull_full = False  # the last pull filled the pull buffer: we were behind
+        self._jumps: list[_Jump] = []  # jumps not yet told apart from jitter
+        # (last stamp, least stamp - index / rate) of each run since the last jump, over `jitter_tolerance_ms`
+        self._grid_before: deque[tuple[float, float]] = deque()
         self.samples_received = 0
         self.windows_emitted = 0
         self.out_of_range_samples = 0  # finite samples beyond `max_abs_uv`, replaced before the filter
@@ -151,6 +173,9 @@ class WindowAssembler:
         windows start again and no gap is measured against the stream before."""
         if self._signal is not None:
             self._signal.reset()
+        if self._fs_hz is not None:
+            self._resolve_jumps(self._fs_hz, float("inf"))  # judged on what the old inlet delivered
+        self._grid_before.clear()
         self._fs_hz = fs_hz
         self._prev_pull_full = False
         self.last_lsl_time = None
@@ -176,9 +201,8 @@ class WindowAssembler:
         self._prev_pull_full = full
 
     def _max_step_s(self, fs_hz: float) -> float:
-        """The longest step between two timestamps that is not a gap: a few sample periods, plus the
-        jitter of stamps taken on arrival."""
-        return (1 + self._config.gap_tolerance_samples) / fs_hz + self._config.jitter_tolerance_ms / 1000.0
+        """The longest step between two timestamps that is no jump to judge."""
+        return (1 + self._config.gap_tolerance_samples) / fs_hz
 
     def _runs(self, stamps: np.ndarray, fs_hz: float) -> list[tuple[int, int]]:
         """Index ranges `[start, stop)` of `stamps` `(n,)` with no gap inside."""
@@ -191,8 +215,8 @@ class WindowAssembler:
         if sig is None or quality is None or normalization is None:
             raise RuntimeError(f"Stream {self.stream_id}: call use_model before pushing samples.")
         n = len(stamps)
+        self._check_gap(stamps, sig, fs_hz)
         self.samples_received += n
-        self._check_gap(float(stamps[0]), sig, fs_hz)
         self.last_lsl_time = float(stamps[-1])
 
         samples, replaced_channels, last_nonfinite, last_out_of_range = self._replace_bad_samples(samples, sig)
@@ -308,19 +332,44 @@ class WindowAssembler:
         sig.last_good = filled[-1].copy()
         return filled, ~good.all(axis=0), last_nonfinite, last_out_of_range
 
-    def _check_gap(self, first_stamp: float, sig: _SignalState, fs_hz: float) -> None:
+    def _check_gap(self, stamps: np.ndarray, sig: _SignalState, fs_hz: float) -> None:
+        """Judge the step into this run's `(n,)` `stamps` and follow the pending jumps (module docstring)."""
+        grid = stamps - (self.samples_received + np.arange(len(stamps))) / fs_hz  # (n,) grid offset + lateness
+        horizon_s = self._config.jitter_tolerance_ms / 1000.0
         last = self.last_lsl_time
-        if last is None:
-            return
-        delta = first_stamp - last
-        if delta <= self._max_step_s(fs_hz):
-            return
-        missing = int(round(delta / (1.0 / fs_hz))) - 1
+        delta = float(stamps[0]) - last if last is not None else 0.0
+        if last is not None and delta > self._max_step_s(fs_hz):
+            if delta * 1000 > self._config.reset_after_gap_ms:
+                self._resolve_jumps(fs_hz, float("inf"))  # judged on the stamps before the silence
+                self._count_gap(int(round(delta * fs_hz)) - 1, delta, overflow=self._prev_pull_full)
+                sig.reset()
+            elif self._grid_before:
+                before = min(offset for _, offset in self._grid_before)
+                self._jumps.append(_Jump(grid_before=before, deadline=float(stamps[0]) + horizon_s,
+                                         overflow=self._prev_pull_full))
+            self._grid_before.clear()
+        for jump in self._jumps:
+            within = stamps <= jump.deadline
+            if within.any():
+                jump.grid_after = min(jump.grid_after, float(grid[within].min()))
+        self._resolve_jumps(fs_hz, float(stamps[-1]))
+        self._grid_before.append((float(stamps[-1]), float(grid.min())))
+        while self._grid_before[0][0] < stamps[-1] - horizon_s:
+            self._grid_before.popleft()
+
+    def _resolve_jumps(self, fs_hz: float, now: float) -> None:
+        """Judge the pending jumps whose time to come back ended before the stamp `now`: a gap when the
+        grid stayed later by more than the tolerance, else jitter."""
+        for jump in [j for j in self._jumps if j.deadline < now]:
+            self._jumps.remove(jump)
+            missing = int(round((jump.grid_after - jump.grid_before) * fs_hz))
+            if missing > self._config.gap_tolerance_samples:
+                self._count_gap(missing, jump.grid_after - jump.grid_before, overflow=jump.overflow)
+
+    def _count_gap(self, missing: int, lost_s: float, *, overflow: bool) -> None:
         self._metrics.add(StreamCounter.GAPS, self.stream_id)
         self._metrics.add(StreamCounter.MISSING_SAMPLES, self.stream_id, missing)
-        if self._prev_pull_full:
+        if overflow:
             # We were behind (the last pull filled the buffer), so liblsl dropped the oldest samples.
             self._metrics.add(StreamCounter.OVERFLOWS, self.stream_id)
-        logger.info("Stream %s: gap of %.1f ms (%d samples).", self.stream_id, delta * 1000, missing)
-        if delta * 1000 > self._config.reset_after_gap_ms:
-            sig.reset()
+        logger.info("Stream %s: gap of %.1f ms (%d samples).", self.stream_id, lost_s * 1000, missing)
