@@ -17,7 +17,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     serve.add_argument("--config", help="JSON or TOML settings file (also ROHDE_CONFIG)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8000; 0 = any free port)")
-    serve.add_argument("--models-dir", help="folder of model packages (default: the shipped models installed with the package)")
+    serve.add_argument("--models-dir", help="folder of model packages (default: the shipped models)")
     serve.add_argument("--model", help="package to activate at start-up (default rohde-default)")
     serve.add_argument("--stream-name", help="serve LSL streams with this name")
     serve.add_argument("--stream-type", help="serve LSL streams of this type (default EMG)")
@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
     demo = subparsers.add_parser("demo", help="simulated amplifier + server + live decisions against the truth")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds and summarise")
-    demo.add_argument("--models-dir", default=None, help="folder of model packages (default: the shipped models installed with the package)")
+    demo.add_argument("--models-dir", default=None, help="folder of model packages (default: the shipped models)")
     demo.add_argument("--model", default="rohde-default", help="model package (default rohde-default)")
     demo.add_argument("--condition-s", type=float, default=None,
                       help="seconds per condition (default: a third of --duration, else 30)")
