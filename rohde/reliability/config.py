@@ -19,7 +19,9 @@ class Limits:
 
     recovery_s: float = 3.0  # fault end -> first accepted decision (or connected again)
     rss_growth_mb: float = 50.0  # server RSS after minus before, in a short case
+    churn_rss_growth_mb: float = 10.0  # ws_churn: RSS after the measured churn minus after a warm-up churn
     soak_rss_growth_mb: float = 20.0  # soak: mean RSS of the last segment minus the first
+    queue_growth: float = 1.0  # soak: mean inference-queue depth (windows) of the last segment minus the first
     exit_s: float = 1.0  # SIGTERM -> the server process has exited
     restart_s: float = 20.0  # a restarted server deciding again (process start included)
     answer_s: float = 5.0  # a refused frame or request is answered (close frame, status) within
@@ -40,6 +42,7 @@ class Durations:
     drift_s: float = 20.0  # streaming with a drifting clock or jitter
     churn_s: float = 60.0  # WebSocket churn
     churn_clients: int = 200  # clients connected at once during the churn
+    churn_warmup_s: float = 20.0  # the same churn first, so allocator warm-up is not read as growth
     never_read_s: float = 20.0  # clients that never read
     never_read_clients: int = 20
     http_s: float = 10.0  # HTTP load
@@ -51,7 +54,8 @@ class Durations:
 
 
 QUICK = Durations(settle_s=2.0, fault_s=1.0, after_s=4.0, stall_s=2.5, drift_s=5.0, churn_s=5.0,
-                  churn_clients=30, never_read_s=4.0, never_read_clients=5, http_s=2.0, http_rate=200.0,
+                  churn_clients=30, churn_warmup_s=2.0, never_read_s=4.0, never_read_clients=5, http_s=2.0,
+                  http_rate=200.0,
                   swap_s=4.0, soak_minutes=0.5, soak_streams=2, rss_every_s=2.0)
 
 

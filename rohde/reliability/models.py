@@ -15,7 +15,7 @@ from pathlib import Path
 from rohde.bench.server import ServerHandle, wait_connected
 from rohde.reliability import judge
 from rohde.reliability.fault_outlet import FaultSpec, start_fault_outlet
-from rohde.reliability.observe import Http, max_silence_s, start_observer
+from rohde.reliability.observe import Http, Seen, max_silence_s, start_observer
 from rohde.reliability.outcome import Outcome
 from rohde.reliability.rig import (
     LABELS,
@@ -163,6 +163,7 @@ async def _swap_body(ctx: CaseContext, out: Outcome, server: ServerHandle, outle
         out.check("no mixed outputs", not mixed,
                   f"{len(mixed)} of {len(preds)} decisions whose labels or probabilities are not their named "
                   f"model's; models seen during the swaps: {', '.join(names)}")
+        _judge_generations(out, preds)
         silences = [max_silence_s([m for m in during if m.stream_id == s], start, end)
                     for s in {m.stream_id for m in preds}]
         worst = max(silences, default=float("inf"))
@@ -176,3 +177,22 @@ async def _swap_body(ctx: CaseContext, out: Outcome, server: ServerHandle, outle
         judge.memory(out, before, after, lim.rss_growth_mb)
         if counters is not None:
             out.notes.append(f"windows dropped for an unloaded model generation (counted): {counters.dropped}")
+
+
+def _judge_generations(out: Outcome, preds: list[Seen]) -> None:
+    """Each decision names the activation that ran its window: one generation must mean one model over
+    the run, and a stream's generations never go back (a window of an old engine after a new one)."""
+    names: dict[int, set[str]] = {}
+    last: dict[str | None, int] = {}
+    backwards = 0
+    for m in preds:
+        names.setdefault(m.model_generation, set()).add(str(m.model_name))
+        backwards += m.model_generation < last.get(m.stream_id, 0)
+        last[m.stream_id] = max(m.model_generation, last.get(m.stream_id, 0))
+    shared = {g: sorted(n) for g, n in names.items() if len(n) > 1}
+    out.check("one model per generation", bool(names) and 0 not in names and not shared,
+              f"{len(names)} generations over {len(preds)} decisions; "
+              f"{'missing in some decisions; ' if 0 in names else ''}"
+              f"{len(shared)} named more than one model{f' {shared}' if shared else ''}")
+    out.check("generations never go back", backwards == 0,
+              f"{backwards} decisions whose generation is below an earlier one of the same stream")

@@ -36,6 +36,7 @@ class Seen:
     window_gesture: str | None = None
     finite: bool = True  # every number of the message is present and finite
     model_name: str | None = None
+    model_generation: int = 0  # the activation whose engine ran the window (>= 1; 0 when absent)
     labels: tuple[str, ...] = ()
     n_probabilities: int = 0
     event: str | None = None  # status messages
@@ -58,7 +59,8 @@ def parse_message(raw: str | bytes, recv_clock: float) -> Seen:
                 lsl_time=float(msg.get("lsl_time") or math.nan), rejected=bool(msg.get("rejected")),
                 reject_reason=msg.get("reject_reason"), gesture=msg.get("gesture"),
                 window_gesture=msg.get("window_gesture"), finite=all(_finite(v) for v in numbers) and bool(probs),
-                model_name=msg.get("model_name"), labels=tuple(msg.get("labels") or ()), n_probabilities=len(probs),
+                model_name=msg.get("model_name"), model_generation=int(msg.get("model_generation") or 0),
+                labels=tuple(msg.get("labels") or ()), n_probabilities=len(probs),
                 vote_k=int(msg.get("vote_k") or 0), confidence_threshold=float(msg.get("confidence_threshold") or 0))
 
 

@@ -43,17 +43,20 @@ async def _soak_body(ctx: CaseContext, out: Outcome, server: ServerHandle, outle
     d, lim = ctx.durations, ctx.limits
     stop = asyncio.Event()
     seconds = d.soak_minutes * 60.0
-    samples: list[tuple[float, float, float]] = []  # (t since start, RSS MB, windows shed so far)
+    samples: list[tuple[float, float, float, float]] = []  # (t since start, RSS MB, windows shed so far, queue)
     async with Http(server.url) as http:
         observer, task = await start_observer(server.ws_url, stop)
         start = time.monotonic()
         while (now := time.monotonic()) - start < seconds:
             metrics = await http.request("GET", "/metrics")
-            shed_now = sum(v for k, v in parse_metrics(metrics.text).items()
-                       if k.startswith("rohde_windows_shed_total")) if metrics is not None else float("nan")
-            samples.append((now - start, rss_mb(server), shed_now))
+            parsed = parse_metrics(metrics.text) if metrics is not None else {}
+            shed_now = sum(v for k, v in parsed.items() if k.startswith("rohde_windows_shed_total")) if parsed \
+                else float("nan")
+            samples.append((now - start, rss_mb(server), shed_now,
+                            parsed.get("rohde_inference_queue_depth", float("nan"))))
             await asyncio.sleep(min(d.rss_every_s, max(0.0, seconds - (time.monotonic() - start))))
-        samples.append((time.monotonic() - start, rss_mb(server), samples[-1][2] if samples else float("nan")))
+        samples.append((time.monotonic() - start, rss_mb(server), samples[-1][2] if samples else float("nan"),
+                        samples[-1][3] if samples else float("nan")))
         end = time.monotonic()
         health = await http.json("/health")
         await asyncio.to_thread(stop_children, outlets)
@@ -74,6 +77,13 @@ async def _soak_body(ctx: CaseContext, out: Outcome, server: ServerHandle, outle
               f"mean RSS {first.mean():.1f} MB ({settle:.0f}-{settle + seg:.0f} s) -> {last.mean():.1f} MB "
               f"(last {seg:.0f} s): {growth:+.1f} MB (limit +{lim.soak_rss_growth_mb:g} MB); "
               f"{len(samples)} samples every {d.rss_every_s:g} s")
+    queue = np.array([s[3] for s in samples])
+    q_first, q_last = queue[(t >= settle) & (t <= settle + seg)], queue[t >= t[-1] - seg]
+    q_growth = float(np.mean(q_last) - np.mean(q_first)) if q_first.size and q_last.size else float("nan")
+    out.check("queue does not grow", bool(np.isfinite(q_growth)) and q_growth <= lim.queue_growth,
+              f"inference-queue depth: max {np.nanmax(queue) if np.isfinite(queue).any() else float('nan'):.0f}, "
+              f"mean {np.mean(q_first):.2f} ({settle:.0f}-{settle + seg:.0f} s) -> {np.mean(q_last):.2f} "
+              f"(last {seg:.0f} s): {q_growth:+.2f} windows (limit +{lim.queue_growth:g})")
     judge.values(out, preds, http)
     judge.loss(out, preds, counters)
     errors = (health or {}).get("errors") or {}
