@@ -23,16 +23,22 @@ from .test_e2e import start_server
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(120)]
 
 
-def closed_with(ws: ClientConnection, timeout_s: float = 10.0) -> tuple[int, str]:
-    """Read until the server closes; its close code and reason (a drop without a close frame fails)."""
+def close_answer(ws: ClientConnection, timeout_s: float = 10.0) -> tuple[int, str] | None:
+    """Read until the server closes; its close code and reason, None for a drop without a close frame."""
     deadline = time.monotonic() + timeout_s
     with pytest.raises(ConnectionClosed) as closed:
         while time.monotonic() < deadline:
             ws.recv(timeout=max(0.05, deadline - time.monotonic()))
         raise AssertionError(f"the server did not close within {timeout_s} s")
     received = closed.value.rcvd
-    assert received is not None, "the connection dropped without a close frame"
-    return received.code, received.reason
+    return None if received is None else (received.code, received.reason)
+
+
+def closed_with(ws: ClientConnection, timeout_s: float = 10.0) -> tuple[int, str]:
+    """Read until the server closes; its close code and reason (a drop without a close frame fails)."""
+    answer = close_answer(ws, timeout_s)
+    assert answer is not None, "the connection dropped without a close frame"
+    return answer
 
 
 def raw_upgrade(port: int, path: str, *, extra_headers: str = "") -> tuple[float, bytes]:
@@ -99,3 +105,20 @@ def test_oversized_upgrade_request_gets_an_answer_at_once(served: tuple[int, str
     assert seconds < 2.0
     seconds, status_line = raw_upgrade(port, f"/ws?stream={name}")  # the server still answers normally
     assert status_line.startswith(b"HTTP/1.1 101"), status_line
+
+
+def test_binary_frames_get_a_1003_close_frame_every_time(served: tuple[int, str]) -> None:
+    """A client frame races the sender (the hello, then the live stream's messages): each of 30 tries gets a
+    close frame 1003, whether the frame comes right after the handshake, while the hello is queued (the
+    receiver and the sender then finish in the same loop turn), or once the stream's messages flow."""
+    port, name = served
+    answers: list[tuple[int, str] | None] = []
+    for attempt in range(30):
+        with connect(f"ws://127.0.0.1:{port}/ws?stream={name}") as ws:
+            if attempt % 2:
+                assert json.loads(ws.recv(timeout=10))["event"] == "hello"
+                ws.recv(timeout=10)  # a prediction: the sender is busy with the live stream
+            ws.send(b"\x00\x01\x02\xff")
+            answers.append(close_answer(ws))
+    refused = [a for a in answers if a is not None and a[0] == 1003 and "binary" in a[1]]
+    assert len(refused) == len(answers), f"{len(answers) - len(refused)} of 30 not closed with 1003: {answers}"

@@ -390,11 +390,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
         receiver = asyncio.create_task(_drain_incoming(websocket))
         close: tuple[int, str] | None = None
         try:
-            while not receiver.done():
+            while True:
+                # The receiver wins every tie: it can finish in the same loop turn as the getter (a frame sent
+                # right after the handshake, while the hello is queued) or while a message is being sent, and
+                # its answer (a close frame, or nothing for a client that left) must never be lost.
+                if receiver.done():
+                    close = receiver.result()
+                    break
                 getter = asyncio.create_task(runtime.hub.next_to_send(client))
-                done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
+                await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                if receiver.done():
+                    getter.cancel()  # a message it took is dropped: the connection closes now
                     close = receiver.result()
                     break
                 text = getter.result()
