@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rohde.core.errors import ConfigError
-from rohde.reliability import clients, models, process, soak, streams
+from rohde.reliability import cli_stop, clients, models, process, soak, streams
 from rohde.reliability.config import GROUPS
 from rohde.reliability.rig import CaseBody
 
@@ -38,8 +38,9 @@ CASES: tuple[CaseDef, ...] = (
             "uncounted gap); RSS grows <= {rss_growth_mb:g} MB", clients.never_read),
     CaseDef("clients", "bad_frames", "malformed, binary and 4 MiB frames: service or a close frame, never a bare "
             "drop; a 9 KB upgrade line answered within {answer_s:g} s; the stream goes on", clients.bad_frames),
-    CaseDef("clients", "http_load", "/health and /streams flooded: no 5xx or transport error; a steady client "
-            "gets >= {min_delivery:.0%} of its decisions, loss counted", clients.http_load),
+    CaseDef("clients", "http_load", "/health and /streams flooded at the asked rate (the achieved rate stated beside "
+            "it): no 5xx or transport error; a steady client gets >= {min_delivery:.0%} of its decisions, loss "
+            "counted", clients.http_load),
     *(CaseDef("models", f"package_{how}", "PUT as active: refused with 4xx; GET /models answers; the previous "
               "model stays; the stream never stops (no silence >= 1 s)", models.broken_case(how))
       for how in models.BROKEN),
@@ -75,8 +76,9 @@ CASES: tuple[CaseDef, ...] = (
             "gets a close frame", process.sigterm),
     CaseDef("process", "restart_same_state", "stopped and started with the same settings: same model, readiness, "
             "stream and decision settings; deciding within {restart_s:g} s", process.restart),
-    CaseDef("process", "cli_sigterm", "`rohde simulate` sent SIGTERM, three times: exits within {exit_s:g} s "
-            "every time and its outlet is no longer advertised", process.cli_sigterm),
+    CaseDef("process", "cli_sigterm", "`rohde simulate` (three times), `rohde replay FILE`, the bench outlet and "
+            "`rohde demo` sent SIGTERM while streaming: each exits within {exit_s:g} s and its outlet is no longer "
+            "advertised; the demo's simulator and server are gone too", cli_stop.cli_sigterm),
     CaseDef("soak", "soak", "shipped model, 192 ch at 2048 Hz: mean RSS of the last segment within "
             "+{soak_rss_growth_mb:g} MB of the first; inference-queue depth does not grow (last-segment mean within "
             "+{queue_growth:g} of the first); loss only what the server counts", soak.soak),
@@ -84,7 +86,6 @@ CASES: tuple[CaseDef, ...] = (
 
 # Parts of the matrix no case covers yet: listed in the report as not run, never as passed.
 NOT_COVERED: tuple[tuple[str, str], ...] = (
-    ("process", "`rohde replay`, `rohde demo` and `rohde bench` under SIGTERM (only `rohde simulate` is tried)"),
     ("process", "SIGTERM: every worker thread joined (the server does not report its joins; exit time and close "
                 "frames are measured)"),
 )

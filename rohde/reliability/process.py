@@ -4,14 +4,11 @@ frame) and a restart with the same settings (the same state comes back)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from typing import Any
 
 from rohde.bench.server import ServerHandle, wait_connected
-from rohde.core.errors import RohdeError
 from rohde.reliability import judge
 from rohde.reliability.fault_outlet import start_fault_outlet
 from rohde.reliability.observe import Http, Observer, first_accepted_after, start_observer
@@ -126,38 +123,3 @@ async def _state_of(ctx: CaseContext, server: ServerHandle, source_id: str) -> t
                          if s.get("source_id") == source_id),
         "decisions": sorted({(m.vote_k, m.confidence_threshold, m.model_name) for m in preds}),
     }, (first.recv_clock if first else None)
-
-
-CLI_TRIES = 3  # `rohde simulate` once ignored SIGTERM one time in three
-
-
-def cli_sigterm(ctx: CaseContext, out: Outcome) -> None:
-    """`rohde simulate` started, seen on LSL, sent SIGTERM: it exits in time and its outlet is gone."""
-    from rohde.bench.config import LSL_CONFIG
-    from rohde.server.lsl_inlet import import_pylsl
-    from rohde.server.processes import start_child
-
-    pylsl = import_pylsl(LSL_CONFIG)
-    exits: list[float | None] = []
-    lingering = 0
-    for i in range(CLI_TRIES):
-        sid = unique_id("rel-sim")
-        cmd = [sys.executable, "-m", "rohde.cli", "simulate", "--name", stream_name(), "--source-id", sid,
-               "--no-markers"]
-        with start_child(cmd, log=ctx.workdir / f"simulate-{i}.log") as child:
-            if not pylsl.resolve_byprop("source_id", sid, 1, 60.0):
-                raise RohdeError(f"`rohde simulate` did not advertise {sid} within 60 s; log: {child.log_tail()}")
-            time.sleep(ctx.durations.settle_s)
-            sent = time.monotonic()
-            child.process.terminate()
-            try:
-                child.process.wait(timeout=10.0)
-                exits.append(time.monotonic() - sent)
-            except subprocess.TimeoutExpired:
-                exits.append(None)
-        lingering += bool(pylsl.resolve_byprop("source_id", sid, 1, 2.0))
-    worst = None if any(e is None for e in exits) else max(e for e in exits if e is not None)
-    shown = ", ".join("never" if e is None else f"{e:.2f} s" for e in exits)
-    out.check("exits in time", worst is not None and worst <= ctx.limits.exit_s,
-              f"{CLI_TRIES} tries, SIGTERM -> exit: {shown} (limit {ctx.limits.exit_s:g} s)")
-    out.check("outlet gone", lingering == 0, f"{lingering} of {CLI_TRIES} outlets still advertised 2 s after exit")
