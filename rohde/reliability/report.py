@@ -61,7 +61,8 @@ def render(outcomes: Sequence[Outcome], config: ReliabilityConfig, *, date_utc: 
         "Columns: *recovery* is the fault's end to the first accepted decision (or, for a restart, the new "
         "process or outlet to it); *windows lost / counted* is decision sequence gaps seen by clients plus windows "
         "cut but never run, against what the server counted (shed + dropped + WebSocket drops); *RSS* is the "
-        "server's resident memory before the fault and after it (the soak: mean of the first and last segment).",
+        "server's resident memory before the fault and after it (ws_churn: after a warm-up churn, so the one-off "
+        "allocator plateau is not read as growth; the soak: mean of the first and last segment).",
         "", "Limits: " + ", ".join(f"`{k}` {v:g}" for k, v in asdict(config.limits).items()) + ".",
         "Durations: " + ", ".join(f"`{k}` {v:g}" for k, v in asdict(config.durations).items()) + ".", "",
     ]
