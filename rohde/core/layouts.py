@@ -34,6 +34,10 @@ class ElectrodeGrid:
     name: str
     channels: tuple[tuple[int, ...], ...]
     ied_mm: float = 8.0  # inter-electrode distance
+    # (rows axis, cols axis): True where that axis runs all the way around the limb, so a shift along
+    # it comes back on the other side (electrode shift models, circular alignment); False for both
+    # on every preset. Written to JSON only when set, so older readers and stored layouts agree.
+    wraps: tuple[bool, bool] = (False, False)
 
     @property
     def rows(self) -> int:
@@ -142,13 +146,13 @@ class ElectrodeLayout:
         return image
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "n_channels": self.n_channels,
-            "grids": [
-                {"name": g.name, "ied_mm": g.ied_mm, "channels": [list(row) for row in g.channels]} for g in self.grids
-            ],
-        }
+        grids: list[dict[str, Any]] = []
+        for g in self.grids:
+            entry: dict[str, Any] = {"name": g.name, "ied_mm": g.ied_mm, "channels": [list(row) for row in g.channels]}
+            if any(g.wraps):
+                entry["wraps"] = list(g.wraps)
+            grids.append(entry)
+        return {"name": self.name, "n_channels": self.n_channels, "grids": grids}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -161,6 +165,7 @@ class ElectrodeLayout:
                     name=str(g["name"]),
                     channels=tuple(tuple(int(c) for c in row) for row in g["channels"]),
                     ied_mm=float(g.get("ied_mm", 8.0)),
+                    wraps=_wraps(g.get("wraps", (False, False))),
                 )
                 for g in data["grids"]
             )
@@ -171,6 +176,13 @@ class ElectrodeLayout:
     @classmethod
     def from_json(cls, text: str) -> ElectrodeLayout:
         return cls.from_dict(json.loads(text))
+
+
+def _wraps(value: Any) -> tuple[bool, bool]:
+    """A grid's `wraps` from JSON: two booleans (rows axis, cols axis)."""
+    if not isinstance(value, list | tuple) or len(value) != 2 or not all(isinstance(v, bool) for v in value):
+        raise ValueError(f"wraps must be two booleans (rows axis, cols axis), got {value!r}")
+    return bool(value[0]), bool(value[1])
 
 
 def grid_layout(

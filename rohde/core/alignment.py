@@ -1,0 +1,307 @@
+"""Label-free alignment of an electrode grid that was put on again somewhere else.
+
+Each time the array is re-applied, the activity pattern of a gesture lands on other electrodes: on
+the flexemg forearm array the per-gesture maps of a later day match the first day's after a shift
+of 4-5 rows and up to 2 columns, at 1.4-1.9 times the amplitude. This module estimates that shift
+and gain from a few seconds of *unlabelled* data of the new session, and undoes it.
+
+- `GridShift`: a rigid move of the activity pattern on every grid of a layout, in electrode sites
+  (`rows`, `cols`, fractions allowed), a rotation about the grid centre and an amplitude gain. It
+  is the ground truth of the simulated shift (`rohde.simulation.electrode_shift`) and what
+  `estimate_shift` returns.
+- `resampling_matrix(layout, shift)`: the linear map `(C, C)` that moves samples `(n, C)` by a
+  shift: every output site reads its source position by bilinear interpolation, wrapping around
+  along an axis the grid marks as `wraps`, else taking the nearest edge electrode. Being linear
+  and the same for every sample, it commutes with the causal filters, so raw data and filtered
+  data can be moved alike.
+- `AlignmentReference`: the training data's spatial signature, stored in the model package
+  (`ModelMetadata.alignment`): the per-channel mean absolute value (MAV) of the filtered
+  training data, all gestures and rest mixed, as a new session's first seconds mix them too.
+- `estimate_shift(reference, activity, layout)`: the shift (and gain) that best carries the
+  reference map onto the new map (correlation of log-MAV over the sites whose source lies on the
+  grid, coarse grid search then a fractional refinement); `alignment_matrix` is its inverse, the
+  map that brings the new session's samples back onto the reference's electrodes.
+
+Pure numpy: the offline tools and the server share it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from rohde.core.errors import ConfigError
+from rohde.core.layouts import NO_ELECTRODE, ElectrodeGrid, ElectrodeLayout
+
+# A candidate shift must leave at least this share of a grid's sites reading from inside the grid:
+# a 16 x 4 array moved by 4 rows and 2 columns keeps 0.375 of its sites.
+MIN_OVERLAP = 0.35
+_LOG_FLOOR = 1e-3  # keeps silent (or edge-filled zero) channels out of log(0)
+
+
+@dataclass(frozen=True)
+class GridShift:
+    """The activity pattern moved by (`rows`, `cols`) sites and rotated by `rotation_deg` about the
+    grid centre (counter-clockwise in (row, col) index space), then scaled by `gain`.
+
+    A positive `rows` means what the old grid saw at row r the new grid sees at row r + rows: the
+    array itself moved the other way on the skin.
+    """
+
+    rows: float = 0.0
+    cols: float = 0.0
+    rotation_deg: float = 0.0
+    gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        values = (self.rows, self.cols, self.rotation_deg, self.gain)
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"GridShift needs finite values, got {self}.")
+        if self.gain <= 0:
+            raise ConfigError(f"GridShift.gain must be positive, got {self.gain}.")
+
+    def inverse(self) -> GridShift:
+        """The shift that undoes this one (exactly, away from the grid's edges)."""
+        theta = math.radians(-self.rotation_deg)
+        cos, sin = math.cos(theta), math.sin(theta)
+        rows = -(cos * self.rows - sin * self.cols)
+        cols = -(sin * self.rows + cos * self.cols)
+        return GridShift(rows=rows + 0.0, cols=cols + 0.0, rotation_deg=-self.rotation_deg, gain=1.0 / self.gain)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GridShift:
+        return cls(**{k: float(v) for k, v in data.items()})
+
+
+def _source_positions(grid: ElectrodeGrid, shift: GridShift) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) float positions `(R, Cc)` each output site reads from under `shift`."""
+    rows, cols = grid.rows, grid.cols
+    rr, cc = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
+    centre_r, centre_c = (rows - 1) / 2.0, (cols - 1) / 2.0
+    # Output site q reads the input at T^-1(q) = R(-theta) (q - centre - t) + centre.
+    dr, dc = rr - centre_r - shift.rows, cc - centre_c - shift.cols
+    theta = math.radians(-shift.rotation_deg)
+    cos, sin = math.cos(theta), math.sin(theta)
+    return cos * dr - sin * dc + centre_r, sin * dr + cos * dc + centre_c
+
+
+def _inside(position: np.ndarray, size: int, wraps: bool) -> np.ndarray:
+    """True where a source position lies on the grid along one axis (always, on a wrapping axis)."""
+    if wraps:
+        return np.ones(position.shape, dtype=bool)
+    return (position > -0.5) & (position < size - 0.5)
+
+
+def _resolve_index(index: np.ndarray, size: int, wraps: bool) -> np.ndarray:
+    return np.mod(index, size) if wraps else np.clip(index, 0, size - 1)
+
+
+def _nearest_present(index: np.ndarray, row: float, col: float) -> int:
+    present = np.argwhere(index != NO_ELECTRODE)
+    nearest = present[np.argmin((present[:, 0] - row) ** 2 + (present[:, 1] - col) ** 2)]
+    return int(index[nearest[0], nearest[1]])
+
+
+def resampling_matrix(layout: ElectrodeLayout, shift: GridShift, *, include_gain: bool = False) -> np.ndarray:
+    """`(C, C)` float64 map M with `moved = samples @ M.T` for samples `(n, C)` (see the module doc).
+
+    Every grid is moved within itself by the same shift. A source position off the grid reads the
+    nearest edge electrode (or wraps around on a `wraps` axis); absent electrodes are left out of
+    the interpolation and the other weights renormalised. Channels on no grid pass through.
+    `include_gain` multiplies by `shift.gain`.
+    """
+    n = layout.n_channels
+    matrix = np.zeros((n, n), dtype=np.float64)
+    mapped = np.zeros(n, dtype=bool)
+    for grid in layout.grids:
+        index = grid.index_array()
+        src_r, src_c = _source_positions(grid, shift)
+        r0, c0 = np.floor(src_r), np.floor(src_c)
+        fr, fc = src_r - r0, src_c - c0
+        wrap_r, wrap_c = grid.wraps
+        for (r, c), out_ch in np.ndenumerate(index):
+            if out_ch == NO_ELECTRODE:
+                continue
+            mapped[out_ch] = True
+            weights: dict[int, float] = {}
+            for dr, wr in ((0, 1.0 - fr[r, c]), (1, fr[r, c])):
+                for dc, wc in ((0, 1.0 - fc[r, c]), (1, fc[r, c])):
+                    w = wr * wc
+                    if w <= 1e-12:
+                        continue
+                    rr = int(_resolve_index(np.array(r0[r, c] + dr, dtype=np.int64), grid.rows, wrap_r))
+                    cc = int(_resolve_index(np.array(c0[r, c] + dc, dtype=np.int64), grid.cols, wrap_c))
+                    in_ch = int(index[rr, cc])
+                    if in_ch != NO_ELECTRODE:
+                        weights[in_ch] = weights.get(in_ch, 0.0) + w
+            if not weights:  # every neighbour is an absent electrode: read the nearest present one
+                weights[_nearest_present(index, float(src_r[r, c]), float(src_c[r, c]))] = 1.0
+            total = sum(weights.values())
+            for in_ch, w in weights.items():
+                matrix[out_ch, in_ch] = w / total
+    unmapped = np.flatnonzero(~mapped)
+    matrix[unmapped, unmapped] = 1.0
+    if include_gain:
+        matrix *= shift.gain
+    return matrix
+
+
+def valid_sites(layout: ElectrodeLayout, shift: GridShift) -> np.ndarray:
+    """`(C,)` bool: mapped channels whose source position under `shift` lies on their grid."""
+    valid = np.zeros(layout.n_channels, dtype=bool)
+    for grid in layout.grids:
+        index = grid.index_array()
+        src_r, src_c = _source_positions(grid, shift)
+        ok = _inside(src_r, grid.rows, grid.wraps[0]) & _inside(src_c, grid.cols, grid.wraps[1])
+        present = index != NO_ELECTRODE
+        valid[index[present & ok]] = True
+    return valid
+
+
+def apply_shift(
+    samples: np.ndarray, layout: ElectrodeLayout, shift: GridShift, *, include_gain: bool = True
+) -> np.ndarray:
+    """Samples `(n, C)` moved by `shift` (gain included unless told otherwise); float32."""
+    if samples.ndim != 2 or samples.shape[1] != layout.n_channels:
+        raise ConfigError(f"Expected samples (n, {layout.n_channels}) for layout {layout.name!r}, got {samples.shape}.")
+    matrix = resampling_matrix(layout, shift, include_gain=include_gain)
+    return (samples.astype(np.float64) @ matrix.T).astype(np.float32)
+
+
+def activity_map(filtered: np.ndarray) -> np.ndarray:
+    """Per-channel mean absolute value `(C,)` float64 of filtered samples `(n, C)`."""
+    if filtered.ndim != 2 or filtered.shape[0] == 0:
+        raise ConfigError(f"activity_map needs filtered samples (n > 0, C), got shape {filtered.shape}.")
+    finite = np.where(np.isfinite(filtered), filtered, 0.0)
+    return np.mean(np.abs(finite.astype(np.float64)), axis=0)
+
+
+@dataclass(frozen=True)
+class AlignmentReference:
+    """The spatial signature a model was trained on: per-channel MAV (uV) of its filtered training data."""
+
+    activity_uv: tuple[float, ...]  # (C,) mean absolute value, rest and gestures mixed
+    seconds: float = 0.0  # how much data the map summarises
+
+    def __post_init__(self) -> None:
+        if not self.activity_uv or not all(math.isfinite(v) and v >= 0 for v in self.activity_uv):
+            raise ConfigError("AlignmentReference.activity_uv must hold one finite, non-negative value per channel.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "mav_map", "activity_uv": list(self.activity_uv), "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlignmentReference:
+        if data.get("method", "mav_map") != "mav_map":
+            raise ConfigError(f"Unknown alignment reference method {data.get('method')!r}; this RoHDE reads 'mav_map'.")
+        try:
+            return cls(activity_uv=tuple(float(v) for v in data["activity_uv"]), seconds=float(data.get("seconds", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"Alignment reference is malformed ({exc!r}); expected activity_uv.") from exc
+
+    @classmethod
+    def from_filtered(cls, filtered: np.ndarray, fs_hz: float) -> AlignmentReference:
+        return cls(activity_uv=tuple(activity_map(filtered).tolist()), seconds=filtered.shape[0] / fs_hz)
+
+
+@dataclass(frozen=True)
+class ShiftEstimate:
+    shift: GridShift  # reference -> new session (gain included)
+    score: float  # correlation of log maps after the shift, over the valid sites
+    score_unshifted: float  # the same without any shift: how much the shift explains
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shift": self.shift.to_dict(), "score": self.score, "score_unshifted": self.score_unshifted}
+
+
+def _match(ref_log: np.ndarray, new_log: np.ndarray, matrix: np.ndarray, valid: np.ndarray) -> float:
+    predicted = np.log(np.maximum(matrix @ np.exp(ref_log), _LOG_FLOOR))
+    a, b = predicted[valid], new_log[valid]
+    if a.size < 3 or np.std(a) < 1e-9 or np.std(b) < 1e-9:
+        return -1.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _axis_candidates(limit: float, step: float) -> np.ndarray:
+    k = int(math.floor(limit / step + 1e-9))
+    return np.arange(-k, k + 1) * step
+
+
+def estimate_shift(
+    reference: AlignmentReference,
+    activity: np.ndarray,
+    layout: ElectrodeLayout,
+    *,
+    max_rows: float | None = None,
+    max_cols: float | None = None,
+    step: float = 0.25,
+    min_overlap: float = MIN_OVERLAP,
+) -> ShiftEstimate:
+    """The translation (sites, fractions of `step`) and gain carrying `reference` onto `activity` `(C,)`.
+
+    Searched over every shift up to `max_rows` / `max_cols` (default: half the grid along an
+    edge-limited axis, the whole circumference along a wrapping one) that keeps at least
+    `min_overlap` of the sites reading from inside the grid: integer steps first, then `step`
+    refinements around the best. Score: correlation of log-MAV over the sites whose source lies on
+    the grid (edge-filled sites carry no evidence). Gain: the median ratio of the new map to the
+    shifted reference over those sites.
+    """
+    ref = np.asarray(reference.activity_uv, dtype=np.float64)
+    new = np.asarray(activity, dtype=np.float64)
+    if ref.shape != (layout.n_channels,) or new.shape != (layout.n_channels,):
+        raise ConfigError(
+            f"Reference ({ref.size}) and activity ({new.size}) must both hold {layout.n_channels} channels "
+            f"of layout {layout.name!r}; was the model trained on this layout?"
+        )
+    if not np.all(np.isfinite(new)) or np.any(new < 0):
+        raise ConfigError("activity must be a finite, non-negative MAV per channel.")
+    if step <= 0 or step > 1:
+        raise ConfigError(f"step must be in (0, 1] sites, got {step}.")
+    rows, cols = layout.grid_shape
+    # Half the grid: on a wrapping axis that is every distinct shift, on an edge-limited one the
+    # most that still leaves half the sites reading real electrodes.
+    limit_r = rows / 2.0 if max_rows is None else max_rows
+    limit_c = cols / 2.0 if max_cols is None else max_cols
+    ref_log = np.log(np.maximum(ref, _LOG_FLOOR))
+    new_log = np.log(np.maximum(new, _LOG_FLOOR))
+    n_sites = int((layout.index_array() != NO_ELECTRODE).sum())
+
+    def score(dr: float, dc: float) -> float:
+        shift = GridShift(rows=float(dr), cols=float(dc))
+        valid = valid_sites(layout, shift)
+        if valid.sum() < min_overlap * n_sites:
+            return -2.0
+        return _match(ref_log, new_log, resampling_matrix(layout, shift), valid)
+
+    coarse = [(score(dr, dc), dr, dc) for dr in _axis_candidates(limit_r, 1.0) for dc in _axis_candidates(limit_c, 1.0)]
+    best_score, best_r, best_c = max(coarse)
+    fine_offsets = _axis_candidates(1.0 - step, step)
+    fine = [
+        (score(best_r + a, best_c + b), best_r + a, best_c + b)
+        for a in (fine_offsets if rows > 1 else [0.0])
+        for b in (fine_offsets if cols > 1 else [0.0])
+        if abs(best_r + a) <= limit_r and abs(best_c + b) <= limit_c
+    ]
+    best_score, best_r, best_c = max([(best_score, best_r, best_c), *fine])
+    shift = GridShift(rows=float(best_r), cols=float(best_c))
+    valid = valid_sites(layout, shift)
+    predicted = resampling_matrix(layout, shift) @ ref
+    ratio = new[valid] / np.maximum(predicted[valid], _LOG_FLOOR)
+    gain = float(np.median(ratio)) if ratio.size else 1.0
+    zero = GridShift()
+    return ShiftEstimate(
+        shift=GridShift(rows=shift.rows, cols=shift.cols, gain=max(gain, 1e-6)),
+        score=best_score,
+        score_unshifted=_match(ref_log, new_log, np.eye(layout.n_channels), valid_sites(layout, zero)),
+    )
+
+
+def alignment_matrix(layout: ElectrodeLayout, estimate: ShiftEstimate, *, correct_gain: bool = True) -> np.ndarray:
+    """`(C, C)` map bringing the new session's samples back onto the reference's electrodes."""
+    return resampling_matrix(layout, estimate.shift.inverse(), include_gain=correct_gain)

@@ -1,0 +1,160 @@
+"""Label-free grid alignment: resampling matrices, shift estimation, the layout's `wraps`, real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rohde.core.alignment import (
+    AlignmentReference,
+    GridShift,
+    activity_map,
+    alignment_matrix,
+    apply_shift,
+    estimate_shift,
+    resampling_matrix,
+    valid_sites,
+)
+from rohde.core.errors import ConfigError, LayoutError
+from rohde.core.layouts import ElectrodeGrid, ElectrodeLayout, flexemg_layout, grid_layout
+
+
+def _ramp_layout(rows: int = 6, cols: int = 4, wraps: tuple[bool, bool] = (False, False)) -> ElectrodeLayout:
+    index = np.arange(rows * cols).reshape(rows, cols)
+    grid = ElectrodeGrid("g", tuple(tuple(int(c) for c in row) for row in index), wraps=wraps)
+    return ElectrodeLayout("ramp", (grid,), n_channels=rows * cols)
+
+
+def _blob_map(layout: ElectrodeLayout, centres: list[tuple[float, float, float]], width: float = 2.0) -> np.ndarray:
+    """A smooth positive activity map `(C,)`: Gaussian blobs (row, col, height) over a floor."""
+    values = np.full(layout.n_channels, 2.0)
+    for e in layout.channel_map():
+        for r0, c0, h in centres:
+            values[e["channel"]] += h * np.exp(-((e["row"] - r0) ** 2 + (e["col"] - c0) ** 2) / (2 * width**2))
+    return values
+
+
+def test_integer_shift_moves_values_and_fills_edges() -> None:
+    layout = _ramp_layout()
+    image = layout.index_array()[0]
+    x = np.arange(layout.n_channels, dtype=np.float64)[None, :] * 10  # value = 10 * channel
+    moved = apply_shift(x, layout, GridShift(rows=2, cols=-1), include_gain=False)[0]
+    # Site (r, c) reads (r - 2, c + 1); rows 0-1 read the edge row 0, column 3 reads column 3.
+    assert moved[image[4, 1]] == pytest.approx(10 * image[2, 2])
+    assert moved[image[0, 0]] == pytest.approx(10 * image[0, 1])
+    assert moved[image[5, 3]] == pytest.approx(10 * image[3, 3])
+    valid = valid_sites(layout, GridShift(rows=2, cols=-1))
+    assert valid.sum() == 4 * 3 and not valid[image[0, 0]] and valid[image[2, 0]]
+
+
+def test_wrapping_axis_is_circular_and_exactly_invertible() -> None:
+    layout = _ramp_layout(wraps=(True, False))
+    image = layout.index_array()[0]
+    x = np.random.default_rng(0).standard_normal((50, layout.n_channels))
+    moved = apply_shift(x, layout, GridShift(rows=2))
+    assert np.allclose(moved[:, image[0, 1]], x[:, image[4, 1]])  # row 0 reads row -2 = row 4
+    back = apply_shift(moved, layout, GridShift(rows=2).inverse())
+    assert np.allclose(back, x, atol=1e-5)
+    assert valid_sites(layout, GridShift(rows=3)).all()
+
+
+def test_fractional_shift_interpolates_and_rows_sum_to_one() -> None:
+    layout = _ramp_layout()
+    matrix = resampling_matrix(layout, GridShift(rows=0.5, cols=0.25, rotation_deg=10.0))
+    assert np.allclose(matrix.sum(axis=1), 1.0)
+    image = layout.index_array()[0]
+    half = resampling_matrix(layout, GridShift(rows=0.5))
+    assert half[image[3, 2], image[2, 2]] == pytest.approx(0.5) and half[image[3, 2], image[3, 2]] == pytest.approx(0.5)
+
+
+def test_inverse_undoes_rotation_and_translation() -> None:
+    shift = GridShift(rows=1.5, cols=-0.5, rotation_deg=12.0, gain=1.7)
+    inv = shift.inverse()
+    back = inv.inverse()
+    assert (back.rows, back.cols, back.rotation_deg, back.gain) == pytest.approx((1.5, -0.5, 12.0, 1.7))
+    layout = _ramp_layout(rows=12, cols=12)
+    # Away from the edges, shift then inverse is the identity on a smooth map (up to the blur of
+    # interpolating twice).
+    smooth = _blob_map(layout, [(5.5, 5.5, 10.0)], width=3.0)
+    there_and_back = resampling_matrix(layout, inv) @ (resampling_matrix(layout, shift) @ smooth)
+    centre = [e["channel"] for e in layout.channel_map() if 3 <= e["row"] <= 8 and 3 <= e["col"] <= 8]
+    assert np.allclose(there_and_back[centre], smooth[centre], rtol=0.05)
+
+
+def test_unmapped_channels_pass_through_and_missing_electrodes_are_skipped() -> None:
+    grid = ElectrodeGrid("g", ((0, 1, 2), (3, -1, 4)))
+    layout = ElectrodeLayout("holes", (grid,), n_channels=6)  # channel 5 is on no grid
+    matrix = resampling_matrix(layout, GridShift(cols=1))
+    assert matrix[5, 5] == 1.0 and matrix[5, :5].sum() == 0
+    # (1, 2) reads (1, 1), which is absent: one of the present electrodes next to it instead.
+    assert matrix[4].max() == 1.0 and int(np.argmax(matrix[4])) in (1, 3, 4)
+    assert matrix[1, 0] == 1.0  # (0, 1) reads (0, 0)
+    assert np.allclose(matrix.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("truth", [GridShift(rows=4.5, cols=-1.0, gain=1.6), GridShift(rows=-3.0, cols=1.5, gain=0.7)])
+def test_estimate_recovers_a_known_shift_and_gain(truth: GridShift) -> None:
+    layout = flexemg_layout()
+    reference = _blob_map(layout, [(3.0, 1.0, 30.0), (9.0, 2.5, 20.0), (13.0, 0.5, 12.0)])
+    new = resampling_matrix(layout, truth, include_gain=True) @ reference
+    new *= np.exp(np.random.default_rng(1).normal(0, 0.03, size=new.size))  # a little noise
+    estimate = estimate_shift(AlignmentReference(tuple(reference.tolist())), new, layout)
+    assert estimate.shift.rows == pytest.approx(truth.rows, abs=0.26)
+    assert estimate.shift.cols == pytest.approx(truth.cols, abs=0.26)
+    assert estimate.shift.gain == pytest.approx(truth.gain, rel=0.1)
+    assert estimate.score > 0.95 > estimate.score_unshifted
+    # Aligning the new map brings it back onto the reference where the grids overlap.
+    aligned = alignment_matrix(layout, estimate) @ new
+    overlap = valid_sites(layout, estimate.shift.inverse())
+    assert np.corrcoef(aligned[overlap], reference[overlap])[0, 1] > 0.97
+
+
+def test_reference_round_trip_and_bad_input() -> None:
+    reference = AlignmentReference.from_filtered(np.ones((100, 4)) * [1.0, -2.0, 3.0, 0.0], fs_hz=100.0)
+    assert reference.activity_uv == (1.0, 2.0, 3.0, 0.0) and reference.seconds == 1.0
+    assert AlignmentReference.from_dict(reference.to_dict()) == reference
+    with pytest.raises(ConfigError):
+        AlignmentReference.from_dict({"method": "pca"})
+    with pytest.raises(ConfigError):
+        estimate_shift(reference, np.ones(5), grid_layout(1, 2, 2))
+    with pytest.raises(ConfigError):
+        GridShift(gain=0.0)
+    with pytest.raises(ConfigError):
+        activity_map(np.zeros((0, 4)))
+
+
+def test_layout_wraps_round_trip_is_backward_compatible() -> None:
+    plain = grid_layout(1, 4, 4)
+    assert "wraps" not in plain.to_dict()["grids"][0]  # stored layouts keep their exact JSON
+    old = plain.to_dict()
+    assert ElectrodeLayout.from_dict(old) == plain
+    wrapped = _ramp_layout(wraps=(False, True))
+    again = ElectrodeLayout.from_json(wrapped.to_json())
+    assert again == wrapped and again.grids[0].wraps == (False, True)
+    bad = wrapped.to_dict()
+    bad["grids"][0]["wraps"] = [1, "yes"]
+    with pytest.raises(LayoutError):
+        ElectrodeLayout.from_dict(bad)
+
+
+@pytest.mark.realdata
+def test_flexemg_session3_is_session1_shifted_by_four_to_five_rows(flexemg_dir: Path) -> None:
+    """MAV maps only: Session1Train against one unlabelled Session3Train trial, per subject."""
+    from rohde.core.datasets import load_dataset
+    from rohde.core.preprocessing import PreprocessingConfig, filter_recording
+
+    preprocessing = PreprocessingConfig(fs_hz=1000.0, notch_hz=60.0)
+    for subject in ("001", "002"):
+        first = load_dataset(flexemg_dir / "data" / f"{subject}-Session1Train")[:4]
+        reference = AlignmentReference.from_filtered(
+            np.concatenate([filter_recording(r.samples, preprocessing) for r in first]), 1000.0
+        )
+        later = load_dataset(flexemg_dir / "data" / f"{subject}-Session3Train")[1]
+        estimate = estimate_shift(reference, activity_map(filter_recording(later.samples, preprocessing)),
+                                  later.layout)  # fmt: skip
+        assert 4.0 <= estimate.shift.rows <= 5.0, estimate
+        assert -2.0 <= estimate.shift.cols <= 0.0, estimate
+        assert 1.1 <= estimate.shift.gain <= 2.3, estimate  # rest included, so below the gestures alone
+        assert estimate.score > 0.9 and estimate.score_unshifted < 0.3, estimate
