@@ -26,6 +26,25 @@ True where the disturbance acts. Conditions:
 - **dropout** (`DropoutParams`): channels whose input fails for a while (lead off, connector):
   the signal vanishes into a small noise floor.
 
+Kinds placed at random (their params carry a `Placement`; see `rohde.simulation.placement`), each
+with the physical effect and amplitudes in its params' docstring, anchored where possible on the
+real flexemg recordings (band 0.5-10 Hz RMS: median 21 uV, p90 172 uV, p99 0.9 mV; steps of the
+median-filtered signal: p90 3.8 mV, p99 6.2 mV; 60 Hz hum 4-23 uV, p10-p99 over channels):
+
+- **pop** (`PopParams`): electrode pops and baseline steps;
+- **saturation** (`SaturationParams`): amplifier saturation, the input clipped at its rail;
+- **motion** (`MotionParams`): slow, large motion artifacts (skin stretch under the electrodes);
+- **sway** (`SwayParams`): cable sway (triboelectric and capacitive pick-up of moving leads);
+- **hum** (`HumParams`): mains hum of high-impedance electrodes, 50 or 60 Hz, any amplitude;
+- **dead** (`DeadParams`): dead channels, zero or a constant;
+- **bridge** (`BridgeParams`): bridged neighbours (gel or sweat shorting adjacent electrodes).
+  This is `HELD_OUT_KIND`: no GAN and no augmentation may train on it (`ensure_trainable` raises),
+  it exists only to test generalisation to a disturbance never seen.
+
+Every kind, the four above included, accepts `placement=Placement(...)` (in its params or as an
+argument of `disturbance_field` / `apply_disturbance` / `inject`) to sit at random electrodes with a
+chosen severity; without it CA and LC keep their fixed regions of the recording protocol.
+
 Conditions may be combined with `+` (for example `"CA+LC"`); each part then uses its defaults.
 `simulate_recording`, `LiveSimulator` and `inject` all build disturbances with
 `disturbance_field`, so there is one implementation.
@@ -34,6 +53,7 @@ Conditions may be combined with `+` (for example `"CA+LC"`); each part then uses
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -43,10 +63,18 @@ from rohde.core.errors import ConfigError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.recording import Recording
 from rohde.simulation.electrode_geometry import electrode_geometry, physical_order
+from rohde.simulation.placement import Placement, adjacency, place
 
 logger = logging.getLogger(__name__)
 
-DISTURBANCE_CONDITIONS: tuple[str, ...] = ("CA", "LC", "powerline", "dropout")
+PLACED_KINDS: tuple[str, ...] = ("pop", "saturation", "motion", "sway", "hum", "dead", "bridge")
+DISTURBANCE_CONDITIONS: tuple[str, ...] = ("CA", "LC", "powerline", "dropout", *PLACED_KINDS)
+# Never used to train (GAN or augmentation): it measures generalisation to an unseen disturbance.
+HELD_OUT_KIND = "bridge"
+
+
+class HeldOutDisturbanceError(ConfigError):
+    """A held-out disturbance kind was asked for where training data are made."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +91,7 @@ class CAParams:
     impact_share: float = 0.4  # impact transient amplitude relative to the potential jump
     mask_recoveries: float = 3.0  # a strike is masked for this many recovery time constants
     min_weight: float = 0.1  # electrodes pressed with less than this share of the tip's force are untouched
+    placement: Placement | None = None  # None: the fixed region above; else the pen's reach is drawn
 
 
 @dataclass(frozen=True)
@@ -82,6 +111,7 @@ class LCParams:
     pop_rate_hz: float = 0.7  # mean rate of intermittent bursts (towel or lead movement)
     pop_uv: tuple[float, float] = (200.0, 2000.0)  # burst amplitude
     pop_ms: tuple[float, float] = (20.0, 150.0)  # burst duration
+    placement: Placement | None = None  # None: the fixed rows above; else the lifted electrodes are drawn
 
 
 @dataclass(frozen=True)
@@ -92,6 +122,7 @@ class PowerlineParams:
     amplitude_uv: tuple[float, float] = (20.0, 200.0)  # per-channel fundamental amplitude range
     harmonic_ratios: tuple[float, ...] = (0.05, 0.25, 0.03, 0.1)  # 2nd..5th harmonic / fundamental
     mains_drift_hz: float = 0.02  # slow wander of the mains frequency (standard deviation)
+    placement: Placement | None = None  # None: every electrode; else only the drawn ones
 
 
 @dataclass(frozen=True)
@@ -102,20 +133,130 @@ class DropoutParams:
     duration_s: tuple[float, float] = (0.5, 3.0)  # length of each dropout episode
     episodes: int = 1  # episodes per affected channel
     floor_uv: float = 0.5  # RMS of the noise left on a dropped channel
+    placement: Placement | None = None  # None: channel_fraction of all; else every drawn electrode drops out
 
 
-DisturbanceParams = CAParams | LCParams | PowerlineParams | DropoutParams
-_PARAM_TYPES: dict[str, type] = {"CA": CAParams, "LC": LCParams, "powerline": PowerlineParams, "dropout": DropoutParams}
+@dataclass(frozen=True)
+class PopParams:
+    """Electrode pop and baseline steps: the half-cell potential jumps when the contact shifts.
+
+    A pop is a step of hundreds of uV to several mV (flexemg: steps up to 3.8 mV at p90, 6.2 mV at
+    p99) that recovers exponentially over tens of ms to seconds; a long recovery is a baseline step.
+    """
+
+    placement: Placement = Placement("patch", (0.0, 0.05))  # usually one to a few electrodes
+    rate_hz: float = 1.0  # mean rate of pops on the placed electrodes
+    step_uv: tuple[float, float] = (300.0, 5000.0)  # size of the jump
+    recovery_s: tuple[float, float] = (0.02, 2.0)  # exponential recovery time constant (log-uniform)
+    mask_recoveries: float = 3.0  # masked for this many time constants after the jump
+
+
+@dataclass(frozen=True)
+class SaturationParams:
+    """Amplifier saturation: an offset excursion drives the input to its rail, where it is clipped.
+
+    The output sits at the rail (flat) or clips the EMG peaks, for tenths of a second to seconds;
+    rails of high-gain EMG front ends are a few mV (the server flags |x| >= 6 mV as saturated).
+    """
+
+    placement: Placement = Placement("patch", (0.0, 0.05))
+    rail_uv: tuple[float, float] = (2500.0, 6000.0)  # symmetric input range of the amplifier
+    offset_rail_ratio: tuple[float, float] = (0.9, 1.3)  # offset during an episode / rail (> 1: fully flat)
+    episode_rate_hz: float = 0.5  # mean rate of saturation episodes
+    episode_s: tuple[float, float] = (0.2, 2.0)  # duration of an episode
+
+
+@dataclass(frozen=True)
+class MotionParams:
+    """Motion artifact: skin stretch under the electrodes moves their potential slowly and by a lot.
+
+    0.5-5 Hz, 0.3-5 mV peak, spatially smooth over a patch (flexemg 0.5-10 Hz peak-to-peak: 0.3 mV
+    median, 4 mV p90, 12.7 mV p99), in episodes of a movement.
+    """
+
+    placement: Placement = Placement("patch", (0.02, 0.2))
+    frequency_hz: tuple[float, float] = (0.5, 5.0)  # main frequency of the movement
+    amplitude_uv: tuple[float, float] = (300.0, 5000.0)  # peak under the patch centre
+    episode_rate_hz: float = 0.4  # mean rate of movement episodes
+    episode_s: tuple[float, float] = (0.3, 2.0)  # duration of an episode
+
+
+@dataclass(frozen=True)
+class SwayParams:
+    """Cable sway: moving leads pick up charge (triboelectric) and coupling changes (capacitive).
+
+    A quasi-periodic 1-8 Hz swing of 50-800 uV with broadband crackle, shared by the leads of one
+    cable (a row of the connector), in episodes.
+    """
+
+    placement: Placement = Placement("rows", (0.03, 0.15))
+    frequency_hz: tuple[float, float] = (1.0, 8.0)  # swing frequency
+    amplitude_uv: tuple[float, float] = (50.0, 800.0)  # swing amplitude
+    crackle_share: float = 0.3  # broadband crackle RMS relative to the swing amplitude
+    episode_rate_hz: float = 0.3  # mean rate of sway episodes
+    episode_s: tuple[float, float] = (1.0, 5.0)  # duration of an episode
+
+
+@dataclass(frozen=True)
+class HumParams:
+    """Mains hum on electrodes of high contact impedance, at any amplitude, 50 or 60 Hz.
+
+    From a few uV (flexemg: 60 Hz at 4-23 uV, p10-p99 over channels) to mV when a contact is poor.
+    """
+
+    placement: Placement = Placement("any", (0.0, 0.1))
+    amplitude_uv: tuple[float, float] = (10.0, 3000.0)  # fundamental amplitude, log-uniform per draw
+    powerline_hz: float | None = None  # 50 or 60; None draws one of the two per recording
+    harmonic_ratios: tuple[float, ...] = (0.05, 0.3, 0.03, 0.12)  # 2nd..5th harmonic / fundamental
+    mains_drift_hz: float = 0.02  # slow wander of the mains frequency (standard deviation)
+
+
+@dataclass(frozen=True)
+class DeadParams:
+    """Dead channels: a broken lead or amplifier input records zero or a constant (its last value)."""
+
+    placement: Placement = Placement("scatter", (0.0, 0.05))
+    zero_share: float = 0.5  # share of dead channels that read exactly zero; the rest hold a constant
+    constant_uv: tuple[float, float] = (-3000.0, 3000.0)  # the held constant
+
+
+@dataclass(frozen=True)
+class BridgeParams:
+    """Bridged neighbours: gel or sweat shorts adjacent electrodes, which then record nearly one signal.
+
+    Each electrode of a bridged pair records (1 - w) of its own potential and w of its partner's.
+    """
+
+    placement: Placement = Placement("patch", (0.0, 0.05))
+    weight: tuple[float, float] = (0.4, 0.5)  # w: the partner's share (0.5: both identical)
+
+
+DisturbanceParams = (
+    CAParams | LCParams | PowerlineParams | DropoutParams | PopParams | SaturationParams | MotionParams
+    | SwayParams | HumParams | DeadParams | BridgeParams
+)  # fmt: skip
+_PARAM_TYPES: dict[str, type] = {
+    "CA": CAParams, "LC": LCParams, "powerline": PowerlineParams, "dropout": DropoutParams, "pop": PopParams,
+    "saturation": SaturationParams, "motion": MotionParams, "sway": SwayParams, "hum": HumParams,
+    "dead": DeadParams, "bridge": BridgeParams,
+}  # fmt: skip
 
 
 @dataclass
 class DisturbanceField:
-    """A disturbance over `n_samples` on a subset of channels: `x[:, ch] = x[:, ch] * gain + additive`."""
+    """A disturbance over `n_samples` on a subset of channels.
+
+    `x[:, ch] = clip(mixed * gain + additive, -clip_uv, clip_uv)`, where `mixed` is the channel's own
+    signal, or `(1 - w) * own + w * partner's` for a bridged channel (`partner` >= 0).
+    """
 
     channels: np.ndarray  # (k,) int channel indices
     gain: np.ndarray  # (n_samples, k) float32 multiplicative factor on the EMG
     additive: np.ndarray  # (n_samples, k) float32 uV added
     mask: np.ndarray  # (n_samples, k) bool, True where the disturbance acts
+    partner: np.ndarray | None = None  # (k,) int channel mixed into each channel, -1 for none
+    partner_weight: np.ndarray | None = None  # (k,) float32 share w of the partner's signal
+    clip_uv: np.ndarray | None = None  # (k,) float32 rail of each channel, inf for none
 
     @property
     def n_samples(self) -> int:
@@ -125,7 +266,15 @@ class DisturbanceField:
         """Apply samples `[start, start + len(samples))` of the field in place to `samples` and `mask`."""
         n = samples.shape[0]
         sl = slice(start, start + n)
-        samples[:, self.channels] = samples[:, self.channels] * self.gain[sl] + self.additive[sl]
+        own = samples[:, self.channels]
+        if self.partner is not None and self.partner_weight is not None:
+            bridged = self.partner >= 0
+            w = self.partner_weight[bridged]
+            own[:, bridged] = (1 - w) * own[:, bridged] + w * samples[:, self.partner[bridged]]
+        out = own * self.gain[sl] + self.additive[sl]
+        if self.clip_uv is not None:
+            out = np.clip(out, -self.clip_uv, self.clip_uv)
+        samples[:, self.channels] = out
         mask[:, self.channels] |= self.mask[sl]
 
 
@@ -141,6 +290,16 @@ def split_condition(condition: str) -> list[str]:
             "or several joined with '+'."
         )
     return parts
+
+
+def ensure_trainable(condition: str) -> None:
+    """Raise `HeldOutDisturbanceError` when `condition` uses the held-out kind (no training may see it)."""
+    if HELD_OUT_KIND in split_condition(condition):
+        raise HeldOutDisturbanceError(
+            f"Disturbance {HELD_OUT_KIND!r} is held out: it may appear only in tests and evaluation, never in "
+            f"GAN training or augmentation (asked for {condition!r}); use one of "
+            f"{[c for c in DISTURBANCE_CONDITIONS if c != HELD_OUT_KIND]}."
+        )
 
 
 def _check_params(condition: str, params: DisturbanceParams | None) -> DisturbanceParams:
@@ -160,6 +319,11 @@ def affected_channels(layout: ElectrodeLayout, condition: str, params: Disturban
     channels: set[int] = set()
     for part in split_condition(condition):
         p = _check_params(part, params if len(split_condition(condition)) == 1 else None)
+        if getattr(p, "placement", None) is not None:
+            raise ConfigError(
+                f"Condition {part!r} is placed at random (its params carry a Placement), so it has no fixed "
+                "channels; read the disturbance mask of a drawn recording instead."
+            )
         if isinstance(p, CAParams):
             if not 0 < p.region_fraction <= 1:
                 raise ConfigError(f"CAParams.region_fraction must be in (0, 1], got {p.region_fraction}.")
@@ -190,11 +354,13 @@ def disturbance_field(
     rng: np.random.Generator,
     params: DisturbanceParams | None = None,
     powerline_hz: float | None = None,
+    placement: Placement | None = None,
 ) -> DisturbanceField:
     """Build the disturbance of one condition over `n_samples` (a `+` combination merges parts).
 
     `powerline_hz` (50 or 60) sets the mains frequency of default LC / powerline params (the
-    recording's own mains); explicit `params` keep their own value.
+    recording's own mains); explicit `params` keep their own value. `placement` overrides the
+    params' placement of every part (each part drawn on its own electrodes).
     """
     if fs_hz <= 0:
         raise ConfigError(f"fs_hz must be positive, got {fs_hz}.")
@@ -209,9 +375,17 @@ def disturbance_field(
         p = _check_params(part, params)
         if params is None and powerline_hz is not None and isinstance(p, LCParams | PowerlineParams):
             p = replace(p, powerline_hz=float(powerline_hz))
-        channels = np.asarray(affected_channels(layout, part, p), dtype=np.int64)
-        builder = {"CA": _ca_field, "LC": _lc_field, "powerline": _powerline_field, "dropout": _dropout_field}[part]
-        fields.append(builder(n_samples, fs_hz, layout, channels, rng, p))  # type: ignore[operator]
+        if placement is not None:
+            p = replace(p, placement=placement)
+        where = p.placement
+        if where is None:
+            channels = np.asarray(affected_channels(layout, part, p), dtype=np.int64)
+        else:
+            channels = place(layout, where, rng)
+            if isinstance(p, DropoutParams):
+                p = replace(p, channel_fraction=1.0)  # the drawn electrodes are the ones that fail
+        builder = _BUILDERS[part]
+        fields.append(builder(n_samples, fs_hz, layout, channels, rng, p))
     return _merge(fields)
 
 
@@ -224,13 +398,24 @@ def _merge(fields: list[DisturbanceField]) -> DisturbanceField:
     gain = np.ones((n, channels.size), dtype=np.float32)
     add = np.zeros((n, channels.size), dtype=np.float32)
     mask = np.zeros((n, channels.size), dtype=bool)
+    partner = np.full(channels.size, -1, dtype=np.int64)
+    weight = np.zeros(channels.size, dtype=np.float32)
+    clip = np.full(channels.size, np.inf, dtype=np.float32)
     for f in fields:
         cols = np.searchsorted(channels, f.channels)
         # (x * g1 + a1) * g2 + a2 = x * g1 g2 + (a1 g2 + a2)
         gain[:, cols] *= f.gain
         add[:, cols] = add[:, cols] * f.gain + f.additive
         mask[:, cols] |= f.mask
-    return DisturbanceField(channels, gain, add, mask)
+        # Approximations of a combination: the bridge mixes the inputs first, the tightest rail clips last.
+        if f.partner is not None and f.partner_weight is not None:
+            partner[cols], weight[cols] = f.partner, f.partner_weight
+        if f.clip_uv is not None:
+            clip[cols] = np.minimum(clip[cols], f.clip_uv)
+    bridged = bool((partner >= 0).any())
+    clipped = bool(np.isfinite(clip).any())
+    return DisturbanceField(channels, gain, add, mask, partner if bridged else None, weight if bridged else None,
+                            clip if clipped else None)  # fmt: skip
 
 
 def _distances_ied(layout: ElectrodeLayout, channels: np.ndarray) -> np.ndarray:
@@ -371,6 +556,161 @@ def _dropout_field(
     return DisturbanceField(dropped.astype(np.int64), gain, add, mask)
 
 
+def _episodes(
+    n: int, fs_hz: float, rng: np.random.Generator, rate_hz: float, duration_s: tuple[float, float]
+) -> list[tuple[int, int]]:
+    """(start, length) of Poisson-timed episodes; at least one, so a drawn disturbance always shows."""
+    count = max(1, int(rng.poisson(rate_hz * n / fs_hz)))
+    out = []
+    for _ in range(count):
+        length = max(1, min(n, int(rng.uniform(*duration_s) * fs_hz)))
+        out.append((int(rng.integers(0, max(1, n - length + 1))), length))
+    return out
+
+
+def _spatial_weight(layout: ElectrodeLayout, channels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(k,) weights falling smoothly from a random electrode of the set (0.3 at the far edge, 1 at the centre)."""
+    dist = _distances_ied(layout, channels)[int(rng.integers(channels.size))]
+    return (1.0 - 0.7 * dist / max(float(dist.max()), 1.0)).astype(np.float32)
+
+
+def _pop_field(
+    n: int, fs_hz: float, layout: ElectrodeLayout, channels: np.ndarray, rng: np.random.Generator, p: PopParams
+) -> DisturbanceField:
+    k = channels.size
+    add = np.zeros((n, k), dtype=np.float32)
+    mask = np.zeros((n, k), dtype=bool)
+    for t0, _ in _episodes(n, fs_hz, rng, p.rate_hz, (0.0, 0.0)):
+        hit = rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False)
+        tau_s = float(np.exp(rng.uniform(np.log(p.recovery_s[0]), np.log(p.recovery_s[1]))))
+        length = min(n - t0, int(8 * tau_s * fs_hz) + 1)
+        wave = np.exp(-np.arange(length) / (tau_s * fs_hz)).astype(np.float32)
+        step = rng.uniform(*p.step_uv, hit.size) * rng.choice([-1.0, 1.0]) * rng.uniform(0.7, 1.0, hit.size)
+        add[t0 : t0 + length, hit] += wave[:, None] * step[None, :].astype(np.float32)
+        mask[t0 : t0 + min(length, int(p.mask_recoveries * tau_s * fs_hz) + 1), hit] = True
+    return DisturbanceField(channels, np.ones((n, k), dtype=np.float32), add, mask)
+
+
+def _saturation_field(
+    n: int, fs_hz: float, layout: ElectrodeLayout, channels: np.ndarray, rng: np.random.Generator,
+    p: SaturationParams,
+) -> DisturbanceField:  # fmt: skip
+    k = channels.size
+    rail = rng.uniform(*p.rail_uv)  # one amplifier: one rail for all its inputs
+    add = np.zeros((n, k), dtype=np.float32)
+    mask = np.zeros((n, k), dtype=bool)
+    for t0, length in _episodes(n, fs_hz, rng, p.episode_rate_hz, p.episode_s):
+        offset = rail * rng.uniform(*p.offset_rail_ratio, k) * rng.choice([-1.0, 1.0])
+        # A fast (~5 ms) drive into the rail and back, as the input's DC offset runs away and recovers.
+        ramp = np.minimum(1.0, np.minimum(np.arange(length), np.arange(length)[::-1]) / (0.005 * fs_hz))
+        add[t0 : t0 + length] += (ramp[:, None] * offset[None, :]).astype(np.float32)
+        mask[t0 : t0 + length] = True
+    clip = np.full(k, rail, dtype=np.float32)
+    return DisturbanceField(channels, np.ones((n, k), dtype=np.float32), add, mask, clip_uv=clip)
+
+
+def _motion_field(
+    n: int, fs_hz: float, layout: ElectrodeLayout, channels: np.ndarray, rng: np.random.Generator, p: MotionParams
+) -> DisturbanceField:
+    k = channels.size
+    add = np.zeros((n, k), dtype=np.float32)
+    mask = np.zeros((n, k), dtype=bool)
+    for t0, length in _episodes(n, fs_hz, rng, p.episode_rate_hz, p.episode_s):
+        t = np.arange(length) / fs_hz
+        freq = rng.uniform(*p.frequency_hz)
+        # One shared movement (a smooth bump plus a swing), stronger near the patch centre.
+        envelope = np.sin(np.pi * np.arange(length) / length) ** 2
+        wave = envelope * (0.6 * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi)) + 0.6 * rng.choice([-1, 1]))
+        weight = _spatial_weight(layout, channels, rng) * rng.uniform(0.8, 1.0, k).astype(np.float32)
+        add[t0 : t0 + length] += (rng.uniform(*p.amplitude_uv) * wave[:, None] * weight[None, :]).astype(np.float32)
+        mask[t0 : t0 + length] = True
+    return DisturbanceField(channels, np.ones((n, k), dtype=np.float32), add, mask)
+
+
+def _sway_field(
+    n: int, fs_hz: float, layout: ElectrodeLayout, channels: np.ndarray, rng: np.random.Generator, p: SwayParams
+) -> DisturbanceField:
+    k = channels.size
+    add = np.zeros((n, k), dtype=np.float32)
+    mask = np.zeros((n, k), dtype=bool)
+    crackle_sos = signal.butter(2, [20.0, min(400.0, 0.45 * fs_hz)], btype="bandpass", fs=fs_hz, output="sos")
+    for t0, length in _episodes(n, fs_hz, rng, p.episode_rate_hz, p.episode_s):
+        t = np.arange(length) / fs_hz
+        freq = rng.uniform(*p.frequency_hz) * (1 + 0.1 * np.sin(2 * np.pi * 0.3 * t))  # a swinging cable
+        swing = np.sin(2 * np.pi * np.cumsum(freq) / fs_hz + rng.uniform(0, 2 * np.pi))
+        amplitude = rng.uniform(*p.amplitude_uv)
+        lead_gain = rng.uniform(0.5, 1.0, k)  # leads of one cable move together, each its own coupling
+        crackle = signal.sosfilt(crackle_sos, rng.standard_normal((length, k)), axis=0)
+        crackle *= (rng.random((length, 1)) < 0.05) * 8.0  # sparse bursts of charge
+        wave = swing[:, None] * lead_gain[None, :] + p.crackle_share * crackle
+        add[t0 : t0 + length] += (amplitude * wave).astype(np.float32)
+        mask[t0 : t0 + length] = True
+    return DisturbanceField(channels, np.ones((n, k), dtype=np.float32), add, mask)
+
+
+def _local_hum_field(
+    n: int, fs_hz: float, layout: ElectrodeLayout, channels: np.ndarray, rng: np.random.Generator, p: HumParams
+) -> DisturbanceField:
+    k = channels.size
+    mains_hz = p.powerline_hz if p.powerline_hz is not None else float(rng.choice([50.0, 60.0]))
+    phase = _mains(n, fs_hz, rng, mains_hz, p.mains_drift_hz)
+    ratios = tuple(r for h, r in enumerate(p.harmonic_ratios, start=2) if h * mains_hz < 0.49 * fs_hz)
+    lo, hi = p.amplitude_uv
+    level = np.exp(rng.uniform(np.log(lo), np.log(hi)))
+    add = _hum(phase, level * rng.uniform(0.5, 1.5, k), ratios, rng)
+    return DisturbanceField(channels, np.ones((n, k), dtype=np.float32), add, np.ones((n, k), dtype=bool))
+
+
+def _dead_field(
+    n: int, fs_hz: float, layout: ElectrodeLayout, channels: np.ndarray, rng: np.random.Generator, p: DeadParams
+) -> DisturbanceField:
+    k = channels.size
+    constant = np.where(rng.random(k) < p.zero_share, 0.0, rng.uniform(*p.constant_uv, k)).astype(np.float32)
+    add = np.broadcast_to(constant, (n, k)).copy()
+    return DisturbanceField(channels, np.zeros((n, k), dtype=np.float32), add, np.ones((n, k), dtype=bool))
+
+
+def _bridge_field(
+    n: int, fs_hz: float, layout: ElectrodeLayout, channels: np.ndarray, rng: np.random.Generator, p: BridgeParams
+) -> DisturbanceField:
+    """Pair each drawn electrode with an adjacent one (preferably drawn too); both ends of a bridge are masked."""
+    near = adjacency(layout)
+    chosen = {int(c) for c in channels}
+    # Electrodes with the fewest drawn neighbours pair first, so few are left to pair outside the draw.
+    todo = sorted((int(c) for c in rng.permutation(channels)), key=lambda c: sum(b in chosen for b in near.get(c, [])))
+    pairs: list[tuple[int, int]] = []
+    paired: set[int] = set()
+    for a in todo:
+        if a in paired:
+            continue
+        options = [b for b in near.get(a, []) if b not in paired]
+        inside = [b for b in options if b in chosen]
+        pool = inside or options
+        if not pool:
+            continue  # an electrode with every neighbour bridged already stays as it is
+        b = int(rng.choice(pool))
+        pairs.append((a, b))
+        paired |= {a, b}
+    ends = np.asarray(sorted(paired), dtype=np.int64)
+    partner = np.full(ends.size, -1, dtype=np.int64)
+    weight = np.zeros(ends.size, dtype=np.float32)
+    for a, b in pairs:
+        w = rng.uniform(*p.weight)
+        ia, ib = np.searchsorted(ends, [a, b])
+        partner[ia], partner[ib] = b, a
+        weight[ia] = weight[ib] = w
+    k = ends.size
+    return DisturbanceField(ends, np.ones((n, k), dtype=np.float32), np.zeros((n, k), dtype=np.float32),
+                            np.ones((n, k), dtype=bool), partner=partner, partner_weight=weight)  # fmt: skip
+
+
+_BUILDERS: dict[str, Callable[..., DisturbanceField]] = {
+    "CA": _ca_field, "LC": _lc_field, "powerline": _powerline_field, "dropout": _dropout_field, "pop": _pop_field,
+    "saturation": _saturation_field, "motion": _motion_field, "sway": _sway_field, "hum": _local_hum_field,
+    "dead": _dead_field, "bridge": _bridge_field,
+}  # fmt: skip
+
+
 def apply_disturbance(
     samples: np.ndarray,
     *,
@@ -380,10 +720,11 @@ def apply_disturbance(
     rng: np.random.Generator,
     params: DisturbanceParams | None = None,
     powerline_hz: float | None = None,
+    placement: Placement | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Disturb `(n_samples, n_channels)` uV samples; returns (float32 disturbed copy, bool mask).
 
-    `powerline_hz`: mains frequency for default LC / powerline params (see `disturbance_field`).
+    `powerline_hz`, `placement`: see `disturbance_field`.
     """
     samples = np.asarray(samples)
     if samples.ndim != 2 or samples.shape[1] != layout.n_channels:
@@ -398,6 +739,7 @@ def apply_disturbance(
         rng=rng,
         params=params,
         powerline_hz=powerline_hz,
+        placement=placement,
     )
     out = samples.astype(np.float32, copy=True)
     mask = np.zeros(out.shape, dtype=bool)
@@ -412,6 +754,7 @@ def inject(
     seed: int = 0,
     params: DisturbanceParams | None = None,
     powerline_hz: float | None = None,
+    placement: Placement | None = None,
 ) -> Recording:
     """A copy of `recording` with `condition` applied; its mask is OR'ed with any existing one.
 
@@ -430,11 +773,15 @@ def inject(
         rng=rng,
         params=params,
         powerline_hz=powerline_hz,
+        placement=placement,
     )
     if recording.disturbance_mask is not None:
         mask |= recording.disturbance_mask
     new_condition = condition if recording.condition == "clean" else f"{recording.condition}+{condition}"
     provenance = dict(recording.provenance)
-    provenance["disturbances"] = [*provenance.get("disturbances", []), {"condition": condition, "seed": seed}]
+    entry: dict[str, object] = {"condition": condition, "seed": seed}
+    if placement is not None:
+        entry["placement"] = {"shape": placement.shape, "severity": placement.severity}
+    provenance["disturbances"] = [*provenance.get("disturbances", []), entry]
     logger.debug("Injected %s into a %s recording of %.1f s", condition, recording.condition, recording.duration_s)
     return replace(recording, samples=samples, disturbance_mask=mask, condition=new_condition, provenance=provenance)

@@ -50,6 +50,13 @@ import torch
 
 from rohde.core.errors import ConfigError, RohdeError
 from rohde.core.recording import Recording
+from rohde.training.distributed import (
+    average_gradients,
+    broadcast_from_main,
+    current_world,
+    require_same_on_all_ranks,
+    sum_over_ranks,
+)
 from rohde.training.gan_models import (
     Critic,
     GANConfig,
@@ -417,12 +424,19 @@ def train_disturbance_gan(
     (both networks, both optimisers, config, step, rng states) to `out_dir/checkpoint.pt` and the
     final model to `out_dir/model`; `resume=True` continues from the checkpoint's step.
     Bit-for-bit deterministic for a given seed on CPU (CUDA kernels may differ in the last bits unless
-    `torch.use_deterministic_algorithms` is on). `num_threads` sets torch's intra-op threads
+    `torch.use_deterministic_algorithms` is on). Under torchrun (`rohde.training.distributed`) every
+    rank draws the whole batch, runs the generator on it and keeps its share for the critic, whose
+    penalty and loss it computes on that share; gradients are averaged over the ranks, so the run equals
+    one process's; only rank 0 writes to `out_dir`. `num_threads` sets torch's intra-op threads
     for the run (and restores them after): these networks are small, so on a busy CPU one thread is
     often several times faster than contending for more.
     """
     if num_threads is not None and num_threads < 1:
         raise ConfigError(f"num_threads must be >= 1 or None, got {num_threads}.")
+    from rohde.simulation.disturbances import ensure_trainable
+
+    for condition in segments:
+        ensure_trainable(condition)  # the held-out kind never reaches the GAN
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -452,6 +466,12 @@ def _train(
     conditions, n_channels = _validate_segments(segments, region_channels, seg_t)
     device = torch.device(device)
     regions = {c: [int(ch) for ch in region_channels[c]] for c in conditions}
+    world = current_world()
+    world.per_rank_batch(config.batch_size, "the GAN's batch_size")
+    mine = world.shard(config.batch_size)  # this rank's rows of every batch
+
+    def share(x: torch.Tensor) -> torch.Tensor:
+        return x[mine] if world.parallel else x
 
     centred = {c: remove_segment_mean(segments[c]) for c in conditions}
     scales = {c: amplitude_scale(centred[c], percentile=config.scale_percentile) for c in conditions}
@@ -469,6 +489,9 @@ def _train(
         critic = Critic(n_conditions=len(conditions), n_channels=n_channels, width=config.c_width,
                         n_down=config.n_down, kernel_size=config.kernel_size,
                         segment_samples=seg_t if config.spectral_critic else None).to(device)  # fmt: skip
+    if world.parallel:
+        broadcast_from_main(generator)
+        broadcast_from_main(critic)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
     torch_rng = torch.Generator(device=device).manual_seed(seed + 1)
@@ -496,9 +519,11 @@ def _train(
         logger.info("Resumed GAN training from %s at step %s.", ckpt_path, step)
     elif resume:
         logger.info("No checkpoint at %s; training from step 0.", ckpt_path)
+    if world.parallel:
+        require_same_on_all_ranks(step, "the GAN's resumed step")
 
     writer = None
-    if out_dir is not None:
+    if out_dir is not None and world.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -509,14 +534,18 @@ def _train(
     def real_batch() -> tuple[torch.Tensor, torch.Tensor]:
         cond = np_rng.integers(len(conditions), size=config.batch_size)
         rows = (np_rng.random(config.batch_size) * sizes[cond]).astype(np.int64)
-        x = torch.stack([pools[c][r] for c, r in zip(cond, rows, strict=True)])  # (B, C, T)
-        return x, torch.from_numpy(cond).to(device)
+        if world.parallel:  # the whole batch is drawn (the same draws as one process), our share is kept
+            cond_rows = zip(cond[mine], rows[mine], strict=True)
+        else:
+            cond_rows = zip(cond, rows, strict=True)
+        x = torch.stack([pools[c][r] for c, r in cond_rows])  # (B / ranks, C, T)
+        return x, torch.from_numpy(cond).to(device)  # conditions of the whole batch
 
     def noise() -> torch.Tensor:
         return torch.randn(config.batch_size, config.latent_dim, device=device, generator=torch_rng)
 
     def save_checkpoint() -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or not world.is_main:
             return
         state = {
             "generator": generator.state_dict(), "critic": critic.state_dict(),
@@ -532,34 +561,44 @@ def _train(
 
     generator.train()
     critic.train()
-    bar = tqdm(total=config.steps, initial=step, desc="GAN", disable=not config.progress, leave=False)
+    bar = tqdm(total=config.steps, initial=step, desc="GAN", disable=not config.progress or not world.is_main,
+               leave=False)  # fmt: skip
     try:
         while step < config.steps:
             for _ in range(config.critic_steps):
                 real, cond = real_batch()
-                with torch.no_grad():
-                    fake = generator(noise(), cond, torch_rng)
+                with torch.no_grad():  # the whole batch: its noise inputs draw what one process draws
+                    fake = share(generator(noise(), cond, torch_rng))
+                cond = share(cond)
                 d_real, d_fake = critic(real, cond).mean(), critic(fake, cond).mean()
-                gp = gradient_penalty(critic, real, fake, cond, generator=torch_rng)
+                eps = share(torch.rand(config.batch_size, 1, 1, device=device, generator=torch_rng))
+                gp = gradient_penalty(critic, real, fake, cond, eps=eps)
                 loss_d = d_fake - d_real + config.gp_weight * gp
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
+                if world.parallel:
+                    average_gradients(critic.parameters(), world)
                 opt_d.step()
             cond = torch.from_numpy(np_rng.integers(len(conditions), size=config.batch_size)).to(device)
-            loss_g = -critic(generator(noise(), cond, torch_rng), cond).mean()
+            loss_g = -critic(share(generator(noise(), cond, torch_rng)), share(cond)).mean()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
+            if world.parallel:
+                average_gradients(generator.parameters(), world)
             opt_g.step()
             step += 1
             bar.update(1)
             if step % config.log_interval == 0 or step == config.steps:
-                w_dist = float((d_real - d_fake).detach())
-                bar.set_postfix(w=f"{w_dist:.3f}", gp=f"{float(gp.detach()):.3f}")
+                logged = torch.stack([d_real - d_fake, gp, loss_d, loss_g]).detach()
+                if world.parallel:  # the whole batch's figures: the mean of the equal shares'
+                    logged = sum_over_ranks(logged) / world.size
+                w_dist, gp_value, loss_d_value, loss_g_value = (float(v) for v in logged)
+                bar.set_postfix(w=f"{w_dist:.3f}", gp=f"{gp_value:.3f}")
                 if writer is not None:
                     writer.add_scalar("critic/wasserstein_estimate", w_dist, step)
-                    writer.add_scalar("critic/gradient_penalty", float(gp.detach()), step)
-                    writer.add_scalar("critic/loss", float(loss_d.detach()), step)
-                    writer.add_scalar("generator/loss", float(loss_g.detach()), step)
+                    writer.add_scalar("critic/gradient_penalty", gp_value, step)
+                    writer.add_scalar("critic/loss", loss_d_value, step)
+                    writer.add_scalar("generator/loss", loss_g_value, step)
             if step % config.checkpoint_interval == 0 or step == config.steps:
                 save_checkpoint()
     finally:
@@ -571,6 +610,6 @@ def _train(
                          conditions=conditions, region_channels=regions, segment_samples=seg_t, fs_hz=fs_hz,
                          scales_uv=scales, clips=clips)  # fmt: skip
     gan.generator.load_state_dict({k: v.detach().cpu() for k, v in generator.state_dict().items()})
-    if out_dir is not None:
+    if out_dir is not None and world.is_main:
         gan.save(Path(out_dir) / "model")
     return gan
