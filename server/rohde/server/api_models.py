@@ -38,6 +38,7 @@ class HealthResponse(_Body):
     version: str  # RoHDE version of the server
     uptime_s: float
     model: str  # the active model's quoted name, or "no model"
+    provider: str | None  # ONNX Runtime provider the active model's session really runs on; None without a model
     not_ready_reason: str | None  # why /ready answers 503, None when ready
     threads: WorkerThreads
     streams: dict[str, str]  # stream id -> worker state
@@ -63,6 +64,7 @@ class ActiveModelInfo(_Body):
 class ReadyResponse(_Body):
     ready: bool
     reason: str | None  # why not ready, None when ready
+    provider: str | None  # ONNX Runtime provider the active model's session really runs on; None without a model
     model: ActiveModelInfo | None
     streams: dict[str, str]  # stream id -> worker state
 

@@ -46,7 +46,7 @@ from rohde.server.api_models import (
     WorkerThreads,
 )
 from rohde.server.hub import Hub
-from rohde.server.inference import MAX_NAME_CHARS, ModelManager
+from rohde.server.inference import MAX_NAME_CHARS, GpuRequiredError, ModelManager
 from rohde.server.inference_loop import InferenceLoop, Publisher
 from rohde.server.jobs import JobQueue
 from rohde.server.lsl_inlet import StreamQuery
@@ -134,9 +134,11 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
     metrics = ServerMetrics()
     hub = Hub(queue_size=settings.ws_queue_size, on_drop=metrics.count_dropped)
     hub.bind(loop)
-    models = ModelManager(settings.models_dir, providers=settings.providers)
+    models = ModelManager(settings.models_dir, providers=settings.providers, require_gpu=settings.require_gpu)
     try:
         models.activate(settings.model)
+    except GpuRequiredError:
+        raise  # require_gpu: the server must not start on CPU
     except ModelPackageError as exc:
         logger.error("Starting without a model (not ready): %s", exc)
     jobs = JobQueue(settings.inference_queue_size, metrics)
@@ -284,6 +286,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             version=VERSION,
             uptime_s=time.time() - runtime.started_at,
             model=runtime.models.describe_active(),
+            provider=runtime.models.active_provider,
             not_ready_reason=runtime.not_ready_reason(),
             threads=WorkerThreads(inference=runtime.inference.alive, watchdog=runtime.streams.alive),
             streams=runtime.streams.states(),
@@ -297,7 +300,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def ready(runtime: Runtime) -> JSONResponse:
         reason = runtime.not_ready_reason()
         info = runtime.model_info()
-        body = ReadyResponse(ready=reason is None, reason=reason,
+        body = ReadyResponse(ready=reason is None, reason=reason, provider=runtime.models.active_provider,
                              model=None if info is None else ActiveModelInfo.model_validate(info),
                              streams=runtime.streams.states())
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if reason is None else 503)

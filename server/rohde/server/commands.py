@@ -30,6 +30,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                        help="windows waiting for inference before the oldest are shed (default 256)")
     serve.add_argument("--no-marker-outlet", action="store_true", help="do not publish decisions on LSL")
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
+    serve.add_argument("--require-gpu", action="store_true", default=None,
+                       help="refuse to start unless the model's ONNX Runtime session really runs on CUDA")
     # Tokens come from ROHDE_ADMIN_TOKEN / ROHDE_READ_TOKEN or the config file, never from flags, which any
     # local user can read in the process list.
     serve.add_argument("--allowed-origin", action="append", dest="allowed_origins", metavar="ORIGIN",
@@ -76,6 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rohde.server.app import create_app
+    from rohde.server.inference import choose_providers
     from rohde.server.security import TokenRedactingFilter
     from rohde.server.settings import load_settings
 
@@ -85,8 +88,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_streams=args.max_streams, vote_k=args.vote_k, confidence_threshold=args.confidence_threshold,
         ws_queue_size=args.ws_queue_size, inference_queue_size=args.inference_queue_size,
         marker_outlet=False if args.no_marker_outlet else None, allowed_origins=args.allowed_origins,
-        max_request_bytes=args.max_request_bytes,
+        max_request_bytes=args.max_request_bytes, require_gpu=args.require_gpu,
     )
+    if settings.require_gpu:
+        # A build without CUDA is refused here; the start-up then checks the provider the real session runs on.
+        choose_providers(settings.providers, require_gpu=True)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level="info",
                             lifespan="on", ws=_websocket_protocol(), ws_max_size=WS_MAX_MESSAGE_BYTES,
@@ -96,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = _server_class(app)(config)
     if args.port_file:
         _write_port_when_started(server, Path(args.port_file))
-    server.run()
+    server.run()  # exits with uvicorn's status 3 when start-up fails (e.g. --require-gpu and the session runs on CPU)
     return 0
 
 

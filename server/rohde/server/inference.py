@@ -12,6 +12,12 @@ file system is touched. The listing says `valid` only for a package that really 
 checksum and an ONNX Runtime session that runs a test batch); the verdict is cached per package by the
 size and modification time of its two files, so listing stays cheap. Every message names a package by
 its folder name, never by an absolute path.
+
+The provider reported everywhere (`InferenceEngine.provider`, /health, /ready, the log) is the one the real
+session runs on (`session.get_providers()`), never the list asked for: onnxruntime-gpu lists CUDA as
+available without a GPU or without the CUDA and cuDNN libraries, and then quietly runs on CPU. With
+`require_gpu` a model whose session does not run on CUDA is refused (`GpuRequiredError`): at start-up the
+server does not start, a later activation keeps the current model.
 """
 
 from __future__ import annotations
@@ -45,15 +51,32 @@ def _runtime_message(exc: Exception, package: ModelPackage) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
-def choose_providers(preferred: Sequence[str] | None = None) -> list[str]:
-    """The providers to ask for: `preferred` if given, else CUDA (when this build has it) then CPU."""
+class GpuRequiredError(ModelPackageError):
+    """A GPU is required (`require_gpu`) but ONNX Runtime cannot run the model on CUDA."""
+
+
+def choose_providers(preferred: Sequence[str] | None = None, *, require_gpu: bool = False) -> list[str]:
+    """The providers to ask for: `preferred` if given, else CUDA (when this build has it) then CPU.
+
+    With `require_gpu` the list must hold CUDA and this ONNX Runtime build must offer it. That CUDA is
+    offered does not mean it works: the session built with this list says which provider really runs.
+    """
     available = ort.get_available_providers()
+    if require_gpu and CUDA not in available:
+        raise GpuRequiredError(
+            f"A GPU is required (require_gpu) but this ONNX Runtime build offers only {available}: install "
+            "onnxruntime-gpu in place of onnxruntime (pip install '.[gpu]' after uninstalling onnxruntime, or "
+            "the image docker/Dockerfile.server-gpu), or start without --require-gpu to serve on CPU."
+        )
     if preferred:
         unknown = [p for p in preferred if p not in available]
         if unknown:
             raise ModelPackageError(
                 f"ONNX Runtime providers {unknown} are not available here; available: {available}."
             )
+        if require_gpu and CUDA not in preferred:
+            raise GpuRequiredError(f"A GPU is required (require_gpu) but the providers asked for, {list(preferred)}, "
+                                   f"do not include {CUDA}; add it or leave providers unset.")
         return list(preferred)
     return [CUDA, CPU] if CUDA in available else [CPU]
 
@@ -61,7 +84,8 @@ def choose_providers(preferred: Sequence[str] | None = None) -> list[str]:
 class InferenceEngine:
     """One ORT session for one package; `run` maps `(batch, C, W)` float32 -> `(batch, n_classes)`."""
 
-    def __init__(self, package: ModelPackage, *, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, package: ModelPackage, *, providers: Sequence[str] | None = None,
+                 require_gpu: bool = False) -> None:
         self.package = package
         meta = package.metadata
         options = ort.SessionOptions()
@@ -69,17 +93,23 @@ class InferenceEngine:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        requested = choose_providers(providers, require_gpu=require_gpu)
         try:
-            self.session = ort.InferenceSession(
-                str(package.onnx_path), sess_options=options, providers=choose_providers(providers)
-            )
+            self.session = ort.InferenceSession(str(package.onnx_path), sess_options=options, providers=requested)
         except ModelPackageError:
             raise
         except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
             raise ModelPackageError(f"ONNX Runtime cannot load {MODEL_FILE} of package {package.path.name!r}: "
                                     f"{_runtime_message(exc, package)}") from exc
         # onnxruntime-gpu lists CUDA even without a GPU and silently falls back: report what is used.
-        self.provider = self.session.get_providers()[0]
+        self.provider: str = self.session.get_providers()[0]
+        if CUDA in requested and self.provider != CUDA:
+            message = (f"CUDA was asked for model {loggable(meta.name)} but its ONNX Runtime session runs on "
+                       f"{self.provider}: no usable GPU, or the CUDA 13 / cuDNN 9 libraries onnxruntime-gpu needs "
+                       "are missing (docker/README.md, GPU image).")
+            if require_gpu:
+                raise GpuRequiredError(message + " Refused: a GPU is required (require_gpu).")
+            logger.warning("%s Serving on CPU.", message)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if meta.input_name not in inputs or meta.output_name not in outputs:
@@ -126,9 +156,11 @@ _Stamp = tuple[int, int, int, int]  # size and mtime_ns of metadata.json and mod
 class ModelManager:
     """Lists packages under `models_dir` and owns the active model."""
 
-    def __init__(self, models_dir: Path, *, providers: Sequence[str] | None = None, keep_engines: int = 4) -> None:
+    def __init__(self, models_dir: Path, *, providers: Sequence[str] | None = None, keep_engines: int = 4,
+                 require_gpu: bool = False) -> None:
         self.models_dir = Path(models_dir)
         self.providers = list(providers) if providers else None
+        self.require_gpu = require_gpu  # activate only models whose session really runs on CUDA
         self._lock = threading.Lock()
         self._active: ActiveModel | None = None
         self._engines: dict[int, InferenceEngine] = {}
@@ -140,6 +172,12 @@ class ModelManager:
     @property
     def active(self) -> ActiveModel | None:
         return self._active
+
+    @property
+    def active_provider(self) -> str | None:
+        """The provider the active model's session really runs on; None without an active model."""
+        active = self._active
+        return None if active is None else active.engine.provider
 
     def engine_for(self, generation: int) -> InferenceEngine | None:
         return self._engines.get(generation)
@@ -221,7 +259,7 @@ class ModelManager:
         with self._lock:
             try:
                 package = self._load(name)
-                engine = InferenceEngine(package, providers=self.providers)
+                engine = InferenceEngine(package, providers=self.providers, require_gpu=self.require_gpu)
             except ModelPackageError as exc:
                 self.last_error = str(exc)
                 logger.error("Model %s refused, keeping %s: %s", loggable(name), self.describe_active(),

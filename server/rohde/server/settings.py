@@ -61,6 +61,7 @@ class ServerSettings(BaseSettings):
     models_dir: Path = Field(default_factory=default_models_dir)  # folder of model packages
     model: str = "rohde-default"  # package (folder name under models_dir) activated at start-up
     providers: list[str] | None = None  # ONNX Runtime providers to try, in order; None = CUDA if present, else CPU
+    require_gpu: bool = False  # refuse to start (or to activate a model) unless its session really runs on CUDA
 
     # Streams
     stream_name: str | None = None  # pick LSL streams by name ...
