@@ -216,12 +216,14 @@ def select_channels(channels: Sequence[ChannelInfo], *, n_wanted: int | None, ta
         fitting = [group for group in by_type.values() if len(group) == n_wanted]
         if len(fitting) == 1:
             return fitting[0], [j for j in range(len(channels)) if j not in set(fitting[0])]
+    aux = _short([_describe(j, channels[j]) for j in dropped])
+    besides = f" besides {len(dropped)} auxiliary ({aux})" if dropped else ""
+    if len(kept) < n_wanted:
+        raise StreamMismatchError(f"it has {len(kept)} channels{besides}, the model needs {n_wanted}")
     kinds = Counter(channels[j].type or "untyped" for j in kept)
     found = ", ".join(f"{kind}: {count}" for kind, count in kinds.items())
-    aux = _short([_describe(j, channels[j]) for j in dropped])
-    dropped_text = f" after dropping {len(dropped)} auxiliary ({aux})" if dropped else ""
     raise StreamMismatchError(
-        f"it has {len(kept)} EMG channels{dropped_text} ({found}), the model needs {n_wanted}; select them with "
+        f"it has {len(kept)} channels{besides} ({found}), the model needs {n_wanted}; select them with "
         f"--channels / ROHDE_STREAM_CHANNELS (0-based indices, ranges such as 0-{n_wanted - 1}, labels or type:NAME)")
 
 

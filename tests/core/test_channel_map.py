@@ -125,7 +125,7 @@ def test_unlabelled_stream_of_the_right_count_is_taken_in_order() -> None:
     assert mapping.method == "stream_order" and mapping.stream_indices == tuple(range(8))
     assert mapping.notes == ("the stream names no channel labels: channels taken in stream order",
                              "no unit given for 8 channels: assumed uV")
-    with pytest.raises(StreamMismatchError, match="it has 9 EMG channels .* the model needs 8; select them"):
+    with pytest.raises(StreamMismatchError, match=r"it has 9 channels \(untyped: 9\), the model needs 8; select them"):
         map_channels([ChannelInfo()] * 9, MODEL)
 
 
@@ -144,8 +144,11 @@ def test_wider_stream_is_refused_with_what_it_holds() -> None:
     with pytest.raises(StreamMismatchError) as refused:
         map_channels(channels, MODEL)
     assert str(refused.value) == (
-        "it has 10 EMG channels after dropping 1 auxiliary (10:Trigger) (EMG: 10), the model needs 8; select them "
+        "it has 10 channels besides 1 auxiliary (10:Trigger) (EMG: 10), the model needs 8; select them "
         "with --channels / ROHDE_STREAM_CHANNELS (0-based indices, ranges such as 0-7, labels or type:NAME)")
+    with pytest.raises(StreamMismatchError, match=r"^it has 7 channels besides 1 auxiliary \(7:Trigger\), the model "
+                                                  r"needs 8$"):
+        map_channels([*channels[:7], channels[-1]], MODEL)
     picked = map_channels(channels, MODEL, selection="2-9")
     assert picked.method == "selection" and picked.stream_indices == tuple(range(2, 10))
     with pytest.raises(StreamMismatchError, match="names 3 channels, the model needs 8"):

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rohde.core.errors import StreamMismatchError
+from rohde.core.errors import ConfigError, StreamMismatchError
 from rohde.core.model_package import load_model_package
 from rohde.server.amplifier import LslAmplifier, RecordingSource
 from rohde.server.lsl_inlet import (
@@ -33,9 +33,14 @@ RECORDING = synthetic_recording(seed=5, cycles=1)
 def test_query_predicates() -> None:
     assert StreamQuery().predicate() == "count(channel_format)>=0"  # every stream
     assert StreamQuery(name="amp").predicate() == "name='amp'"
-    assert StreamQuery(type="EMG", source_id="sn-1").predicate() == "type='EMG' and source_id='sn-1'"
-    full = StreamQuery(name="amp", type="EMG", source_id="sn-1")
-    assert full.predicate() == "name='amp' and type='EMG' and source_id='sn-1'" == full.describe()
+    upper = "translate(type,'abcdefghijklmnopqrstuvwxyz','ABCDEFGHIJKLMNOPQRSTUVWXYZ')"
+    assert StreamQuery(type="EMG", source_id="sn-1").predicate() == f"{upper}='EMG' and source_id='sn-1'"
+    full = StreamQuery(name="amp", type=("EMG", "ExG"), source_id="sn-1", channels="0-63")
+    assert full.predicate() == f"name='amp' and ({upper}='EMG' or {upper}='EXG') and source_id='sn-1'"
+    assert full.describe() == "name='amp' and type in EMG, ExG and source_id='sn-1'; channels 0-63"
+    assert StreamQuery(type=[]).type is None and StreamQuery(type=["EMG"]).type == ("EMG",)
+    with pytest.raises(ConfigError, match="single quote"):
+        StreamQuery(name="it's")
 
 
 def resolve_n(query: StreamQuery, n: int) -> list[Any]:
@@ -131,8 +136,7 @@ def test_streams_are_checked_against_the_model(model_set: ModelSet) -> None:
     with pytest.raises(StreamMismatchError) as refused:
         check_stream_fits_model(found[(8, 500.0, "int16")], meta)
     assert str(refused.value).endswith(
-        "it has 8 channels, the model needs 16; its nominal rate is 500 Hz, the model needs 1000 Hz; "
-        "its channel format is int16, the model needs float32.")
+        "it has 8 channels, the model needs 16; its nominal rate is 500 Hz, the model needs 1000 Hz.")
 
 
 def test_pull_raises_connection_error_when_the_outlet_is_gone() -> None:

@@ -20,7 +20,7 @@ def test_settings_precedence(tmp_path, monkeypatch) -> None:  # type: ignore[no-
     monkeypatch.setenv("ROHDE_PORT", "9200")
     settings = load_settings(config, stream_name="from-cli")
     assert (settings.vote_k, settings.port, settings.stream_name) == (7, 9200, "from-cli")
-    assert settings.stream_query == {"name": "from-cli", "type": "EMG"}
+    assert settings.stream_query == {"name": "from-cli", "type": "EMG,ExG,EEG"}
     monkeypatch.setenv("ROHDE_PROVIDERS", "CPUExecutionProvider")
     assert load_settings().providers == ["CPUExecutionProvider"]
     with pytest.raises(ConfigError, match="vote_k"):

@@ -41,8 +41,14 @@ class ScriptedInlet:
         self.pulls: list[tuple[int, int, float]] = []
         self.done = threading.Event()
 
+    def describe(self, timeout_s: float) -> StreamDescription:
+        return self.description
+
     def open(self, timeout_s: float) -> None:
         pass
+
+    def use_mapping(self, mapping: Any) -> None:
+        assert mapping.is_identity  # an unlabelled float32 stream of the model's channels passes unchanged
 
     def pull(self, wait_s: float = 0.0, *, min_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         if self.delivered == len(self.data):

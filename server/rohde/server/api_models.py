@@ -99,6 +99,18 @@ class StreamQualityReport(_Body):
     channels: list[ChannelQualityReport]
 
 
+class ChannelMappingReport(_Body):
+    """How the stream's channels feed the model (`rohde.core.channel_map.ChannelMapping`)."""
+
+    method: str  # labels (the model's electrode names), numbered_labels, stream_order (no usable labels), selection
+    reordered: bool  # the model's channel order differs from the stream's
+    stream_channels: list[int]  # model channel k reads stream channel stream_channels[k] (0-based)
+    dropped: list[str]  # stream channels left out, "index:label" (counter, trigger, ...)
+    units: dict[str, int]  # unit as the stream names it -> number of channels; all are scaled to uV
+    notes: list[str]  # assumptions made (no labels: stream order; unknown unit: uV)
+    summary: str  # one line of all the above
+
+
 class StreamSnapshot(_Body):
     """One stream the server knows; the description fields are None before a stream was attached."""
 
@@ -114,6 +126,7 @@ class StreamSnapshot(_Body):
     fs_hz: float | None  # nominal rate of the stream
     channel_format: str | None
     channel_labels: list[str]
+    channel_mapping: ChannelMappingReport | None  # None until the stream's channels were mapped onto a model
     samples_received: int
     windows_emitted: int
     lost_count: int
@@ -125,7 +138,7 @@ class StreamSnapshot(_Body):
 
 
 class StreamsResponse(_Body):
-    query: str  # the LSL predicate the server resolves streams with
+    query: str  # which streams (name, accepted types, source_id) and which of their channels are served
     streams: list[StreamSnapshot]
 
 

@@ -148,7 +148,8 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
                                              detail=detail, source_id=source_id))
 
     config = settings.ingest_config()
-    query = StreamQuery(name=settings.stream_name, type=settings.stream_type, source_id=settings.stream_source_id)
+    query = StreamQuery(name=settings.stream_name, type=tuple(settings.stream_type or ()),
+                        source_id=settings.stream_source_id, channels=settings.stream_channels)
     streams = StreamManager(query=query, models=models, jobs=jobs, metrics=metrics, config=config, announce=announce,
                             max_streams=settings.max_streams, resolve_interval_s=settings.resolve_interval_s)
     publishers: list[Publisher] = [hub.publish_threadsafe]

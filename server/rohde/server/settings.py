@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rohde.core.errors import ConfigError
 from rohde.server.ingest_config import IngestConfig
+from rohde.server.lsl_inlet import DEFAULT_STREAM_TYPES
 from rohde.server.quality import QualityThresholds
 
 ENV_PREFIX = "ROHDE_"
@@ -65,8 +66,12 @@ class ServerSettings(BaseSettings):
 
     # Streams
     stream_name: str | None = None  # pick LSL streams by name ...
-    stream_type: str | None = "EMG"  # ... and/or by type ...
+    # ... and/or by type: the accepted types, any case (ROHDE_STREAM_TYPE=EMG,ExG); empty: any type ...
+    stream_type: list[str] | None = Field(default_factory=lambda: list(DEFAULT_STREAM_TYPES))
     stream_source_id: str | None = None  # ... and/or by source_id
+    # which channels of a stream feed the model, in model order: 0-based indices, ranges (0-63), labels, label
+    # ranges (EMG1..EMG64), type:NAME; None: found from the stream's desc (auxiliary channels dropped)
+    stream_channels: str | None = None
     max_streams: int = Field(default=4, ge=1)  # streams served at once (one worker each)
     # liblsl inlet buffer; older samples are dropped on overflow
     inlet_buffer_s: int = Field(default=IngestConfig.inlet_buffer_s, ge=1)
@@ -114,7 +119,7 @@ class ServerSettings(BaseSettings):
 
     lsl_config: Path = Field(default_factory=default_lsl_config)  # LSLAPICFG used when none is set
 
-    @field_validator("providers", "allowed_origins", mode="before")
+    @field_validator("providers", "allowed_origins", "stream_type", mode="before")
     @classmethod
     def _split_comma_lists(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -124,7 +129,8 @@ class ServerSettings(BaseSettings):
     @property
     def stream_query(self) -> dict[str, str]:
         """The LSL properties a stream must have to be served."""
-        query = {"name": self.stream_name, "type": self.stream_type, "source_id": self.stream_source_id}
+        query = {"name": self.stream_name, "type": ",".join(self.stream_type or ()),
+                 "source_id": self.stream_source_id}
         return {k: v for k, v in query.items() if v}
 
     def ingest_config(self) -> IngestConfig:

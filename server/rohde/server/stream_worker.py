@@ -1,9 +1,12 @@
 """One worker per LSL stream: the connection state machine around a `WindowAssembler`.
 
 A `StreamWorker` owns one inlet and one thread. It validates a stream handed to it by `attach`
-against the active model (refusing one that does not fit), opens it, follows model changes, and
-pulls: each pull waits in liblsl for the samples missing until the next window end (one wake-up per
-hop, not per outlet chunk) and goes to the assembler, whose windows go on the inference queue.
+against the active model (rate and format from the resolver's answer; then, from the stream's full
+description, which of its channels are the model's, in which order and unit: `ChannelMapping`),
+refusing one that does not fit with the reason, opens it, follows model changes, and pulls: each
+pull waits in liblsl for the samples missing until the next window end (one wake-up per hop, not per
+outlet chunk), comes back as the model's channels in float32 uV, and goes to the assembler, whose
+windows go on the inference queue.
 
 A worker notices loss itself (LostError from liblsl, or no samples for `stale_after_s`), announces
 it and waits for `attach` (from the `StreamManager`) to hand it the stream again: a new outlet, or the
@@ -22,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from rohde.core.channel_map import ChannelMapping
 from rohde.core.errors import StreamMismatchError
 from rohde.server.inference import ActiveModel, ModelManager
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import JobQueue
-from rohde.server.lsl_inlet import InletReader, StreamDescription, StreamQuery, check_stream_fits_model
+from rohde.server.lsl_inlet import InletReader, StreamDescription, StreamQuery, check_stream_basics, map_stream_channels
 from rohde.server.messages import StatusEvent
 from rohde.server.metrics import ServerMetrics
 from rohde.server.threads import OwnedThread
@@ -67,6 +71,7 @@ class StreamWorker:
         self._pending: StreamDescription | None = None
         self._pending_info: Any = None
         self.description: StreamDescription | None = None
+        self.mapping: ChannelMapping | None = None  # how the stream's channels feed the model
         self.state = StreamState.STOPPED
         self.reason = ""
         self.error: str | None = None
@@ -207,7 +212,7 @@ class StreamWorker:
             self._stop.wait(0.2)
             return
         try:
-            check_stream_fits_model(desc, active.package.metadata)
+            check_stream_basics(desc, active.package.metadata)
         except StreamMismatchError as exc:
             self._refused_info = info
             self._refuse(str(exc))
@@ -220,13 +225,33 @@ class StreamWorker:
         try:
             reader = InletReader(info, buffer_s=self._config.inlet_buffer_s, max_chunk=max_chunk,
                                  lsl_config=self._config.lsl_config)
-            reader.open(self._config.open_timeout_s)
+            full = reader.describe(self._config.open_timeout_s)  # the desc: channels, units, layout
+        except StreamMismatchError as exc:
+            self._refused_info = info
+            self._refuse(str(exc))
+            return
         except Exception as exc:  # liblsl raises TimeoutError or RuntimeError when the outlet vanished
             self._mark_lost(f"could not open inlet: {exc}")
             return
+        self.description = full
+        try:
+            mapping = map_stream_channels(full, active.package.metadata, self.query.channels)
+        except StreamMismatchError as exc:
+            reader.close()
+            self._refused_info = info
+            self._refuse(str(exc))
+            return
+        try:
+            reader.open(self._config.open_timeout_s)
+        except Exception as exc:
+            reader.close()
+            self._mark_lost(f"could not open inlet: {exc}")
+            return
+        reader.use_mapping(mapping)
+        self._use_mapping(mapping)
         with self._lock:  # `idle_lost` reads the reader under the lock
             self._reader = reader
-        self.description = reader.description  # now with the desc (channel labels)
+        self.description = reader.description
         self._generation = active.generation
         self._assembler.use_model(active.package, active.generation, max_chunk=max_chunk)
         self._assembler.restart(reader.description.fs_hz)  # a new inlet starts a new sample count
@@ -239,8 +264,14 @@ class StreamWorker:
             self.recovered_count += 1
         self.ever_connected = True
         self._announce(event, self.stream_id,
-                       f"{opened.name} ({opened.n_channels} ch, {opened.fs_hz:g} Hz)",
+                       f"{opened.name} ({opened.n_channels} ch, {opened.fs_hz:g} Hz; {mapping.describe()})",
                        opened.source_id)
+
+    def _use_mapping(self, mapping: ChannelMapping) -> None:
+        if mapping != self.mapping:
+            log = logger.warning if mapping.notes or mapping.reordered else logger.info
+            log("Stream %s: %s.", self.stream_id, mapping.describe())
+        self.mapping = mapping
 
     def _recovered(self) -> None:
         """The first samples of a lost stream that was reopened: it is connected again."""
@@ -259,24 +290,35 @@ class StreamWorker:
             return
         if self.state not in (StreamState.CONNECTED, StreamState.REFUSED):
             return
+        if self.state == StreamState.REFUSED:
+            info = self._refused_info
+            self._generation = active.generation
+            if info is None:
+                return
+            try:
+                check_stream_basics(StreamDescription.from_info(info), active.package.metadata)
+            except StreamMismatchError as exc:
+                self._refuse(str(exc))
+                return
+            self._open(info, active, recovered=False)  # maps the channels from the full description
+            return
         try:
-            check_stream_fits_model(self.description, active.package.metadata)
+            mapping = map_stream_channels(self.description, active.package.metadata, self.query.channels)
         except StreamMismatchError as exc:
             self._generation = active.generation
             self._close_reader()
             self._refuse(str(exc))
             return
-        if self.state == StreamState.REFUSED:
-            info = self._refused_info
-            self._generation = active.generation
-            if info is not None:
-                self._open(info, active, recovered=False)
-            return
         self._generation = active.generation
+        reader = self._reader
+        if reader is not None:
+            reader.use_mapping(mapping)
+        self._use_mapping(mapping)
         self._assembler.use_model(active.package, active.generation, max_chunk=self._max_chunk(active))
 
     def _refuse(self, reason: str) -> None:
         logger.error("%s", reason)
+        self.mapping = None
         self.state, self.reason = StreamState.REFUSED, reason
         self._generation = self._models.active.generation if self._models.active else 0
         self._announce("stream_refused", self.stream_id, reason,
@@ -315,6 +357,7 @@ class StreamWorker:
             "fs_hz": desc.fs_hz if desc else None,
             "channel_format": desc.channel_format if desc else None,
             "channel_labels": list(desc.channel_labels) if desc else [],
+            "channel_mapping": self.mapping.to_dict() if self.mapping is not None else None,
             "samples_received": self.samples_received,
             "windows_emitted": self.windows_emitted,
             "lost_count": self.lost_count,
