@@ -45,6 +45,20 @@ class HealthResponse(_Body):
     errors: dict[str, str]  # "inference", "watchdog" or "stream:<id>" -> the last error
 
 
+class ElectrodeGridInfo(_Body):
+    name: str
+    ied_mm: float  # inter-electrode distance
+    channels: list[list[int]]  # channels[row][col]: the 0-based stream channel at that site, -1 for none
+
+
+class ElectrodeLayoutInfo(_Body):
+    """The model's electrode layout (`ElectrodeLayout.to_dict()`): where each channel sits on its grid."""
+
+    name: str
+    n_channels: int
+    grids: list[ElectrodeGridInfo]
+
+
 class ActiveModelInfo(_Body):
     name: str
     version: str
@@ -59,6 +73,7 @@ class ActiveModelInfo(_Body):
     window_samples: int
     onnx_sha256: str
     metrics: dict[str, Any]  # the package's per-condition evaluation results
+    layout: ElectrodeLayoutInfo  # the grids the channels lie on (the dashboard draws its heatmaps from it)
 
 
 class ReadyResponse(_Body):

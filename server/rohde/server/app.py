@@ -45,6 +45,7 @@ from rohde.server.api_models import (
     StreamsResponse,
     WorkerThreads,
 )
+from rohde.server.dashboard_routes import add_dashboard
 from rohde.server.hub import Hub
 from rohde.server.inference import MAX_NAME_CHARS, GpuRequiredError, ModelManager
 from rohde.server.inference_loop import InferenceLoop, Publisher
@@ -103,6 +104,7 @@ class ServerRuntime:
             "generation": active.generation, "provider": active.engine.provider, "labels": meta.labels,
             "n_channels": meta.n_channels, "fs_hz": meta.fs_hz, "window_ms": meta.window_ms, "hop_ms": meta.hop_ms,
             "window_samples": meta.window_samples, "onnx_sha256": meta.onnx_sha256, "metrics": meta.metrics,
+            "layout": active.package.layout.to_dict(),
         }
 
 
@@ -240,6 +242,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_request_bytes)
     app.add_exception_handler(RequestValidationError, _refuse_invalid_request)
     _add_docs(app)
+    add_dashboard(app)
 
     def require_reader(bearer: Bearer, query_token: Annotated[str | None, Security(query_token_scheme)]) -> None:
         refusal = read_refusal(bearer.credentials if bearer else query_token, read_token=settings.read_token,
@@ -374,7 +377,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         runtime: ServerRuntime = websocket.app.state.runtime
         settings = runtime.settings
         refusal = websocket_refusal(websocket.headers, websocket.query_params, read_token=settings.read_token,
-                                    admin_token=settings.admin_token, allowed_origins=settings.allowed_origins)
+                                    admin_token=settings.admin_token, allowed_origins=settings.allowed_origins,
+                                    own_address=websocket.scope.get("server"))
         if refusal is not None:  # before the handshake completes, as security.websocket_refusal says
             await websocket.close(WS_POLICY_VIOLATION, refusal)
             return

@@ -104,13 +104,16 @@ def _origin_parts(origin: str) -> tuple[str, str, int | None] | None:
     return parts.scheme, parts.hostname, port
 
 
-def origin_allowed(origin: str | None, allowed: Sequence[str] | None) -> bool:
+def origin_allowed(origin: str | None, allowed: Sequence[str] | None, *,
+                   own_address: tuple[str, int] | None = None) -> bool:
     """Whether a WebSocket with this `Origin` header may connect.
 
-    No Origin (a client that is not a browser): allowed. `allowed` None: only pages served from a loopback
-    host (127.0.0.1, localhost, ::1, any port) may connect. Otherwise `origin` must equal one of `allowed`
-    (scheme, host and port; `*` allows every origin). The literal `null` origin (sandboxed pages, files)
-    passes only through `*`.
+    No Origin (a client that is not a browser): allowed. A page from `own_address`, the IP address and port
+    this very connection came in on (the server's own dashboard, opened by address), is allowed too: an
+    attacker's page cannot have that origin, not even through DNS rebinding, which gives it a host name.
+    `allowed` None: only pages served from a loopback host (127.0.0.1, localhost, ::1, any port) may connect.
+    Otherwise `origin` must equal one of `allowed` (scheme, host and port; `*` allows every origin). The
+    literal `null` origin (sandboxed pages, files) passes only through `*`.
     """
     if origin is None:
         return True
@@ -119,25 +122,31 @@ def origin_allowed(origin: str | None, allowed: Sequence[str] | None) -> bool:
     parts = _origin_parts(origin)
     if parts is None:
         return False
+    if own_address is not None and parts[0] in ("http", "https"):
+        port = parts[2] if parts[2] is not None else {"http": 80, "https": 443}[parts[0]]
+        if (parts[1], port) == (own_address[0].lower(), own_address[1]):
+            return True
     if allowed is None:
         return parts[0] in ("http", "https") and parts[1] in LOOPBACK_HOSTS
     return any(_origin_parts(entry) == parts for entry in allowed)
 
 
-def origin_refusal(origin: str | None, allowed: Sequence[str] | None) -> str | None:
+def origin_refusal(origin: str | None, allowed: Sequence[str] | None, *,
+                   own_address: tuple[str, int] | None = None) -> str | None:
     """Why a WebSocket from `origin` is refused, or None (short enough for a close frame's reason; the
     origin itself is not echoed)."""
-    if origin_allowed(origin, allowed):
+    if origin_allowed(origin, allowed, own_address=own_address):
         return None
     return "WebSockets from this origin are not allowed; the server's allowed_origins setting lists those that are."
 
 
 def websocket_refusal(headers: Mapping[str, str], query: Mapping[str, str], *, read_token: str | None,
-                      admin_token: str | None, allowed_origins: Sequence[str] | None) -> str | None:
+                      admin_token: str | None, allowed_origins: Sequence[str] | None,
+                      own_address: tuple[str, int] | None = None) -> str | None:
     """Why a WebSocket handshake is refused (origin first, then token), or None: what the `/ws` route
     checks before `accept()`, closing with code 1008 (policy violation) when refused. Every reason fits
     a close frame (at most 123 bytes)."""
-    return origin_refusal(headers.get("origin"), allowed_origins) or read_refusal(
+    return origin_refusal(headers.get("origin"), allowed_origins, own_address=own_address) or read_refusal(
         presented_token(headers.get("authorization"), query.get("token")),
         read_token=read_token, admin_token=admin_token)
 
