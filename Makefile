@@ -10,15 +10,24 @@ DATA_DIR ?= $(HOME)/.cache/rohde/sim-default
 QUICK_DIR ?= $(HOME)/.cache/rohde/sim-quick
 DEMO_SECONDS ?= 60
 
-.PHONY: install test test-fast lint demo data-demo model bench reliability clean
+.PHONY: install browser test test-fast lint demo data-demo model bench reliability clean
 
 install: $(STAMP)
 
-# Re-installs only when the project's requirements change; torch is pinned by constraints.txt.
-$(STAMP): pyproject.toml constraints.txt
+# Re-installs only when the project's requirements change; torch is pinned by constraints.txt. The system
+# Chromium (for the dashboard's browser test) is checked on every run, since it lives outside the venv.
+$(STAMP): pyproject.toml constraints.txt | browser
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[train,dev]'
 	touch $(STAMP)
+
+# Debian's chromium, driven by Playwright through its executable path (Playwright never downloads a browser here).
+# As root (CI on a fresh Debian machine) it is installed with apt when missing; otherwise the command is printed.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "Chromium is missing; the browser test needs it: sudo apt-get install -y chromium" >&2; fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -100,6 +100,8 @@ models, lsl = default_models_dir().resolve(), default_lsl_config().resolve()
 assert models.is_relative_to(target) and lsl.is_relative_to(target), (models, lsl)
 assert lsl.is_file(), lsl
 assert Path(rohde.server.app.__file__).resolve().is_relative_to(target)
+from rohde.server.dashboard_routes import DASHBOARD_ASSETS, DASHBOARD_DIR, DASHBOARD_PAGE
+assert all((DASHBOARD_DIR / name).is_file() for name in [DASHBOARD_PAGE, *DASHBOARD_ASSETS]), DASHBOARD_DIR
 package = load_model_package(models / "rohde-default")
 print(package.metadata.name)
 """
