@@ -270,12 +270,15 @@ def gradient_penalty(
     condition: torch.Tensor,
     *,
     generator: torch.Generator | None = None,
+    eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """WGAN-GP penalty E[(||grad_x critic(x_hat)||_2 - 1)^2] on random interpolates of real and fake.
 
-    `x_hat = eps * real + (1 - eps) * fake` with one `eps ~ U(0, 1)` per sample (Gulrajani et al. 2017).
+    `x_hat = eps * real + (1 - eps) * fake` with one `eps ~ U(0, 1)` per sample (Gulrajani et al. 2017),
+    drawn from `generator` unless given as `eps` `(B, 1, 1)` (data-parallel ranks draw a global batch's).
     """
-    eps = torch.rand(real.shape[0], 1, 1, device=real.device, dtype=real.dtype, generator=generator)
+    if eps is None:
+        eps = torch.rand(real.shape[0], 1, 1, device=real.device, dtype=real.dtype, generator=generator)
     x_hat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
     score = critic(x_hat, condition)
     (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
