@@ -38,6 +38,10 @@ import numpy as np
 from rohde.core.errors import ConfigError, StreamMismatchError
 from rohde.core.layouts import NO_ELECTRODE, ElectrodeGrid, ElectrodeLayout
 
+# Stream types amplifier apps use for EMG, in order of preference: RoHDE and most EMG apps `EMG`, the
+# Quattrocento app `ExG`, Brain Products, ANT and TMSi SAGA apps `EEG`. Compared without regard to case.
+EMG_STREAM_TYPES = ("EMG", "ExG", "EEG")
+
 
 @dataclass(frozen=True)
 class ChannelInfo:
@@ -381,6 +385,18 @@ def map_channels(channels: Sequence[ChannelInfo], target_labels: Sequence[str], 
         reordered=order != sorted(order),
         dropped=tuple(_describe(j, channels[j]) for j in range(len(channels)) if j not in used),
         units=units, notes=tuple(notes + unit_notes))
+
+
+def keep_channels(channels: Sequence[ChannelInfo], picked: Sequence[int], *, method: str) -> ChannelMapping:
+    """A mapping that keeps `picked` stream channels in the given order (no model to order them by), scaled to uV."""
+    order = list(picked)
+    scales, units, notes = _units(channels, order)
+    used = set(order)
+    return ChannelMapping(
+        stream_indices=tuple(order), scale_to_uv=tuple(scales), n_stream_channels=len(channels), method=method,
+        reordered=order != sorted(order),
+        dropped=tuple(_describe(j, channels[j]) for j in range(len(channels)) if j not in used),
+        units=units, notes=tuple(notes))
 
 
 def _with_positions(channels: list[ChannelInfo], positions: Sequence[str]) -> list[ChannelInfo]:

@@ -4,9 +4,11 @@ Supported inputs:
 - `*.rohde.npz`: RoHDE's own format (`rohde.core.recording`).
 - `*.mat`: one trial of the flexemg data set (64-electrode 16 x 4 forearm array, 1000 Hz), labelled
   with the data set's own timeline and margin rule (`flexemg_labels`).
-- `*.xdf`: an LSL recording with an EMG stream (type `EMG`) and a marker stream of gesture cues;
-  each EMG sample takes the latest cue at or before its LSL time stamp. The EMG stream's desc may
-  carry the layout and gesture list (format in `rohde.core.xdf`).
+- `*.xdf`: an LSL recording with an EMG stream and a marker stream of gesture cues; each EMG sample
+  takes the latest cue at or before its LSL time stamp. The EMG stream is chosen by name, type or
+  source_id, else it is the one numeric stream of type EMG, ExG or EEG (in that order of preference);
+  its EMG channels are picked, ordered and scaled to uV as the server does (`rohde.core.channel_map`).
+  The EMG stream's desc may carry the layout and gesture list (format in `rohde.core.xdf`).
 
 `load_any` dispatches on the file name, `find_recordings` lists supported files under a folder and
 `load_dataset` loads them all.
@@ -24,7 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from rohde.core.errors import LayoutError, RecordingFormatError
+from rohde.core.channel_map import (
+    EMG_STREAM_TYPES,
+    ChannelInfo,
+    ChannelMapping,
+    keep_channels,
+    map_channels,
+    select_channels,
+    sub_layout,
+)
+from rohde.core.errors import LayoutError, RecordingFormatError, StreamMismatchError
 from rohde.core.gestures import DEFAULT_GESTURES, UNUSABLE
 from rohde.core.layouts import ElectrodeLayout, default_layout, flexemg_layout, layout_from_spec
 from rohde.core.recording import SUFFIX, Recording, load_recording
@@ -173,26 +184,54 @@ def _desc_text(desc: Any, key: str) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _layout_for_stream(desc: Any, n_channels: int, layout: ElectrodeLayout | str | None) -> ElectrodeLayout:
+def _default_layout(n_channels: int) -> ElectrodeLayout:
+    if n_channels == 192:
+        return default_layout()
+    if n_channels == 64:
+        return flexemg_layout()
+    raise LayoutError(
+        f"The EMG stream has {n_channels} channels and no layout in its desc; pass layout "
+        f"(a spec such as '2x8x8', or --layout on the command line)."
+    )
+
+
+def _xdf_channels(desc: Any, n_channels: int) -> list[ChannelInfo]:
+    """`desc/channels/channel` (label, type, unit) as pyxdf nests them; plain channels when not all are described."""
+    channels_node = desc.get("channels") if isinstance(desc, dict) else None
+    node = channels_node[0] if isinstance(channels_node, list) and channels_node else None
+    entries = node.get("channel") if isinstance(node, dict) else None
+    if not isinstance(entries, list) or len(entries) != n_channels:
+        return [ChannelInfo() for _ in range(n_channels)]
+    return [ChannelInfo(*(str(_first(e, key, "") or "").strip() for key in ("label", "type", "unit")))
+            if isinstance(e, dict) else ChannelInfo() for e in entries]
+
+
+def _map_xdf_channels(
+    desc: Any, n_channels: int, layout: ElectrodeLayout | str | None, channels: str | None
+) -> tuple[ChannelMapping, ElectrodeLayout]:
+    """Which channels of the stream are EMG, in which order and unit, and their layout.
+
+    The layout is `layout` (the channels are then ordered onto it as the server orders them onto a model),
+    else the desc's `layout` (over the whole stream or over its EMG channels), else one by channel count.
+    """
+    infos = _xdf_channels(desc, n_channels)
+    text = _desc_text(desc, "layout")
+    desc_layout = ElectrodeLayout.from_json(text) if text is not None else None
+    positions = desc_layout.channel_labels() if desc_layout and desc_layout.n_channels == n_channels else None
     if isinstance(layout, str):
         layout = layout_from_spec(layout)
     if layout is None:
-        text = _desc_text(desc, "layout")
-        if text is not None:
-            layout = ElectrodeLayout.from_json(text)
-    if layout is None:
-        if n_channels == 192:
-            layout = default_layout()
-        elif n_channels == 64:
-            layout = flexemg_layout()
-        else:
-            raise LayoutError(
-                f"The EMG stream has {n_channels} channels and no layout in its desc; pass layout "
-                f"(a spec such as '2x8x8', or --layout on the command line)."
-            )
-    if layout.n_channels != n_channels:
-        raise LayoutError(f"Layout {layout.name!r} has {layout.n_channels} channels but the stream has {n_channels}.")
-    return layout
+        picked, _ = select_channels(infos, n_wanted=None, selection=channels)
+        if desc_layout is not None and desc_layout.n_channels in (n_channels, len(picked)):
+            method = "selection" if channels else "stream_order"
+            own = sub_layout(desc_layout, picked) if desc_layout.n_channels == n_channels else desc_layout
+            return keep_channels(infos, picked, method=method), own  # the desc places every channel itself
+        layout = _default_layout(len(picked))
+    try:
+        mapping = map_channels(infos, layout.channel_labels(), selection=channels, positions=positions)
+    except StreamMismatchError as exc:
+        raise LayoutError(f"The EMG stream does not fit layout {layout.name!r}: {exc}.") from exc
+    return mapping, layout
 
 
 def bids_entities(path: Path) -> dict[str, str]:
@@ -242,20 +281,73 @@ def _cue_condition(conditions: list[str], path: Path) -> str:
     return unique[0]
 
 
+def _stream_summary(stream: dict[str, Any]) -> str:
+    info = stream["info"]
+    return (f"{_first(info, 'name')!r} (type {_first(info, 'type')!r}, source_id {_first(info, 'source_id')!r}, "
+            f"{_first(info, 'channel_count')} ch {_first(info, 'channel_format')} "
+            f"at {_first(info, 'nominal_srate')} Hz)")
+
+
+def pick_xdf_stream(streams: Sequence[dict[str, Any]], path: Path, *, name: str | None = None,
+                    types: str | Sequence[str] | None = None, source_id: str | None = None) -> dict[str, Any]:
+    """The EMG stream of a file's pyxdf streams (see `load_xdf_recording`); refuses none or several."""
+    wanted = [types] if isinstance(types, str) else list(types or [])
+    wanted = [t.strip().lower() for t in wanted if t.strip()]
+    numeric = [s for s in streams if _first(s["info"], "channel_format") != "string"]
+
+    def of_type(stream: dict[str, Any], kinds: Sequence[str]) -> bool:
+        return str(_first(stream["info"], "type", "")).lower() in kinds
+
+    if name or source_id or wanted:
+        candidates = [s for s in numeric if (not name or _first(s["info"], "name") == name)
+                      and (not source_id or _first(s["info"], "source_id") == source_id)
+                      and (not wanted or of_type(s, wanted))]
+        asked = ", ".join(f"{key} {value!r}" for key, value in (("name", name), ("type", "/".join(wanted)),
+                                                                   ("source_id", source_id)) if value)
+    else:
+        candidates = []
+        for kind in EMG_STREAM_TYPES:
+            candidates = [s for s in numeric if of_type(s, [kind.lower()])]
+            if candidates:
+                break
+        if not candidates:
+            candidates = [s for s in numeric if float(_first(s["info"], "nominal_srate", 0) or 0) > 0]
+        asked = f"type {'/'.join(EMG_STREAM_TYPES)}, else any regular rate"
+    if len(candidates) == 1:
+        logger.info("%s: reading EMG stream %s.", path, _stream_summary(candidates[0]))
+        return candidates[0]
+    listed = "; ".join(_stream_summary(s) for s in streams) or "none"
+    if not candidates:
+        raise RecordingFormatError(f"{str(path)!r} holds no numeric stream of {asked}; its streams: {listed}.")
+    raise RecordingFormatError(
+        f"{str(path)!r} holds {len(candidates)} numeric streams of {asked}: "
+        f"{'; '.join(_stream_summary(s) for s in candidates)}; choose one by name, type or source_id "
+        "(--stream-name, --stream-type, --stream-source-id).")
+
+
 def load_xdf_recording(
     path: str | Path,
     *,
     layout: ElectrodeLayout | str | None = None,
     gesture_names: Sequence[str] | None = None,
-    emg_type: str = "EMG",
+    stream_name: str | None = None,
+    stream_type: str | Sequence[str] | None = None,
+    stream_source_id: str | None = None,
+    channels: str | None = None,
     marker_type: str | None = None,
     subject: str | None = None,
     session: str | None = None,
     trial: str | None = None,
     dejitter: bool = True,
 ) -> Recording:
-    """An XDF file's EMG stream (first stream of type `emg_type`) labelled by its gesture cues.
+    """An XDF file's EMG stream labelled by its gesture cues.
 
+    The EMG stream is the numeric stream with `stream_name`, of one of the types `stream_type` (one or a
+    list, any case) and with `stream_source_id`, whichever are given; when none is, the one numeric
+    stream of type EMG, else ExG, else EEG, else the one regular numeric stream of any type. Several that
+    fit are refused with the candidates listed. `channels` selects its EMG channels as the server's
+    `--channels` does (else auxiliary channels are dropped by their desc); values are scaled to uV
+    from each channel's unit (none or unknown: uV).
     The marker stream is the first string stream (of type `marker_type` when given). The layout
     comes from `layout`, else the stream desc's `layout` JSON, else the channel count (192 ->
     3x8x8, 64 -> flexemg 16 x 4). Subject, session and trial default to the BIDS entities `sub`,
@@ -279,19 +371,9 @@ def load_xdf_recording(
         )
     except Exception as exc:  # pyxdf raises bare Exceptions of many kinds on malformed XML
         raise RecordingFormatError(f"pyxdf could not read {str(path)!r} ({exc}).") from exc
-    emg = [s for s in streams if str(_first(s["info"], "type", "")).lower() == emg_type.lower()]
-    emg = [s for s in emg if _first(s["info"], "channel_format") != "string"]
-    if not emg:
-        found = [(_first(s["info"], "name"), _first(s["info"], "type")) for s in streams]
-        raise RecordingFormatError(
-            f"{str(path)!r} holds no numeric stream of type {emg_type!r}; streams found (name, type): {found}."
-        )
-    if len(emg) > 1:
-        logger.warning("%s holds %d streams of type %s; reading the first, %r.", path, len(emg), emg_type,
-                       _first(emg[0]["info"], "name"))  # fmt: skip
-    stream = emg[0]
+    stream = pick_xdf_stream(streams, path, name=stream_name, types=stream_type, source_id=stream_source_id)
     info = stream["info"]
-    series = np.asarray(stream["time_series"], dtype=np.float64)
+    series = np.asarray(stream["time_series"])
     stamps = np.asarray(stream["time_stamps"], dtype=np.float64)
     if series.ndim != 2 or series.shape[0] == 0:
         raise RecordingFormatError(f"The EMG stream of {str(path)!r} holds no samples.")
@@ -301,7 +383,9 @@ def load_xdf_recording(
     if fs_hz <= 0:
         raise RecordingFormatError(f"The EMG stream of {str(path)!r} has no nominal or effective sampling rate.")
     desc = _first(info, "desc")
-    resolved_layout = _layout_for_stream(desc, series.shape[1], layout)
+    mapping, resolved_layout = _map_xdf_channels(desc, series.shape[1], layout, channels)
+    log = logger.warning if mapping.notes else logger.info
+    log("%s: EMG stream %r (type %s): %s.", path, _first(info, "name"), _first(info, "type"), mapping.describe())
 
     markers = [
         s
@@ -332,7 +416,7 @@ def load_xdf_recording(
     labels = cue_labels(stamps, cue_stamps, cues, gesture_names, tolerance_s=0.5 / fs_hz)
     bids = bids_entities(path)
     return Recording(
-        samples=series.astype(np.float32),
+        samples=mapping.apply(series),
         fs_hz=fs_hz,
         layout=resolved_layout,
         labels=labels,
@@ -345,7 +429,9 @@ def load_xdf_recording(
             "source": "xdf",
             "file": str(path),
             "stream_name": _first(info, "name"),
+            "stream_type": _first(info, "type"),
             "source_id": _first(info, "source_id"),
+            "channel_mapping": mapping.describe(),
             "first_timestamp": float(stamps[0]),
             "n_cues": len(cues),
         },
@@ -369,8 +455,9 @@ def _kind(path: Path) -> str:
 def load_any(path: str | Path, **options: Any) -> Recording:
     """Load any supported file (`.rohde.npz`, flexemg `.mat`, `.xdf`); options go to its loader.
 
-    Options: `twidth` for flexemg; `layout`, `gesture_names`, `emg_type`, `marker_type`, `subject`,
-    `session`, `trial`, `dejitter` for XDF. Options that do not apply to the file's kind are rejected.
+    Options: `twidth` for flexemg; `layout`, `gesture_names`, `stream_name`, `stream_type`,
+    `stream_source_id`, `channels`, `marker_type`, `subject`, `session`, `trial`, `dejitter` for XDF.
+    Options that do not apply to the file's kind are rejected.
     """
     path = Path(path)
     if not path.is_file():
@@ -379,7 +466,8 @@ def load_any(path: str | Path, **options: Any) -> Recording:
     allowed = {
         "rohde": set(),
         "flexemg": {"twidth"},
-        "xdf": {"layout", "gesture_names", "emg_type", "marker_type", "subject", "session", "trial", "dejitter"},
+        "xdf": {"layout", "gesture_names", "stream_name", "stream_type", "stream_source_id", "channels",
+                "marker_type", "subject", "session", "trial", "dejitter"},
     }.get(kind)
     if allowed is None:
         raise RecordingFormatError(

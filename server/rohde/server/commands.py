@@ -11,6 +11,11 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+CHANNELS_HELP = ("which channels of the stream feed the model, in model order: 0-based indices, ranges (0-63), "
+                 "labels, label ranges (EMG1..EMG64), type:NAME (default: from the stream's desc, counter/trigger "
+                 "channels dropped)")
+CHANNEL_FORMAT_CHOICES = {"float32": "float32", "double": "double64", "int32": "int32", "int16": "int16"}
+
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
     serve = subparsers.add_parser("serve", help="run the real-time gesture server (LSL in, WebSocket/REST out)")
@@ -20,8 +25,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     serve.add_argument("--models-dir", help="folder of model packages (default: the shipped models)")
     serve.add_argument("--model", help="package to activate at start-up (default rohde-default)")
     serve.add_argument("--stream-name", help="serve LSL streams with this name")
-    serve.add_argument("--stream-type", help="serve LSL streams of this type (default EMG)")
+    serve.add_argument("--stream-type", help="serve LSL streams of these types, comma-separated, any case "
+                                             "(default EMG,ExG,EEG)")
     serve.add_argument("--stream-source-id", help="serve the LSL stream with this source_id")
+    serve.add_argument("--channels", help=CHANNELS_HELP)
     serve.add_argument("--max-streams", type=int, help="streams served at once (default 4)")
     serve.add_argument("--vote-k", type=int, help="majority vote over the last k windows (default 5)")
     serve.add_argument("--confidence-threshold", type=float, help="reject decisions below (default 0.5)")
@@ -47,6 +54,13 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         if name == "replay":
             p.add_argument("file", help="recording to play (looped unless --once)")
             p.add_argument("--once", action="store_true", help="stop at the end of the recording")
+            p.add_argument("--stream-name", help="XDF: read the EMG stream of this name")
+            p.add_argument("--stream-type", help="XDF: read the EMG stream of these types, comma-separated "
+                                                 "(default: the one stream of type EMG, else ExG, else EEG)")
+            p.add_argument("--stream-source-id", help="XDF: read the EMG stream with this source_id")
+            p.add_argument("--channels", help="XDF: " + CHANNELS_HELP)
+            p.add_argument("--layout", help="XDF: electrode layout (3x8x8, flexemg16x4, GRIDSxROWSxCOLS; default: "
+                                            "the stream's desc, else by channel count)")
         else:
             p.add_argument("--subject", type=int, default=1,
                            help="simulated subject (default 1: a subject of the default training data)")
@@ -59,6 +73,13 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         p.add_argument("--source-id", default=None, help="LSL source_id (default: derived from the name)")
         p.add_argument("--type", default="EMG", help="LSL stream type (default EMG)")
         p.add_argument("--chunk-ms", type=float, default=20.0, help="push every this many ms (default 20)")
+        p.add_argument("--extra-channels", type=int, default=0, metavar="N",
+                       help="append N counter/trigger-like channels (Counter, Trigger, AUX1...), as amplifiers do")
+        p.add_argument("--channel-format", default="float32", choices=sorted(CHANNEL_FORMAT_CHOICES),
+                       help="float32 (uV, default), double (V), int32 (nV) or int16 (0.5 uV steps); the desc "
+                            "names the unit")
+        p.add_argument("--shuffle-channels", type=int, default=None, metavar="SEED",
+                       help="publish the channels in a random order (labels and desc layout follow them)")
         p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
         p.add_argument("--no-markers", action="store_true", help="no truth marker stream")
         p.set_defaults(handler=_simulate if name == "simulate" else _replay)
@@ -85,6 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(
         args.config, host=args.host, port=args.port, models_dir=args.models_dir, model=args.model,
         stream_name=args.stream_name, stream_type=args.stream_type, stream_source_id=args.stream_source_id,
+        stream_channels=args.channels,
         max_streams=args.max_streams, vote_k=args.vote_k, confidence_threshold=args.confidence_threshold,
         ws_queue_size=args.ws_queue_size, inference_queue_size=args.inference_queue_size,
         marker_outlet=False if args.no_marker_outlet else None, allowed_origins=args.allowed_origins,
@@ -193,7 +215,7 @@ def _simulate(args: argparse.Namespace) -> int:
                                     condition_s=args.condition_s)
     amplifier = LslAmplifier(source, name=args.name, source_id=args.source_id or f"{args.name}-{args.seed}",
                              stream_type=args.type, chunk_ms=args.chunk_ms, markers=not args.no_markers,
-                             lsl_config=default_lsl_config())
+                             lsl_config=default_lsl_config(), **_outlet_options(args))
     return _play(amplifier, args.duration)
 
 
@@ -202,11 +224,21 @@ def _replay(args: argparse.Namespace) -> int:
     from rohde.server.amplifier import LslAmplifier, RecordingSource
     from rohde.server.settings import default_lsl_config
 
-    recording = load_any(args.file)
+    selectors = {"stream_name": args.stream_name, "stream_source_id": args.stream_source_id,
+                 "channels": args.channels, "layout": args.layout,
+                 "stream_type": [t for t in (args.stream_type or "").split(",") if t.strip()] or None}
+    recording = load_any(args.file, **{key: value for key, value in selectors.items() if value})
     amplifier = LslAmplifier(RecordingSource(recording, loop=not args.once), name=args.name,
                              source_id=args.source_id or f"{args.name}-replay", stream_type=args.type,
-                             chunk_ms=args.chunk_ms, markers=not args.no_markers, lsl_config=default_lsl_config())
+                             chunk_ms=args.chunk_ms, markers=not args.no_markers, lsl_config=default_lsl_config(),
+                             **_outlet_options(args))
     return _play(amplifier, args.duration)
+
+
+def _outlet_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How `rohde simulate` / `rohde replay` act like another amplifier (see `rohde.server.amplifier`)."""
+    return {"extra_channels": args.extra_channels, "channel_format": CHANNEL_FORMAT_CHOICES[args.channel_format],
+            "shuffle_seed": args.shuffle_channels}
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from rohde.core.channel_map import ChannelInfo, ChannelMapping, map_channels
+from rohde.core.channel_map import EMG_STREAM_TYPES, ChannelInfo, ChannelMapping, map_channels
 from rohde.core.errors import ConfigError, LayoutError, StreamMismatchError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.model_package import ModelMetadata
@@ -35,9 +35,7 @@ CHANNEL_FORMATS = {1: "float32", 2: "double64", 3: "string", 4: "int32", 5: "int
 # Numeric formats and the numpy dtype liblsl writes them into (pulled as is, converted to float32 uV after).
 NUMPY_DTYPES = {"float32": np.float32, "double64": np.float64, "int32": np.int32, "int16": np.int16,
                 "int8": np.int8, "int64": np.int64}
-# Stream types amplifier apps use for EMG: RoHDE and most EMG apps `EMG`, the Quattrocento app `ExG`,
-# Brain Products, ANT and TMSi SAGA apps `EEG`. Matched without regard to case.
-DEFAULT_STREAM_TYPES = ("EMG", "ExG", "EEG")
+DEFAULT_STREAM_TYPES = EMG_STREAM_TYPES  # EMG, ExG, EEG: matched without regard to case
 _UPPER = "translate({field},'abcdefghijklmnopqrstuvwxyz','ABCDEFGHIJKLMNOPQRSTUVWXYZ')"
 
 
