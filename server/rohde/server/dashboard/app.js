@@ -307,7 +307,7 @@
       span("time", clock(entry.first)),
       swatch,
       span("what", entry.gesture),
-      span("why", entry.rejected ? `rejected: ${entry.reason || "?"}` : "accepted"),
+      span("why", entry.rejected ? entry.reason || "rejected" : "accepted"),
       span("count", `${entry.count} × · ${duration.toFixed(1)} s`),
     );
   }
