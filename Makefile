@@ -54,7 +54,13 @@ model: $(STAMP)
 	$(BIN)/rohde train --data $(DATA_DIR) --out models/rohde-default --config configs/default.json
 
 # Benchmarks with real parts (outlets, server, WebSocket clients); writes bench/results.json and bench/RESULTS.md.
-bench: $(STAMP)
+# The bench extra adds MNE-LSL, the ingestion section's reference reader.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[train,dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/rohde bench --out bench
 
 # The fault matrix with real parts (outlets, server, clients) and the 30-minute soak; writes docs/reliability.md.
