@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from rohde.server.app import create_app
 from rohde.server.dashboard_routes import DASHBOARD_ASSETS, DASHBOARD_DIR, DASHBOARD_PAGE
-from rohde.server.processes import ChildGroup, free_port, unique_id
+from rohde.server.processes import Child, ChildGroup, free_port, unique_id
 from rohde.server.security import origin_allowed
 from rohde.server.settings import load_settings
 
@@ -73,11 +73,11 @@ def chromium_executable() -> str:
     return path
 
 
-def start_server(processes: ChildGroup, tmp_path: Path, stream_name: str) -> str:
+def start_server(processes: ChildGroup, tmp_path: Path, stream_name: str) -> tuple[str, Child]:
     """`rohde serve` with the shipped model and a read token, serving `stream_name`; returns its base URL."""
     port = free_port()
     # An allow-list without this page's origin: the page still connects, as a page from the server's own address.
-    processes.start([ROHDE, "serve", "--port", str(port), "--stream-name", stream_name, "--no-marker-outlet",
+    server = processes.start([ROHDE, "serve", "--port", str(port), "--stream-name", stream_name, "--no-marker-outlet",
                      "--allowed-origin", "http://elsewhere.example"],
                     log=tmp_path / "server.log",
                     extra_env={"ROHDE_RESOLVE_INTERVAL_S": "0.2", "ROHDE_READ_TOKEN": READ_TOKEN})
@@ -90,7 +90,7 @@ def start_server(processes: ChildGroup, tmp_path: Path, stream_name: str) -> str
             return False
 
     wait_for(is_ready, 40, 0.2)
-    return base
+    return base, server
 
 
 def loose_contact_channels(layout: dict[str, Any]) -> set[int]:
@@ -114,7 +114,7 @@ def test_dashboard_in_chromium_shows_live_gestures_and_loose_contacts(
 
     name = unique_id("dash")
     lsl_outlet("simulate", "--schedule", "LC", "--no-markers", name=name, source_id=name)
-    base = start_server(processes, tmp_path, name)
+    base, server = start_server(processes, tmp_path, name)
     auth = {"Authorization": f"Bearer {READ_TOKEN}"}
     model = httpx.get(f"{base}/models/active", headers=auth).json()
     loose = loose_contact_channels(model["layout"])
@@ -184,5 +184,13 @@ def test_dashboard_in_chromium_shows_live_gestures_and_loose_contacts(
             bare.goto(f"{base}/")
             expect(bare.locator("#problem")).to_contain_text("read token", timeout=10_000)
             expect(bare.locator("#connection")).to_have_attribute("data-state", "disconnected", timeout=10_000)
+            bare.close()
+
+            # When the server goes away the page says so, and the last decision is no longer shown as live.
+            server.stop()
+            expect(page.locator("#connection")).to_have_attribute("data-state", "disconnected", timeout=10_000)
+            expect(page.locator("#connection")).to_contain_text("retrying")
+            expect(gesture).to_have_attribute("data-status", "stale", timeout=5_000)
+            assert not page_errors, page_errors
         finally:
             browser.close()

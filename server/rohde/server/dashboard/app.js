@@ -106,6 +106,11 @@
     const { status, body } = await getJson("streams");
     if (status !== 200 || !body || !Array.isArray(body.streams)) return;
     state.streams = body.streams;
+    // The choice follows the server's list (plus the stream shown), so it never grows without bound.
+    const known = new Set(state.streams.map((stream) => stream.stream_id));
+    for (const option of [...$("stream-select").options]) {
+      if (option.value && !known.has(option.value) && option.value !== state.selected) option.remove();
+    }
     for (const stream of state.streams) addStreamOption(stream.stream_id);
     if (!state.selected && state.streams.length) {
       const connected = state.streams.find((s) => s.state === "connected");
