@@ -11,9 +11,9 @@ channels. The rules, in order:
 1. **Which channels.** An explicit selection (`parse_selection`: 0-based indices, inclusive index
    ranges `0-63`, labels, label ranges `EMG1..EMG64`, `type:UNI`) is taken as given, in its order.
    Otherwise auxiliary channels are dropped (a type or a label such as counter, trigger, status, saw,
-   aux, marker, digital, battery, accelerometer); when more channels than the model's remain, the model's
-   own electrode labels pick them when the stream has each exactly once, else the one channel type with
-   exactly the model's count; anything else is refused with the channels found and how to select them.
+   aux, marker, digital, battery, accelerometer); when more channels than the model's remain, the one
+   channel type with exactly the model's count is taken; anything else is refused with the channels
+   found and how to select them.
 2. **Which order.** Labels naming the model's electrodes (`G1R1C1`, from the model's layout; a RoHDE
    layout in the stream's desc gives every channel such a label) map channel to electrode, reordering
    the stream when needed; such labels that name electrodes the model lacks, or miss some of its own,
@@ -209,11 +209,8 @@ def select_channels(channels: Sequence[ChannelInfo], *, n_wanted: int | None, ta
     if n_wanted is None or len(kept) == n_wanted:
         return kept, dropped
     if len(kept) > n_wanted:
-        # The model's own electrode names, each present once, pick its channels out of a wider stream.
-        named = [j for j in kept if normalise_label(channels[j].label) in targets]
-        if len(named) == n_wanted and len({normalise_label(channels[j].label) for j in named}) == n_wanted:
-            return named, dropped
-        # Else one channel type of exactly the model's count (TMSi: 64 UNI beside 4 BIP).
+        # One channel type of exactly the model's count (TMSi: 64 UNI beside 4 BIP). Electrode names alone never
+        # pick a subset: G1R1C1..G1R4C4 of a 4 x 16 grid are not the electrodes of a model's 4 x 4 grid.
         by_type: dict[str, list[int]] = {}
         for j in kept:
             by_type.setdefault(channels[j].type.strip().lower(), []).append(j)

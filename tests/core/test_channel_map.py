@@ -155,10 +155,13 @@ def test_wider_stream_is_refused_with_what_it_holds() -> None:
         map_channels(channels, MODEL, selection="0-2")
 
 
-def test_model_labels_pick_channels_out_of_a_wider_stream() -> None:
-    channels = [*emg(MODEL[4:]), *emg(["G9R9C9", "G9R9C8"]), *emg(MODEL[:4])]
-    mapping = map_channels(channels, MODEL)
-    assert mapping.stream_indices == (6, 7, 8, 9, 0, 1, 2, 3) and mapping.reordered
+def test_a_wider_grid_is_refused_unless_its_channels_are_selected() -> None:
+    # The model's names within a larger grid are not the model's grid: refused, unless chosen explicitly.
+    channels = [*emg(MODEL[4:]), *emg(["G1R1C5", "G1R2C5"]), *emg(MODEL[:4])]
+    with pytest.raises(StreamMismatchError, match="it has 10 channels .* the model needs 8; select them"):
+        map_channels(channels, MODEL)
+    mapping = map_channels(channels, MODEL, selection="0-3,6-9")
+    assert mapping.stream_indices == (6, 7, 8, 9, 0, 1, 2, 3) and mapping.reordered and mapping.method == "labels"
 
 
 def test_units_scale_each_channel_and_dtypes_convert() -> None:
