@@ -191,6 +191,7 @@ def test_dashboard_in_chromium_shows_live_gestures_and_loose_contacts(
             expect(page.locator("#connection")).to_have_attribute("data-state", "disconnected", timeout=10_000)
             expect(page.locator("#connection")).to_contain_text("retrying")
             expect(gesture).to_have_attribute("data-status", "stale", timeout=5_000)
+            expect(page.locator("#heatmaps")).to_have_class(re.compile(r"\bstale\b"), timeout=8_000)
             assert not page_errors, page_errors
         finally:
             browser.close()

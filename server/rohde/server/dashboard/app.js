@@ -19,6 +19,7 @@
   const BACKOFF_MAX_MS = 10000;
   const STABLE_CONNECTION_MS = 5000; // a connection that lasted this long resets the backoff
   const STALE_DECISION_MS = 2000; // no decision for this long: the shown one is marked stale
+  const HEATMAP_STALE_MS = 3500; // no /streams answer for this long: the heatmap is dimmed
   const LEVEL_MIN_UV = 1; // heatmap colour scale (log): this RMS and below is the coldest colour
   const LEVEL_MAX_UV = 1000; // ... and this and above the hottest
   const REJECTED_COLOUR = "#4a5560"; // rejected decisions in the timeline and the history
@@ -46,6 +47,7 @@
     cue: null,
     renderQueued: false,
     unauthorized: false,
+    streamsAt: 0, // performance.now() of the last /streams answer (the heatmap's age)
   };
 
   // ---- REST -----------------------------------------------------------------------------------------
@@ -106,6 +108,7 @@
     const { status, body } = await getJson("streams");
     if (status !== 200 || !body || !Array.isArray(body.streams)) return;
     state.streams = body.streams;
+    state.streamsAt = performance.now();
     // The choice follows the server's list (plus the stream shown), so it never grows without bound.
     const known = new Set(state.streams.map((stream) => stream.stream_id));
     for (const option of [...$("stream-select").options]) {
@@ -208,7 +211,8 @@
   }
 
   function onPrediction(m) {
-    if (typeof m.stream_id !== "string" || !Array.isArray(m.probabilities) || !Array.isArray(m.labels)) {
+    if (typeof m.stream_id !== "string" || !Array.isArray(m.probabilities) || !Array.isArray(m.labels) ||
+        typeof m.confidence !== "number" || typeof m.latency_ms !== "number") {
       state.ignored += 1;
       return;
     }
@@ -596,6 +600,11 @@
   $("stream-select").addEventListener("change", (event) => selectStream(event.target.value));
   setInterval(() => {
     renderCue();
+    // Levels and flags that have not been refreshed are dimmed rather than shown as current.
+    const age = performance.now() - state.streamsAt;
+    $("heatmaps").classList.toggle("stale", state.streamsAt > 0 && age > HEATMAP_STALE_MS);
+    $("quality-age").textContent = state.streamsAt > 0 && age > HEATMAP_STALE_MS
+      ? `not updated for ${(age / 1000).toFixed(0)} s` : "";
     queueRender(); // ages the shown decision when nothing arrives
   }, 250);
   renderModel();
