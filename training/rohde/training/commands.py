@@ -23,6 +23,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     train.add_argument("--work-dir", type=Path, default=None,
                        help="GAN and checkpoints (default: ~/.cache/rohde/work/NAME)")  # fmt: skip
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--dist-backend", choices=("auto", "gloo", "nccl"), default="auto",
+                       help="under torchrun: the process group's backend (auto: NCCL on GPUs, else gloo)")  # fmt: skip
     train.set_defaults(handler=_train)
 
     evaluate = subparsers.add_parser(
@@ -43,13 +45,19 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 def _train(args: argparse.Namespace) -> int:
     from rohde.training.config import load_config
+    from rohde.training.distributed import distributed_training
     from rohde.training.training_run import run_training
 
     config = load_config(args.config)
     command = " ".join(["rohde", "train", "--data", str(args.data), "--out", str(args.out)]
                        + (["--config", str(args.config)] if args.config else []))  # fmt: skip
-    result = run_training(config, data_dir=args.data, out_dir=args.out, work_dir=args.work_dir,
-                          progress=not args.no_progress, command=command)  # fmt: skip
+    with distributed_training(args.dist_backend) as world:  # one process unless started by torchrun
+        if not world.is_main:
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
+        result = run_training(config, data_dir=args.data, out_dir=args.out, work_dir=args.work_dir,
+                              progress=not args.no_progress and world.is_main, command=command)  # fmt: skip
+    if not world.is_main:
+        return 0
     for condition, m in result.report["models"]["rohde"].items():
         logger.info("RoHDE %s: accuracy %.4f, macro-F1 %.4f", condition, m["accuracy"], m["macro_f1"])
     logger.info("Package written to %s (report in %s)", result.package_dir, result.package_dir / "report")

@@ -31,6 +31,7 @@ from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig
 from rohde.training.cnn import RohdeCNN, count_parameters
 from rohde.training.config import PipelineConfig
+from rohde.training.distributed import current_world, require_same_json
 from rohde.training.export import export_package, ort_latency_ms
 from rohde.training.gan_training import TrainedGAN, train_gan
 from rohde.training.model_variants import (
@@ -199,7 +200,11 @@ def run_training(
     progress: bool = True,
     command: str | None = None,
 ) -> TrainedPackage:
-    """The whole run; writes the package to `out_dir` and the report to `out_dir/report`."""
+    """The whole run; writes the package to `out_dir` and the report to `out_dir/report`.
+
+    Under torchrun every rank runs the stages and shares the training steps; rank 0 alone exports and
+    writes the report, the other ranks return without them (an empty `report`).
+    """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     # GAN weights and checkpoints stay out of the package folder (and out of the repository).
     work = Path(work_dir) if work_dir is not None else Path.home() / ".cache" / "rohde" / "work" / out_dir.name
@@ -208,6 +213,9 @@ def run_training(
     ctx = make_context(config, split, work)
     clock.done("load")
     windows = build_window_sets(ctx, split)
+    if current_world().parallel:  # under torchrun every rank must hold the same windows
+        require_same_json([split.summary(), [len(w) for w in (windows.train, windows.val, windows.test)]],
+                          "the data split and its windows")  # fmt: skip
     clock.done("features")
     gan = train_gan(ctx, split.seen_disturbed, progress=progress)
     clock.done("gan")
@@ -222,6 +230,8 @@ def run_training(
     scores.training[ROBUST_MODEL]["synthetic_fraction"] = sweep.chosen
     clock.done("sweep")
     shipped = scores.models[ROBUST_MODEL]
+    if not current_world().is_main:  # the other ranks trained in step with rank 0, which alone writes
+        return TrainedPackage(report={}, model=shipped, package_dir=out_dir)
     exported = export_model(ctx, split, windows, shipped, results=scores.results[ROBUST_MODEL],
                             chosen_fraction=sweep.chosen, data_dir=data_dir, out_dir=out_dir)  # fmt: skip
     clock.done("export")
