@@ -23,7 +23,10 @@ The desc of an EMG stream written by RoHDE (and by its simulated LSL amplifier) 
     </desc>
 
 `emg_desc` builds that element, `write_recording_xdf` writes a whole Recording (EMG + cues), and
-`rohde.core.datasets.load_xdf_recording` reads them back.
+`rohde.core.datasets.load_xdf_recording` reads them back. It reads other amplifiers' recordings too:
+the EMG stream by name, types (EMG, ExG, EEG) or source_id, its channels by the `label`, `type` and
+`unit` of each `<channel>` (counter and trigger channels dropped, values scaled to uV; see
+`rohde.core.channel_map`).
 """
 
 from __future__ import annotations
