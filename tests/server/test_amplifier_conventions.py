@@ -26,6 +26,7 @@ from rohde.core.layouts import grid_layout
 from rohde.server.amplifier import LslAmplifier, RecordingSource
 from rohde.server.lsl_inlet import InletReader, StreamQuery, import_pylsl, resolve
 from rohde.server.processes import unique_id
+from rohde.server.settings import load_settings
 
 from .conftest import LSL_CONFIG, ModelSet, RunningOutlet, wait_for
 from .test_e2e import compare_with_offline
@@ -62,6 +63,48 @@ class TmsiStyleAmplifier(LslAmplifier):
         return np.ascontiguousarray(np.concatenate([samples_uv, extra], axis=1), dtype=np.float32)
 
 
+class UnlabelledWideAmplifier(LslAmplifier):
+    """Two undescribed channels of large noise, then the model's channels, and no desc at all."""
+
+    def _emg_info(self, stream_type: str) -> Any:
+        return self._pylsl.StreamInfo(self.name, stream_type, self.source.n_channels + 2, self.source.fs_hz,
+                                      "float32", self.source_id)
+
+    def encode(self, samples_uv: np.ndarray, labels: np.ndarray, first_index: int) -> np.ndarray:
+        noise = np.random.default_rng(first_index).normal(0.0, 1e4, (len(labels), 2))
+        return np.ascontiguousarray(np.concatenate([noise, samples_uv], axis=1), dtype=np.float32)
+
+
+def collect(client: Any, stream_ids: set[str], seconds: float) -> dict[str, list[dict[str, Any]]]:
+    """Every prediction of the given streams over `seconds`, by stream id."""
+    predictions: dict[str, list[dict[str, Any]]] = {sid: [] for sid in stream_ids}
+    with client.websocket_connect("/ws") as ws:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            message = json.loads(ws.receive_text())
+            if message["kind"] == "prediction" and message["stream_id"] in predictions:
+                predictions[message["stream_id"]].append(message)
+    return predictions
+
+
+def check_against_offline(model_set: ModelSet, key: str, predictions: list[dict[str, Any]], truth: Any) -> None:
+    recording = model_set.recording
+    markers, stamps = truth.pull_chunk(timeout=1.0)
+    loops = 40  # the outlets loop the 8 s recording
+    live, offline, agreement = compare_with_offline(
+        predictions, markers, stamps, samples=np.tile(recording.samples, (loops, 1)),
+        labels=np.tile(recording.labels, loops), fs_hz=recording.fs_hz,
+        package_dir=model_set.models_dir / "good", what=key)
+    assert agreement >= 0.9 and live >= offline - 0.05, (key, live, offline, agreement)
+
+
+def truth_inlet(pylsl: Any, source_id: str) -> Any:
+    (info,) = wait_for(lambda: pylsl.resolve_byprop("source_id", f"{source_id}-truth", 1, 1.0), 10)
+    inlet = pylsl.StreamInlet(info, processing_flags=pylsl.proc_clocksync)
+    inlet.open_stream(timeout=5)
+    return inlet
+
+
 def test_amplifier_conventions_are_mapped_served_or_refused(model_set: ModelSet) -> None:
     name = unique_id("amps")
     recording = model_set.recording
@@ -81,29 +124,20 @@ def test_amplifier_conventions_are_mapped_served_or_refused(model_set: ModelSet)
     contradicting = LslAmplifier(RecordingSource(other_layout), name=name, source_id=f"{name}-contra",
                                  markers=False, lsl_config=LSL_CONFIG)
     unlabelled = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EMG", 16, recording.fs_hz, "float32", f"{name}-plain"))
-    truth = {}
-    for key in served:
-        (info,) = wait_for(lambda key=key: pylsl.resolve_byprop("source_id", f"{name}-{key}-truth", 1, 1.0), 10)
-        truth[key] = pylsl.StreamInlet(info, processing_flags=pylsl.proc_clocksync)
-        truth[key].open_stream(timeout=5)
-    threads = [threading.Thread(target=amp.run, daemon=True) for amp in [*served.values(), contradicting]]
-    predictions: dict[str, list[dict[str, Any]]] = {f"{name}-{key}": [] for key in served}
+    wide = UnlabelledWideAmplifier(RecordingSource(recording), name=name, source_id=f"{name}-wide", markers=False,
+                                   lsl_config=LSL_CONFIG)
+    truth = {key: truth_inlet(pylsl, f"{name}-{key}") for key in served}
+    threads = [threading.Thread(target=amp.run, daemon=True) for amp in [*served.values(), contradicting, wide]]
     try:
         for thread in threads:
             thread.start()
         with server(model_set, name, max_streams=10) as client:
-            ids = {*predictions, f"{name}-contra", f"{name}-plain"}
-            rows = wait_for(lambda: (r := {s["stream_id"]: s for s in client.get("/streams").json()["streams"]})
-                            and set(r) == ids and r, 20)
-            with client.websocket_connect("/ws") as ws:
-                end = time.monotonic() + 11.0
-                while time.monotonic() < end:
-                    message = json.loads(ws.receive_text())
-                    if message["kind"] == "prediction":
-                        predictions[message["stream_id"]].append(message)
+            ids = {*(f"{name}-{key}" for key in served), f"{name}-contra", f"{name}-plain", f"{name}-wide"}
+            wait_for(lambda: {s["stream_id"] for s in client.get("/streams").json()["streams"]} == ids, 20)
+            predictions = collect(client, {f"{name}-{key}" for key in served}, 11.0)
             rows = {s["stream_id"]: s for s in client.get("/streams").json()["streams"]}
     finally:
-        for amp in [*served.values(), contradicting]:
+        for amp in [*served.values(), contradicting, wide]:
             amp.stop()
         for thread in threads:
             thread.join(5)
@@ -131,14 +165,36 @@ def test_amplifier_conventions_are_mapped_served_or_refused(model_set: ModelSet)
     assert mappings["int16"]["dropped"] == ["16:Counter", "17:Trigger", "18:AUX1"]
     assert mappings["double"]["units"] == {"volts": 16} and mappings["double"]["notes"] == []
 
-    loops = 40  # the outlets loop the 8 s recording
+    assert rows[f"{name}-wide"]["state"] == "refused" and rows[f"{name}-wide"]["reason"].endswith(
+        "it has 18 channels (untyped: 18), the model needs 16; select them with --channels / ROHDE_STREAM_CHANNELS "
+        "(0-based indices, ranges such as 0-15, labels or type:NAME).")
     for key, inlet in truth.items():
-        markers, stamps = inlet.pull_chunk(timeout=1.0)
-        live, offline, agreement = compare_with_offline(
-            predictions[f"{name}-{key}"], markers, stamps, samples=np.tile(recording.samples, (loops, 1)),
-            labels=np.tile(recording.labels, loops), fs_hz=recording.fs_hz,
-            package_dir=model_set.models_dir / "good", what=key)
-        assert agreement >= 0.9 and live >= offline - 0.05, (key, live, offline, agreement)
+        check_against_offline(model_set, key, predictions[f"{name}-{key}"], inlet)
+
+
+def test_explicitly_selected_channels_are_served(model_set: ModelSet) -> None:
+    name = unique_id("select")
+    pylsl = import_pylsl(LSL_CONFIG)
+    wide = UnlabelledWideAmplifier(RecordingSource(model_set.recording), name=name, source_id=name,
+                                   stream_type="ExG", lsl_config=LSL_CONFIG)
+    truth = truth_inlet(pylsl, name)
+    thread = threading.Thread(target=wide.run, daemon=True)
+    thread.start()
+    try:
+        settings = load_settings(stream_type="exg", stream_channels="2-17")  # as ROHDE_STREAM_TYPE / --channels
+        with server(model_set, name, stream_type=settings.stream_type,
+                    stream_channels=settings.stream_channels) as client:
+            assert client.get("/streams").json()["query"] == f"name={name!r} and type in exg; channels 2-17"
+            wait_for(lambda: [s["state"] for s in client.get("/streams").json()["streams"]] == ["connected"], 20)
+            predictions = collect(client, {name}, 9.0)
+            (row,) = client.get("/streams").json()["streams"]
+    finally:
+        wide.stop()
+        thread.join(5)
+    mapping = row["channel_mapping"]
+    assert mapping["method"] == "selection" and mapping["stream_channels"] == list(range(2, 18))
+    assert mapping["dropped"] == ["0", "1"] and "no unit given for 16 channels: assumed uV" in mapping["notes"]
+    check_against_offline(model_set, "selected", predictions[name], truth)
 
 
 def test_xdf_with_an_exg_stream_loads_and_replays(tmp_path: Path, model_set: ModelSet,
