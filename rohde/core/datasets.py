@@ -302,25 +302,26 @@ def pick_xdf_stream(streams: Sequence[dict[str, Any]], path: Path, *, name: str 
         candidates = [s for s in numeric if (not name or _first(s["info"], "name") == name)
                       and (not source_id or _first(s["info"], "source_id") == source_id)
                       and (not wanted or of_type(s, wanted))]
-        asked = ", ".join(f"{key} {value!r}" for key, value in (("name", name), ("type", "/".join(wanted)),
-                                                                   ("source_id", source_id)) if value)
+        asked = "numeric, " + ", ".join(f"{key} {value!r}" for key, value in (
+            ("name", name), ("type", "/".join(wanted)), ("source_id", source_id)) if value)
     else:
         candidates = []
+        asked = f"numeric, of type {'/'.join(EMG_STREAM_TYPES)}, else of any type at a regular rate"
         for kind in EMG_STREAM_TYPES:
             candidates = [s for s in numeric if of_type(s, [kind.lower()])]
             if candidates:
+                asked = f"numeric, of type {kind}"
                 break
         if not candidates:
             candidates = [s for s in numeric if float(_first(s["info"], "nominal_srate", 0) or 0) > 0]
-        asked = f"type {'/'.join(EMG_STREAM_TYPES)}, else any regular rate"
     if len(candidates) == 1:
         logger.info("%s: reading EMG stream %s.", path, _stream_summary(candidates[0]))
         return candidates[0]
     listed = "; ".join(_stream_summary(s) for s in streams) or "none"
     if not candidates:
-        raise RecordingFormatError(f"{str(path)!r} holds no numeric stream of {asked}; its streams: {listed}.")
+        raise RecordingFormatError(f"{str(path)!r} holds no EMG stream ({asked}); its streams: {listed}.")
     raise RecordingFormatError(
-        f"{str(path)!r} holds {len(candidates)} numeric streams of {asked}: "
+        f"{str(path)!r} holds {len(candidates)} candidate EMG streams ({asked}): "
         f"{'; '.join(_stream_summary(s) for s in candidates)}; choose one by name, type or source_id "
         "(--stream-name, --stream-type, --stream-source-id).")
 

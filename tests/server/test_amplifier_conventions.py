@@ -233,8 +233,8 @@ def test_xdf_with_an_exg_stream_loads_and_replays(tmp_path: Path, model_set: Mod
     headset = load_any(path, layout="1x2x4", stream_type=["eeg"])  # chosen by type, it is read instead
     assert headset.fs_hz == 250.0 and headset.provenance["stream_name"] == "Headset"
     twice = write_xdf(tmp_path / "two.xdf", [exg, dataclasses.replace(exg, name="Second", source_id="q2"), cues])
-    with pytest.raises(RecordingFormatError, match=r"holds 2 numeric streams of type EMG/ExG/EEG.*'Quattrocento'"
-                                                   r".*'Second'.*choose one by name"):
+    with pytest.raises(RecordingFormatError, match=r"holds 2 candidate EMG streams \(numeric, of type ExG\): "
+                                                   r"'Quattrocento'.*'Second'.*choose one by name"):
         load_any(twice, layout="1x4x4")
     assert load_any(twice, layout="1x4x4", stream_name="Second").provenance["source_id"] == "q2"
 
