@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from rohde.core.channel_map import EMG_STREAM_TYPES, ChannelInfo, ChannelMapping, map_channels
+from rohde.core.channel_map import EMG_STREAM_TYPES, ChannelInfo, ChannelMapping, map_channels, parse_selection
 from rohde.core.errors import ConfigError, LayoutError, StreamMismatchError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.model_package import ModelMetadata
@@ -65,6 +65,8 @@ class StreamQuery:
             if value is not None and "'" in value:
                 raise ConfigError(f"Stream {key} {value!r} contains a single quote, which an LSL query cannot hold; "
                                   "select the stream by another property.")
+        if self.channels is not None:
+            parse_selection(self.channels)  # a malformed selection fails at start-up, not in a stream's worker
 
     @property
     def types(self) -> tuple[str, ...]:

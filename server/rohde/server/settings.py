@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rohde.core.channel_map import parse_selection
 from rohde.core.errors import ConfigError
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.lsl_inlet import DEFAULT_STREAM_TYPES
@@ -118,6 +119,13 @@ class ServerSettings(BaseSettings):
     marker_stream_name: str = "RoHDE-Decisions"  # name of that marker stream
 
     lsl_config: Path = Field(default_factory=default_lsl_config)  # LSLAPICFG used when none is set
+
+    @field_validator("stream_channels")
+    @classmethod
+    def _check_channel_selection(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_selection(value)  # ConfigError (a ValueError) names what is wrong with it
+        return value
 
     @field_validator("providers", "allowed_origins", "stream_type", mode="before")
     @classmethod
