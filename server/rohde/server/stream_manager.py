@@ -1,7 +1,7 @@
 """The stream manager: owns every `StreamWorker`, finds new streams and gives returning ones back.
 
 `StreamManager` runs one watchdog thread that, every `resolve_interval_s`, reads the background resolver's
-list of streams matching the query (name, type, source_id):
+list of streams matching the query (name, one of the accepted types, source_id):
 
 - a new stream gets a worker (up to `max_streams`; when every slot is taken, the longest-lost worker
   gives its slot up) and a stream id that was never given to another device: its source_id (else
