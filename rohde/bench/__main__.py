@@ -1,5 +1,5 @@
-"""`python -m rohde.bench`: `bench` (the same as `rohde bench`) and the internal roles `outlet` and
-`ingest`, which the benchmark starts as child processes."""
+"""`python -m rohde.bench`: `bench` (the same as `rohde bench`), `gpu` (every GPU check, bench/gpu_check.sh)
+and the internal roles `outlet` and `ingest`, which the benchmark starts as child processes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rohde.bench.commands import register, run_bench_command
-from rohde.bench.config import INGEST_KINDS
+from rohde.bench.config import INGEST_KINDS, REPO_ROOT
+from rohde.bench.gpu_check import PARITY_TOLERANCE
 from rohde.core.errors import RohdeError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--result-file", required=True)
     i.add_argument("--pull-interval-ms", type=float)
     i.add_argument("--quality-interval-s", type=float)
+    g = sub.add_parser("gpu", help="every GPU check and figure in one run (bench/gpu_check.sh); fails without CUDA")
+    g.add_argument("--out", default=str(REPO_ROOT / "bench"), help="folder for gpu_results.json/.md and results.json")
+    g.add_argument("--model", help="model package folder (default: the shipped rohde-default)")
+    g.add_argument("--windows", type=int, default=512, help="windows compared for CPU/GPU parity (default 512)")
+    g.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE,
+                   help=f"largest |p_gpu - p_cpu| allowed (default {PARITY_TOLERANCE:g})")
+    g.add_argument("--step-s", type=float, default=15.0, help="seconds per stream count in the latency section")
+    g.add_argument("--no-bench", action="store_true", help="skip the benchmark's inference and latency sections")
+    g.add_argument("--no-train", action="store_true", help="skip training configs/tiny.json on CUDA")
     return parser
 
 
@@ -51,6 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RohdeError as exc:
             logger.error("%s", exc)
             return 2
+    if args.role == "gpu":
+        from rohde.bench.gpu_check import GpuCheckConfig, run_gpu_check
+
+        try:
+            run_gpu_check(GpuCheckConfig(out_dir=Path(args.out), model=Path(args.model) if args.model else None,
+                                         n_windows=args.windows, tolerance=args.tolerance, bench=not args.no_bench,
+                                         bench_step_s=args.step_s, train=not args.no_train,
+                                         command=" ".join(["python -m rohde.bench", *sys.argv[1:]])))
+        except RohdeError as exc:
+            logger.error("%s", exc)
+            return 1
+        logger.info("All GPU checks passed; wrote %s/gpu_results.json and gpu_results.md.", args.out)
+        return 0
     if args.role == "outlet":
         from rohde.bench.outlets import run_outlets
 

@@ -61,6 +61,7 @@ def server_overrides(config: BenchConfig) -> dict[str, str]:
     env: dict[str, str] = {}
     if config.gpu:
         env["ROHDE_PROVIDERS"] = "CUDAExecutionProvider,CPUExecutionProvider"
+        env["ROHDE_REQUIRE_GPU"] = "true"  # a server whose session falls back to CPU refuses to start
     if config.pull_interval_ms is not None:
         env["ROHDE_PULL_INTERVAL_MS"] = str(config.pull_interval_ms)
     if config.quality_interval_s is not None:

@@ -47,9 +47,11 @@ def bench_inference(config: BenchConfig, model: Path) -> dict[str, Any]:
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         served = ort.InferenceSession(str(package.onnx_path), options, providers=providers)
-    provider = session.get_providers()[0]
-    if config.gpu and provider != "CUDAExecutionProvider":
-        raise ConfigError(f"--gpu asked for CUDA but ONNX Runtime runs on {provider}.")
+    # The providers the sessions really run on: onnxruntime-gpu falls back to CPU without saying so.
+    provider, served_provider = session.get_providers()[0], served.get_providers()[0]
+    if config.gpu and {provider, served_provider} != {"CUDAExecutionProvider"}:
+        raise ConfigError(f"--gpu asked for CUDA but ONNX Runtime runs on {provider} (served package: "
+                          f"{served_provider}); install onnxruntime-gpu and check the CUDA 13 / cuDNN 9 libraries.")
     wrapper = wrapper.to(device)
     rng = np.random.default_rng(0)
     rows = []
@@ -79,7 +81,8 @@ def bench_inference(config: BenchConfig, model: Path) -> dict[str, Any]:
         xp = rng.standard_normal((4, meta.n_channels, meta.window_samples)).astype(np.float32)
         expected = wrapper(torch.from_numpy(xp).to(device)).cpu().numpy()
     got = session.run([OUTPUT_NAME], {INPUT_NAME: xp})[0]
-    return {"provider": provider, "device": device, "threads": 1, "io_binding": config.gpu,
+    return {"provider": provider, "served_package_provider": served_provider, "device": device, "threads": 1,
+            "io_binding": config.gpu,
             "architecture": "default RohdeCNN (CNNConfig defaults), seeded random weights, same weights in both",
             "served_package": str(model), "parity_max_abs": float(np.max(np.abs(got - expected))), "rows": rows}
 

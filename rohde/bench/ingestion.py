@@ -90,7 +90,8 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
         try:
             from mne_lsl.stream import StreamLSL
         except ImportError as exc:
-            raise RohdeError("mne-lsl is not installed: `pip install mne-lsl` to compare against it.") from exc
+            raise RohdeError("mne-lsl is not installed: `make bench` installs it (the bench extra, "
+                             "`pip install -c constraints.txt -e '.[bench]'`).") from exc
         import mne
 
         mne.set_log_level("WARNING")

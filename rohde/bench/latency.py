@@ -13,6 +13,7 @@ import numpy as np
 
 from rohde.bench.config import P99_LIMIT_MS, BenchConfig, server_overrides
 from rohde.bench.streams import run_step
+from rohde.core.errors import RohdeError
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +44,18 @@ def bench_latency(config: BenchConfig, model: Path, workdir: Path) -> dict[str, 
     capacity, _ = capacity_of(steps)
     tried = sorted(s["n_streams"] for s in steps)
     stages = stage_costs(model, chunk_ms=config.chunk_ms,
-                         providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if config.gpu else None)
+                         providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if config.gpu else None,
+                         require_gpu=config.gpu)
+    # What the servers' sessions really ran on, from their /health (steps that failed report none).
+    providers = sorted({s["provider"] for s in steps if s.get("provider")})
+    if config.gpu and providers != ["CUDAExecutionProvider"]:
+        raise RohdeError(f"--gpu: the server ran on {providers or 'no provider'}, not on CUDAExecutionProvider.")
     return {
         "model": str(model), "n_channels": meta.n_channels, "fs_hz": meta.fs_hz, "window_ms": meta.window_ms,
         "hop_ms": meta.hop_ms, "chunk_ms": config.chunk_ms, "server_overrides": server_overrides(config),
         "pull_interval_ms": config.pull_interval_ms or 2.0, "step_s": config.step_s, "warmup_s": config.warmup_s,
         "steps": steps, "capacity_streams": capacity, "capacity_tried": tried, "p99_limit_ms": P99_LIMIT_MS,
-        "stage_costs": stages,
+        "stage_costs": stages, "server_providers": providers,
     }
 
 
@@ -72,7 +78,7 @@ def _step_line(step: dict[str, Any]) -> str:
 
 
 def stage_costs(model: Path, *, chunk_ms: float, seconds: float = 1.0,
-                providers: Sequence[str] | None = None) -> dict[str, float]:
+                providers: Sequence[str] | None = None, require_gpu: bool = False) -> dict[str, Any]:
     """Median per-window cost in ms of preprocessing (filter + windows + normalisation), inference
     (batch of 1, the server's engine) and message building + JSON serialisation, measured in-process
     with the server's own components."""
@@ -103,7 +109,7 @@ def stage_costs(model: Path, *, chunk_ms: float, seconds: float = 1.0,
             windows.append(np.ascontiguousarray(package.normalization.apply(window.T).T, dtype=np.float32))
         t_pre += time.perf_counter() - t
         n_windows += len(ready)
-    engine = InferenceEngine(package, providers=providers)
+    engine = InferenceEngine(package, providers=providers, require_gpu=require_gpu)
     times = []
     for w in windows[:200]:
         t = time.perf_counter()
@@ -126,5 +132,5 @@ def stage_costs(model: Path, *, chunk_ms: float, seconds: float = 1.0,
         "preprocessing_ms_per_window": round(t_pre / max(n_windows, 1) * 1000, 4),
         "inference_ms_batch1": round(statistics.median(times) * 1000, 4),
         "decision_and_serialisation_ms": round(statistics.median(ser) * 1000, 4),
-        "chunk_ms": chunk_ms,
+        "chunk_ms": chunk_ms, "inference_provider": engine.provider,
     }

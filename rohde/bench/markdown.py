@@ -74,6 +74,8 @@ def _md_latency(lat: dict[str, Any] | None) -> list[str]:
               f"Per-window stage costs measured in-process with the server's components: preprocessing "
               f"{st['preprocessing_ms_per_window']} ms, inference (batch 1) {st['inference_ms_batch1']} ms, "
               f"decision + message + JSON {st['decision_and_serialisation_ms']} ms.", ""]
+    if lat.get("server_providers"):  # recorded since the servers report the provider their session runs on
+        lines[-1:] = [f"ONNX Runtime provider of the servers' sessions: {', '.join(lat['server_providers'])}.", ""]
     return lines
 
 

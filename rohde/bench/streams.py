@@ -142,6 +142,6 @@ def summarize_step(config: BenchConfig, *, group: OutletGroup, ids: dict[str, st
         "lossless": lossless,
         "realtime_ok": bool(lossless and e2e_p["n"] > 0 and e2e_p["p99"] < P99_LIMIT_MS),
         "server_health": health.get("status"),
-        "provider": (health.get("model") or ""),
+        "provider": health.get("provider"),  # what the server's session really runs on (None without a model)
         "memory_samples": [(round(t - mem[0][0], 1), round(r, 1)) for t, r, _ in mem],
     }

@@ -39,6 +39,7 @@ def test_bench_harness_writes_results(tmp_path: Path) -> None:
     assert first["decisions_received"] > 0
     assert first["e2e_latency_ms"]["n"] > 0 and first["e2e_latency_ms"]["p50"] > 0
     assert first["unmatched_decisions"] == 0
+    assert first["provider"] == cpu["latency"]["stage_costs"]["inference_provider"] == "CPUExecutionProvider"
     assert cpu["latency"]["capacity_streams"] in (0, 1)
     assert cpu["soak"]["memory_samples"]
     readers = cpu["ingestion"]["results"]
@@ -49,6 +50,7 @@ def test_bench_harness_writes_results(tmp_path: Path) -> None:
     assert cpu["inference"]["parity_max_abs"] < 1e-4
     markdown = (out / "RESULTS.md").read_text()
     assert "Decision latency" in markdown and "ONNX Runtime vs PyTorch" in markdown
+    assert "provider of the servers' sessions: CPUExecutionProvider" in markdown
 
     # Re-measuring one section with --merge keeps the others and records the partial run.
     run_bench(replace(config, sections=("inference",), merge=True, command="pytest merge"))

@@ -5,6 +5,7 @@ CPU exactly as onnxruntime-gpu's do. Where a GPU and onnxruntime-gpu exist, the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,7 +18,9 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-from rohde.core.errors import ModelPackageError
+from rohde.bench import gpu_check
+from rohde.bench.gpu_check import GpuCheckConfig, GpuCheckError, run_gpu_check
+from rohde.core.errors import ConfigError, ModelPackageError
 from rohde.core.model_package import load_model_package
 from rohde.server import inference
 from rohde.server.app import create_app
@@ -151,3 +154,52 @@ def test_real_gpu_session_runs_on_cuda_and_matches_cpu() -> None:
     meta = package.metadata
     batch = np.random.default_rng(0).standard_normal((32, meta.n_channels, meta.window_samples)).astype(np.float32)
     np.testing.assert_allclose(gpu.run(batch), cpu.run(batch), atol=1e-4)
+
+
+def test_gpu_check_stops_without_cuda_and_reports_no_figure(tmp_path: Path) -> None:
+    """No mock: on a machine without CUDA the check fails loudly and writes no latency or parity figure."""
+    if CUDA in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here: bench/gpu_check.sh runs the real checks.")
+    with pytest.raises(GpuCheckError, match="provider: GpuRequiredError"):
+        run_gpu_check(GpuCheckConfig(out_dir=tmp_path, command="pytest"))
+    results = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert results["passed"] is False and list(results["checks"]) == ["provider"]
+    assert "FAILED" in (tmp_path / "gpu_results.md").read_text()
+
+
+def test_gpu_check_measures_parity_and_latency_with_the_engines_it_is_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU engine is the one thing that cannot exist here: a second CPU engine stands in for it."""
+    package = load_model_package(default_models_dir() / SHIPPED)
+    stand_ins = (InferenceEngine(package, providers=[CPU]), InferenceEngine(package, providers=[CPU]))
+    monkeypatch.setattr(gpu_check, "engines", lambda _package: stand_ins)
+    results = run_gpu_check(GpuCheckConfig(out_dir=tmp_path, n_windows=96, latency_runs=20, bench=False, train=False,
+                                           command="pytest"))
+    parity = results["checks"]["parity"]
+    assert parity["passed"] and parity["n_windows"] == 96 and parity["max_abs_diff"] == 0.0
+    assert parity["argmax_agreement"] == 1.0
+    for provider in (CUDA, CPU):
+        rows = results["checks"]["latency"][provider]
+        assert set(rows) == {"1", "32"} and all(r["median_ms"] > 0 and r["runs"] == 20 for r in rows.values())
+    assert "all checks passed" in (tmp_path / "gpu_results.md").read_text()
+    # Probabilities further apart than the tolerance fail the parity check.
+    meta = package.metadata
+    batch = np.random.default_rng(1).standard_normal((40, meta.n_channels, meta.window_samples)).astype(np.float32)
+    off = gpu_check.parity(lambda x: stand_ins[0].run(x) + 2e-3, stand_ins[1].run, batch, tolerance=1e-3)
+    assert not off["passed"] and off["max_abs_diff"] == pytest.approx(2e-3, rel=1e-3)
+
+
+def test_bench_gpu_refuses_cpu(tmp_path: Path) -> None:
+    """`rohde bench --gpu` never records CPU figures as GPU ones: its servers must run on CUDA, and its
+    inference section refuses a machine without a CUDA build of torch."""
+    from rohde.bench.config import BenchConfig, server_overrides
+    from rohde.bench.inference import bench_inference
+
+    assert server_overrides(BenchConfig(gpu=True))["ROHDE_REQUIRE_GPU"] == "true"
+    assert "ROHDE_REQUIRE_GPU" not in server_overrides(BenchConfig(gpu=False))
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here: bench/gpu_check.sh runs the real --gpu sections.")
+    with pytest.raises(ConfigError, match="CUDA"):
+        bench_inference(BenchConfig(gpu=True, out_dir=tmp_path), default_models_dir() / SHIPPED)
