@@ -23,7 +23,13 @@ from rohde.core.errors import ConfigError
 from rohde.core.layouts import grid_layout
 from rohde.training.cnn import GridHead
 from rohde.training.config import CNNConfig, TrainerConfig
-from rohde.training.distributed import World, distributed_training, init_distributed, resolve_backend
+from rohde.training.distributed import (
+    World,
+    distributed_training,
+    init_distributed,
+    require_same_json,
+    resolve_backend,
+)
 from rohde.training.gan import train_disturbance_gan
 from rohde.training.gan_models import GANConfig
 from rohde.training.trainer import train_classifier
@@ -83,6 +89,11 @@ def _worker(rank: int, port: int, out: Path) -> None:
     with distributed_training("gloo") as world:
         assert world == World(rank=rank, size=WORLD_SIZE, local_rank=rank)
         result = _train_both(out / f"gan_rank{rank}")
+        require_same_json({"split": "same"}, "a value all ranks share")
+        try:
+            require_same_json({"split": rank}, "the data split")
+        except ConfigError as exc:  # every rank must refuse, not only the one that differs
+            result["refused"] = str(exc)
     torch.save(result, out / f"rank{rank}.pt")
 
 
@@ -122,6 +133,8 @@ def test_classifier_on_two_processes_matches_one(runs: tuple[dict[str, Any], dic
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=LOGITS_ATOL)
     other = torch.load(out / "rank1.pt", weights_only=False)
     _assert_close(other["classifier"], parallel["classifier"])  # the ranks stay in step
+    for result in (parallel, other):  # ranks that disagree on their data stop, all of them
+        assert "disagree on the data split" in result["refused"]
 
 
 def test_gan_on_two_processes_matches_one(runs: tuple[dict[str, Any], dict[str, Any], Path]) -> None:
