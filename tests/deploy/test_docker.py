@@ -127,7 +127,7 @@ def test_images_are_multi_stage_pinned_non_root_and_installed_through_constraint
             f"{dockerfile.name}: FROM {stage.base} is not pinned by a digest argument")
         image, digest = base.group(1), base.group(2)
         assert image in global_args and ":" in global_args[image], f"{image} names no tag"
-        assert global_args[digest] == "", "a digest is filled by docker/pin_digests.sh, never made up"
+        assert re.fullmatch(r"(sha256:[0-9a-f]{64})?", global_args[digest]), f"{digest} is not a digest"
     runtime = found[-1]
     users = [ins.args for ins in runtime.instructions if ins.keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root"), f"{dockerfile.name} runs as root"
@@ -352,6 +352,15 @@ def test_compose_services_builds_and_networks() -> None:
     source, target, mode = lan["volumes"][0].split(":")
     assert (COMPOSE.parent / source).resolve() == DOCKER / "lsl_lan.cfg" and target == IMAGE_LSL_CONFIG and mode == "ro"
     assert "depends_on" not in lan, "a real amplifier needs no simulated one"
+
+
+def test_pinned_digests_if_any_are_digests() -> None:
+    """docker/.env, written by pin_digests.sh and read by compose, holds nothing but digests."""
+    env = DOCKER / ".env"
+    lines = [ln for ln in env.read_text().splitlines() if ln and not ln.startswith("#")] if env.exists() else []
+    for line in lines:
+        key, _, value = line.partition("=")
+        assert key in ("PYTHON_DIGEST", "CUDA_DIGEST") and re.fullmatch(r"sha256:[0-9a-f]{64}", value), line
 
 
 def test_pin_digests_script_parses_and_reads_the_dockerfile_tags() -> None:
