@@ -10,6 +10,8 @@
   RMS features of 200 ms windows (hop 50 ms) filtered with the shared causal chain (`baseline`).
 - `rohde data spread PATH [--json]`: how much the holds of one gesture differ from each other,
   per subject and session of the clean recordings (`hold_spread`).
+- `rohde data detector --out DIR [--flexemg DIR]`: precision, recall and F1 of the neighbour
+  bad-channel detector per disturbance kind against ground-truth masks (`detector_eval`).
 
 matplotlib loads inside the plot handler only: it comes with the `[train]` extra.
 """
@@ -81,6 +83,15 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     _add_load_options(spread)
     spread.set_defaults(handler=_cmd_spread)
 
+    detector = data_sub.add_parser("detector", help="precision, recall and F1 of the bad-channel detector per kind")
+    detector.add_argument("--out", type=Path, required=True, help="folder for detector.md and detector.json")
+    detector.add_argument("--flexemg", type=Path, help="flexemg data folder: also inject into real trials")
+    detector.add_argument("--sdr-db", type=float, default=0.0, help="signal-to-disturbance of additive kinds")
+    detector.add_argument("--severity", type=float, default=0.0, help="fraction of electrodes (0: one)")
+    detector.add_argument("--draws", type=int, default=2, help="disturbance draws per recording and kind")
+    detector.add_argument("--window-stride", type=int, default=3, help="judge every n-th window (1: all)")
+    detector.set_defaults(handler=_cmd_detector)
+
 
 def _add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", help="layout spec for XDF streams without one in their desc (e.g. 3x8x8)")
@@ -134,6 +145,16 @@ def _cmd_baseline(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _cmd_detector(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from rohde.data_tools.detector_eval import DetectorEvalOptions, detector_report
+
+    options = DetectorEvalOptions(sdr_db=args.sdr_db, severity=args.severity, draws=args.draws,
+                                  window_stride=args.window_stride)  # fmt: skip
+    detector_report(args.out, flexemg=args.flexemg, options=options)
+    (out or sys.stdout).write((args.out / "detector.md").read_text())
     return 0
 
 

@@ -39,3 +39,22 @@ def test_quality_flags_each_failure() -> None:
     assert "nonfinite" in flags[5]
     assert monitor.bad_channels == [1, 2, 3, 4, 5]
     assert monitor.hard_bad_fraction() == pytest.approx(3 / 6)
+
+
+def test_the_neighbour_detector_flags_what_amplitude_tests_miss() -> None:
+    from rohde.core.layouts import default_layout
+    from rohde.simulation.simulator import SimulatorConfig, simulate_recording
+
+    config = SimulatorConfig(gestures=("no_movement", "hand_close"), rest_s=0.3, gesture_s=1.5, repetitions=1)
+    x = simulate_recording(config=config, subject=1, session=1, trial=1, condition="clean", seed=0).samples
+    x = x[int(0.5 * 2048) : int(1.5 * 2048)].copy()  # (2048, 192), during the gesture
+    x[:, 100] = x[:, 101]  # a gel bridge: ordinary amplitude, spectrum and band, but a copy of its neighbour
+    monitor = QualityMonitor(192, 2048.0, layout=default_layout())
+    plain = QualityMonitor(192, 2048.0)
+    for start in range(0, len(x), 128):
+        monitor.push(x[start : start + 128])
+        plain.push(x[start : start + 128])
+    assert {100, 101} <= set(monitor.bad_channels)
+    assert "neighbour" in {f for ch in monitor.channels if ch.channel == 100 for f in ch.flags}
+    assert not {100, 101} & set(plain.bad_channels)  # without the layout the monitor cannot see it
+    assert len(monitor.bad_channels) <= 6

@@ -15,7 +15,10 @@ channel and flags it as:
   signature) and the baseline jumps of a loose contact. Clean simulated channels: p99 51 uV;
   channels hit by contact artifacts: p90 138 uV; loose contacts: median 176 uV;
 - `nonfinite`: NaN or Inf samples arrived within the last `quality_window_s` (set by the window
-  assembler).
+  assembler);
+- `neighbour`: the shared neighbour detector (`rohde.core.channel_quality`, given the layout) finds
+  the channel unlike its grid neighbours: flat, saturated, unpredictable from them, a slow artifact
+  or mains hum far above theirs, or bridged to one of them.
 
 The spectrum is a Hann-windowed FFT of the mean-removed raw window. A channel with any flag is in
 `bad_channels`.
@@ -28,9 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sp_fft
 
+from rohde.core.channel_quality import ChannelQualityDetector
 from rohde.core.errors import ConfigError
+from rohde.core.layouts import ElectrodeLayout
 
-FLAGS = ("flat", "saturated", "powerline", "artifact", "nonfinite")
+FLAGS = ("flat", "saturated", "powerline", "artifact", "nonfinite", "neighbour")
 _HARD = [FLAGS.index(f) for f in ("flat", "saturated", "nonfinite")]  # no usable EMG at all
 
 
@@ -59,7 +64,8 @@ class ChannelQuality:
 class QualityMonitor:
     """Keeps the last `quality_window_s` of raw `(n_samples, n_channels)` uV and re-estimates quality."""
 
-    def __init__(self, n_channels: int, fs_hz: float, thresholds: QualityThresholds | None = None) -> None:
+    def __init__(self, n_channels: int, fs_hz: float, thresholds: QualityThresholds | None = None,
+                 layout: ElectrodeLayout | None = None) -> None:  # fmt: skip
         if n_channels < 1 or fs_hz <= 0:
             raise ConfigError(f"QualityMonitor needs n_channels >= 1 and fs_hz > 0, got {n_channels}, {fs_hz}.")
         self.thresholds = thresholds or QualityThresholds()
@@ -70,6 +76,9 @@ class QualityMonitor:
         self._written = 0
         self._since_estimate = 0
         self._interval = max(1, int(round(self.thresholds.quality_interval_s * fs_hz)))
+        # The neighbour detector needs the grid map; without a layout (or a mismatched one) it stays off.
+        self._detector = (ChannelQualityDetector(layout, fs_hz, self._n)
+                          if layout is not None and layout.n_channels == n_channels else None)  # fmt: skip
         self._nonfinite_until = np.zeros(n_channels, dtype=np.int64)  # sample index until which flagged
         freqs = np.fft.rfftfreq(self._n, 1.0 / fs_hz)
         self._taper = np.hanning(self._n).astype(np.float32)[:, None]
@@ -126,6 +135,7 @@ class QualityMonitor:
             "powerline": ~flat & (mains_share > t.powerline_ratio),
             "artifact": low_uv > t.artifact_uv,
             "nonfinite": self._nonfinite_until > self._written,
+            "neighbour": self._detector.detect(raw).bad if self._detector is not None else np.zeros_like(flat),
         }
         self._flags = np.stack([masks[f] for f in FLAGS], axis=1)  # (n_channels, n_flags)
         self._stats = np.stack([std, mains_share, low_uv], axis=1).astype(np.float64)  # (n_channels, 3)

@@ -163,7 +163,7 @@ class WindowAssembler:
         if self._signal is None or self._signal.signature != model_signature(package):
             self._signal = _SignalState(package, max_chunk)
             self._quality = QualityMonitor(package.metadata.n_channels, package.metadata.fs_hz,
-                                           self._config.quality)
+                                           self._config.quality, layout=package.layout)
             self._prev_pull_full = False
         self._normalization = package.normalization
         self._generation = generation
