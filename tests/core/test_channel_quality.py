@@ -1,4 +1,4 @@
-"""The neighbour bad-channel detector: neighbour map, clean windows pass, each kind of fault is caught."""
+"""The neighbour bad-channel detector and the rebuild of bad channels from their neighbours."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rohde.core.channel_quality import DETECTOR_FLAGS, ChannelQualityDetector, neighbour_table
+from rohde.core.channel_repair import ChannelRepair, repair_blocks
 from rohde.core.datasets import find_recordings, load_any
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import default_layout, flexemg_layout
@@ -108,3 +109,36 @@ def test_real_flexemg_hum_and_dead_channels_are_found(flexemg_dir: Path) -> None
     share = found / len(windows)
     assert share[20] > 0.9 and share[45] > 0.99
     assert np.median(np.delete(share, [20, 45])) < 0.02  # the other channels mostly pass
+
+
+def test_rebuild_takes_the_mean_of_good_neighbours() -> None:
+    layout = default_layout()
+    repair = ChannelRepair(layout)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((2, 192, 40)).astype(np.float32)  # (batch, C, T)
+    bad = np.zeros(192, dtype=bool)
+    bad[[9, 10]] = True  # interior neighbours of each other
+    out = repair.rebuild(data, bad)
+    good_nb = [0, 1, 2, 8, 16, 17, 18]  # channel 9's neighbours without 10
+    np.testing.assert_allclose(out[:, 9], data[:, good_nb].mean(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.delete(out, [9, 10], axis=1), np.delete(data, [9, 10], axis=1))
+    assert repair.rebuild(data, np.zeros(192, dtype=bool)) is data  # nothing bad: nothing copied
+    whole_grid = np.zeros(192, dtype=bool)
+    whole_grid[:64] = True
+    assert not repair.rebuild(data, whole_grid)[:, :64].any()  # no good neighbour: zero, not a neighbour grid
+    np.testing.assert_array_equal(repair.rebuild_channels(data, [9, 10]), out)
+    with pytest.raises(ConfigError):
+        repair.rebuild(data, np.zeros(64, dtype=bool))
+
+
+def test_repair_blocks_rebuilds_what_the_detector_flags(emg: np.ndarray) -> None:
+    layout = default_layout()
+    x = emg.copy()
+    x[:, 77] = 0.0  # dead
+    detector = ChannelQualityDetector(layout, 2048.0, 1024)
+    out, flagged = repair_blocks(x, detector=detector, repair=ChannelRepair(layout), block=512)
+    judged = slice(1024, None)  # the first second has too little history to judge
+    assert flagged[judged, 77].all()
+    assert flagged[judged].sum(axis=0).argmax() == 77 and flagged[judged].mean() < 0.01
+    corr = np.corrcoef(out[judged, 77], emg[judged, 77])[0, 1]
+    assert corr > 0.5  # rebuilt from neighbours, it follows the lost signal again

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from rohde.core.channel_repair import QUALITY_MASKING_KEY, ChannelRepair
 from rohde.core.model_package import ModelPackage
 from rohde.core.preprocessing import Normalization, StreamFilter
 from rohde.core.windows import StreamWindower
@@ -135,6 +136,7 @@ class WindowAssembler:
         self._emit = emit
         self._signal: _SignalState | None = None
         self._quality: QualityMonitor | None = None
+        self._repair: ChannelRepair | None = None  # set by use_model for models trained with quality masking
         self._normalization: Normalization | None = None
         self._generation = 0
         self._fs_hz: float | None = None  # the stream's nominal rate, for the gap check
@@ -165,6 +167,9 @@ class WindowAssembler:
             self._quality = QualityMonitor(package.metadata.n_channels, package.metadata.fs_hz,
                                            self._config.quality, layout=package.layout)
             self._prev_pull_full = False
+        # A model trained to expect it gets its windows' bad channels rebuilt from their neighbours.
+        wants_repair = bool(package.metadata.training_data.get(QUALITY_MASKING_KEY, False))
+        self._repair = ChannelRepair(package.layout) if wants_repair else None
         self._normalization = package.normalization
         self._generation = generation
 
@@ -265,6 +270,8 @@ class WindowAssembler:
             # The estimate may not know the faulty channels yet: the window names those the check found.
             window_bad = tuple(sorted({*bad, *sig.hard_fault_channels})) if in_hard_fault else bad
             normalized = normalization.apply(window.T).T  # (C, W)
+            if self._repair is not None and window_bad and reason is None:
+                normalized = self._repair.rebuild_channels(normalized, window_bad)
             self._emit(WindowJob(
                 stream_id=self.stream_id, generation=self._generation,
                 window=np.ascontiguousarray(normalized, dtype=np.float32), end_index=end,

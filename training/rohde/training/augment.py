@@ -34,7 +34,6 @@ from rohde.simulation.electrode_shift import ShiftRange, random_shift
 from rohde.training.config import AugmentConfig
 from rohde.training.windows_dataset import WindowSet
 
-
 _LOG_POWER_FLOOR = 1e-6  # the CNN frontend's log(power + 1e-6)
 
 
@@ -93,6 +92,30 @@ def gan_augment(recording: Recording, gan: Any, condition: str, *, rng: np.rando
         disturbance_mask=np.asarray(mask, dtype=bool),
         provenance={**recording.provenance, "augment": f"gan:{condition}"},
     )
+
+
+def mask_augment(
+    recording: Recording, *, rng: np.random.Generator, block_ms: float = 1000.0,
+    severity: tuple[float, float] = (0.0, 0.3),
+) -> Recording:  # fmt: skip
+    """Random electrode sets rebuilt from their neighbours, block by block: a rebuilt channel becomes normal input.
+
+    The rebuild is `rohde.core.channel_repair.ChannelRepair.rebuild`, the very code the server runs on
+    the channels its detector flags; the sets are `Placement("any", severity)` draws (any shape, anywhere),
+    so no fixed channel is ever the one rebuilt.
+    """
+    from rohde.core.channel_repair import ChannelRepair
+    from rohde.simulation.placement import Placement, place
+
+    repair = ChannelRepair(recording.layout)
+    placement = Placement("any", severity)
+    x = recording.samples.astype(np.float32, copy=True)  # (n_samples, n_channels)
+    block = max(1, int(block_ms * recording.fs_hz / 1000.0))
+    for start in range(0, x.shape[0], block):
+        bad = np.zeros(recording.n_channels, dtype=bool)
+        bad[place(recording.layout, placement, rng)] = True
+        x[start : start + block] = repair.rebuild(x[start : start + block].T, bad).T
+    return recording.with_samples(x, condition="masked", provenance={**recording.provenance, "augment": "mask"})
 
 
 def mix_windows(
@@ -156,7 +179,8 @@ def shift_features(
             continue
         matrix = resampling_matrix(layout, shift) * shift.gain**2
         if shift_range.channel_gain_spread > 0:
-            matrix = np.exp(2 * rng.normal(0.0, shift_range.channel_gain_spread, size=layout.n_channels))[:, None] * matrix
+            spread = rng.normal(0.0, shift_range.channel_gain_spread, size=layout.n_channels)
+            matrix = np.exp(2 * spread)[:, None] * matrix
         moved = np.einsum("ij,njf->nif", matrix, power[pick])
         out[pick] = np.log(moved + _LOG_POWER_FLOOR).astype(features.dtype)
     return out, bank

@@ -1,0 +1,96 @@
+"""Bad channels rebuilt from their grid neighbours: the one code path of quality-aware inference.
+
+A channel the detector (`rohde.core.channel_quality`) flags is replaced by the mean of its good
+8-neighbours in the same grid (zero when it has none), so the classifier sees a plausible spatial
+pattern instead of the disturbance. The rebuild is linear and per channel, like the causal filter,
+so rebuilding raw samples and then filtering equals filtering and then rebuilding; training
+(`repair_blocks` on raw recordings, and `rohde.training.augment.mask_augment`, which rebuilds random
+channels so a rebuilt channel is ordinary input) and serving (the window assembler, on each
+normalised window, with the live monitor's bad channels) call the same `ChannelRepair.rebuild`.
+
+A model package opts in with `training_data["quality_masking"] = true` (`QUALITY_MASKING_KEY`): the
+server rebuilds the bad channels of its windows only for models trained to expect it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rohde.core.channel_quality import ChannelQualityDetector, neighbour_table
+from rohde.core.errors import ConfigError
+from rohde.core.layouts import ElectrodeLayout
+
+QUALITY_MASKING_KEY = "quality_masking"  # model metadata training_data flag: rebuild bad channels first
+
+
+class ChannelRepair:
+    """Rebuilds flagged channels of `(..., n_channels, n_samples)` data from their good neighbours."""
+
+    def __init__(self, layout: ElectrodeLayout) -> None:
+        self.layout = layout
+        self.neighbours = neighbour_table(layout)  # (C, 8), -1 padded
+        self._has = self.neighbours >= 0
+        self._nb = np.where(self._has, self.neighbours, 0)
+
+    def weights(self, bad: np.ndarray) -> np.ndarray:
+        """(k, C) float32: row i rebuilds the i-th bad channel as the mean of its good neighbours."""
+        bad = np.asarray(bad, dtype=bool)
+        if bad.shape != (self.layout.n_channels,):
+            raise ConfigError(f"bad must be a ({self.layout.n_channels},) bool mask, got shape {bad.shape}.")
+        rows = np.flatnonzero(bad)
+        use = self._has[rows] & ~bad[self._nb[rows]]  # (k, 8) good neighbours
+        w = np.zeros((rows.size, self.layout.n_channels), dtype=np.float32)
+        count = use.sum(axis=1)
+        for i in range(rows.size):
+            if count[i]:
+                w[i, self._nb[rows[i]][use[i]]] = 1.0 / count[i]
+        return w
+
+    def rebuild(self, data: np.ndarray, bad: np.ndarray) -> np.ndarray:
+        """A copy of `data` `(..., C, T)` with the `bad` `(C,)` channels rebuilt (unchanged when none is bad)."""
+        bad = np.asarray(bad, dtype=bool)
+        if bad.shape != (self.layout.n_channels,) or data.shape[-2] != self.layout.n_channels:
+            raise ConfigError(
+                f"data must be (..., {self.layout.n_channels}, n_samples) and bad ({self.layout.n_channels},), "
+                f"got {data.shape} and {bad.shape}."
+            )
+        if not bad.any():
+            return data
+        rows = np.flatnonzero(bad)
+        out = data.copy()
+        out[..., rows, :] = np.einsum("kc,...ct->...kt", self.weights(bad), data).astype(data.dtype, copy=False)
+        return out
+
+    def rebuild_channels(self, data: np.ndarray, channels: tuple[int, ...] | list[int]) -> np.ndarray:
+        """`rebuild` with the bad channels given by index (as the server's windows carry them)."""
+        bad = np.zeros(self.layout.n_channels, dtype=bool)
+        bad[list(channels)] = True
+        return self.rebuild(data, bad)
+
+
+def repair_blocks(
+    samples: np.ndarray, *, detector: ChannelQualityDetector, repair: ChannelRepair, block: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw `(n_samples, C)` uV judged and rebuilt block by block, as the live monitor does.
+
+    Each block of `block` samples is rebuilt with the channels the detector flags on the
+    `detector.n_samples` raw samples ending with the block (the live monitor judges the last
+    `quality_window_s` every `quality_interval_s`). Returns (float32 rebuilt copy, `(n_samples, C)`
+    bool mask of the rebuilt samples).
+    """
+    if block < 1:
+        raise ConfigError(f"block must be >= 1, got {block}.")
+    x = np.asarray(samples, dtype=np.float32)
+    out = x.copy()
+    flagged = np.zeros(x.shape, dtype=bool)
+    n_det = detector.n_samples
+    for start in range(0, x.shape[0], block):
+        stop = min(start + block, x.shape[0])
+        lo = max(0, stop - n_det)
+        if stop - lo < n_det:  # the first blocks: too little history, nothing is judged yet
+            continue
+        bad = detector.detect(x[lo:stop]).bad
+        if bad.any():
+            out[start:stop] = repair.rebuild(x[start:stop].T, bad).T
+            flagged[start:stop, bad] = True
+    return out, flagged
