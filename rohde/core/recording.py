@@ -93,8 +93,9 @@ class Recording:
             "provenance": self.provenance,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write to `path` (the `.rohde.npz` suffix is added when missing)."""
+    def save(self, path: str | Path, *, compress: bool = True) -> Path:
+        """Write to `path` (the `.rohde.npz` suffix is added when missing). `compress=False` writes in a
+        fraction of the time (EMG noise barely compresses: ~7 %); both read back alike."""
         path = Path(path)
         if not path.name.endswith(SUFFIX):
             path = path.with_name(path.name + SUFFIX)
@@ -107,7 +108,7 @@ class Recording:
         if self.disturbance_mask is not None:
             arrays["disturbance_mask"] = self.disturbance_mask
         with path.open("wb") as fh:
-            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+            (np.savez_compressed if compress else np.savez)(fh, **arrays)  # type: ignore[arg-type]
         return path
 
 

@@ -114,3 +114,68 @@ class GestureTimeline:
         """Samples up to the end of the last hold plus the closing rest (finite timelines only)."""
         self._extend(np.iinfo(np.int64).max)
         return self._next_start
+
+
+class CuedTimeline:
+    """Holds whatever gesture it is told to (`cue`), as a person following cues would.
+
+    Each change ramps (raised cosine over `ramp_s`, labelled UNUSABLE) from the current drive to the
+    new gesture's, drawn like a hold of `GestureTimeline` (effort, muscle jitter, co-activation). A cue
+    takes effect at the first sample rendered after it, so readers see it within one render block.
+    """
+
+    def __init__(
+        self,
+        *,
+        fs_hz: float,
+        gestures: tuple[str, ...],
+        rest_index: int,
+        ramp_s: float,
+        effort_range: tuple[float, float],
+        muscle_jitter: float,
+        coactivation: float,
+        rng: np.random.Generator,
+    ) -> None:
+        self._rng = rng
+        self._rest_index = rest_index
+        self._effort_range = effort_range
+        self._muscle_jitter = muscle_jitter
+        self._coactivation = coactivation
+        self._synergy = synergy_matrix(gestures)
+        self._ramp = max(1, int(round(ramp_s * fs_hz)))
+        self._pending = rest_index  # set from another thread: one attribute write, read once per render
+        self._gesture = rest_index
+        self._drive = np.zeros(self._synergy.shape[1])
+        self._from_drive = self._drive
+        self._ramp_start: int | None = None
+
+    def cue(self, gesture: int) -> None:
+        """Hold gesture index `gesture` from the next rendered sample on."""
+        self._pending = int(gesture)
+
+    def _draw(self, gesture: int) -> np.ndarray:
+        if gesture == self._rest_index:
+            return np.zeros(self._synergy.shape[1])
+        effort = self._rng.uniform(*self._effort_range)
+        jitter = self._rng.lognormal(0.0, self._muscle_jitter, self._synergy.shape[1])
+        extra = self._rng.uniform(0.0, self._coactivation, self._synergy.shape[1])
+        return np.clip((self._synergy[gesture] * jitter + extra) * effort, 0.0, 1.0)
+
+    def render(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Activation `(n, n_muscles)` and labels `(n,)` int16 for samples `[start, start + n)`."""
+        pending = self._pending
+        if pending != self._gesture:
+            self._from_drive = self._current(start)
+            self._gesture, self._drive, self._ramp_start = pending, self._draw(pending), start
+        rel = np.arange(start, start + n) - (self._ramp_start if self._ramp_start is not None else start - self._ramp)
+        weight = np.where(rel < self._ramp, 0.5 - 0.5 * np.cos(np.pi * np.clip(rel, 0, self._ramp) / self._ramp), 1.0)
+        activation = (1 - weight)[:, None] * self._from_drive[None, :] + weight[:, None] * self._drive[None, :]
+        labels = np.where(rel < self._ramp, UNUSABLE, self._gesture).astype(np.int16)
+        return activation, labels
+
+    def _current(self, sample: int) -> np.ndarray:
+        """The drive at `sample` (mid-ramp when a cue comes before the last ramp ended)."""
+        if self._ramp_start is None or sample - self._ramp_start >= self._ramp:
+            return self._drive
+        w = 0.5 - 0.5 * np.cos(np.pi * (sample - self._ramp_start) / self._ramp)
+        return (1 - w) * self._from_drive + w * self._drive

@@ -33,12 +33,13 @@ from rohde.simulation.emg_model import (
     make_session,
     synergy_matrix,
 )
-from rohde.simulation.gesture_timeline import GestureTimeline
+from rohde.simulation.gesture_timeline import CuedTimeline, GestureTimeline
 
 logger = logging.getLogger(__name__)
 
 _CONDITION_CODES = {"clean": 0, "CA": 1, "LC": 2, "powerline": 3, "dropout": 4}
 BLOCK_S = 0.25  # the generator's internal block: reads of any size are served from these blocks
+CUED_BLOCK_S = 0.05  # the block once the gestures follow cues (`LiveSimulator.set_gesture`)
 
 
 @dataclass(frozen=True)
@@ -353,7 +354,9 @@ class LiveSimulator:
         self._block = max(1, int(round(BLOCK_S * self.config.fs_hz)))
         self._generator = _make_generator(self.config, self._layout, seed=seed, subject=subject, session=session)
         self._rng = np.random.default_rng([seed, 5, subject, session])
-        self._timeline = _timeline(self.config, np.random.default_rng([seed, 6, subject, session]), passes=None)
+        self._timeline: GestureTimeline | CuedTimeline = _timeline(
+            self.config, np.random.default_rng([seed, 6, subject, session]), passes=None
+        )
         self._generated = 0  # samples generated into the buffer so far
         self._served = 0  # samples handed out by read()
         self._buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -379,6 +382,27 @@ class LiveSimulator:
     @property
     def samples_read(self) -> int:
         return self._served
+
+    def set_gesture(self, gesture: str) -> None:
+        """Hold `gesture` (one of `gesture_names`) from the next generated block on (within `CUED_BLOCK_S`).
+
+        The first call replaces the built-in gesture cycle with a `CuedTimeline`, so an outside protocol
+        (the calibration cues of `rohde record`) decides what the simulated person does; the truth labels
+        follow (ramps between gestures are UNUSABLE).
+        """
+        if gesture not in self.config.gestures:
+            raise ConfigError(f"Gesture {gesture!r} is not simulated; use one of {list(self.config.gestures)}.")
+        timeline = self._timeline
+        if not isinstance(timeline, CuedTimeline):
+            cfg = self.config
+            timeline = CuedTimeline(fs_hz=cfg.fs_hz, gestures=cfg.gestures, rest_index=cfg.rest_index,
+                                    ramp_s=cfg.ramp_s, effort_range=cfg.effort_range, muscle_jitter=cfg.muscle_jitter,
+                                    coactivation=cfg.coactivation,
+                                    rng=np.random.default_rng([self._seed, 8, self._subject, self._session]))
+            self._timeline = timeline
+            # Smaller blocks from now on: a cue then reaches the signal within CUED_BLOCK_S, not BLOCK_S.
+            self._block = max(1, int(round(CUED_BLOCK_S * self.config.fs_hz)))
+        timeline.cue(self.config.gestures.index(gesture))
 
     def condition_at(self, sample: int) -> str:
         """Condition scheduled at stream sample `sample`."""
