@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from rohde.server.record_command import register_record
+
 logger = logging.getLogger(__name__)
 
 CHANNELS_HELP = ("which channels of the stream feed the model, in model order: 0-based indices, ranges (0-63), "
@@ -69,6 +71,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
             p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
             p.add_argument("--schedule", default="clean,CA,LC", help="conditions in turn (default clean,CA,LC)")
             p.add_argument("--condition-s", type=float, default=30.0, help="seconds per condition (default 30)")
+            p.add_argument("--follow-cues", nargs="?", const="RoHDE-Cues", default=None, metavar="NAME",
+                           help="hold the gesture the latest cue of the cue stream NAME asks for (default "
+                                "RoHDE-Cues, as `rohde record` publishes) instead of cycling gestures")
         p.add_argument("--name", default="RoHDE-Sim", help="LSL stream name (default RoHDE-Sim)")
         p.add_argument("--source-id", default=None, help="LSL source_id (default: derived from the name)")
         p.add_argument("--type", default="EMG", help="LSL stream type (default EMG)")
@@ -93,6 +98,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     demo.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="only print the summary")
     demo.set_defaults(handler=_demo)
+    register_record(subparsers)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -216,7 +222,19 @@ def _simulate(args: argparse.Namespace) -> int:
     amplifier = LslAmplifier(source, name=args.name, source_id=args.source_id or f"{args.name}-{args.seed}",
                              stream_type=args.type, chunk_ms=args.chunk_ms, markers=not args.no_markers,
                              lsl_config=default_lsl_config(), **_outlet_options(args))
-    return _play(amplifier, args.duration)
+    if not args.follow_cues:
+        return _play(amplifier, args.duration)
+    from rohde.server.cue_listener import CueListener, SimulatedPerformer
+
+    simulator = source.simulator
+    performer = SimulatedPerformer(simulator.set_gesture, simulator.gesture_names,
+                                   simulator.config.gestures[simulator.config.rest_index])
+    follower = CueListener(performer, name=args.follow_cues, lsl_config=default_lsl_config())
+    follower.start()
+    try:
+        return _play(amplifier, args.duration)
+    finally:
+        follower.stop()
 
 
 def _replay(args: argparse.Namespace) -> int:
