@@ -30,6 +30,10 @@ def main() -> int:
             if message["kind"] == "status":
                 sys.stdout.write(f"[{message['event']}] {message.get('stream_id') or ''} {message['detail']}\n")
                 continue
+            if message["kind"] == "cue":  # a calibration cue of `rohde record`
+                sys.stdout.write(f"[cue {message['index'] + 1}/{message['total']}] {message['phase']} "
+                                 f"{message['label']}\n")
+                continue
             flag = f" REJECTED ({message['reject_reason']})" if message["rejected"] else ""
             sys.stdout.write(
                 f"{message['stream_id']} #{message['seq']:6d} {message['gesture']:<18} "

@@ -160,3 +160,4 @@ class StreamsResponse(_Body):
 class MessageSchemas(_Body):
     prediction: dict[str, Any]  # JSON schema of PredictionMessage
     status: dict[str, Any]  # JSON schema of StatusMessage
+    cue: dict[str, Any]  # JSON schema of CueMessage

@@ -45,6 +45,7 @@ from rohde.server.api_models import (
     StreamsResponse,
     WorkerThreads,
 )
+from rohde.server.cue_listener import CueListener, ReceivedCue
 from rohde.server.dashboard_routes import add_dashboard
 from rohde.server.hub import Hub
 from rohde.server.inference import MAX_NAME_CHARS, GpuRequiredError, ModelManager
@@ -52,7 +53,7 @@ from rohde.server.inference_loop import InferenceLoop, Publisher
 from rohde.server.jobs import JobQueue
 from rohde.server.lsl_inlet import StreamQuery
 from rohde.server.markers import DecisionMarkerOutlet
-from rohde.server.messages import PredictionMessage, StatusEvent, StatusMessage
+from rohde.server.messages import CueMessage, PredictionMessage, StatusEvent, StatusMessage
 from rohde.server.metrics import ServerMetrics
 from rohde.server.security import RequestGuard, loggable, read_refusal, token_matches, websocket_refusal
 from rohde.server.settings import ServerSettings
@@ -81,6 +82,7 @@ class ServerRuntime:
     streams: StreamManager
     inference: InferenceLoop
     markers: DecisionMarkerOutlet | None
+    cues: CueListener | None = None  # forwards calibration cues (`rohde record`) to the WebSocket clients
     started_at: float = field(default_factory=time.time)
     server_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
@@ -164,8 +166,16 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
     inference = InferenceLoop(jobs=jobs, models=models, metrics=metrics, publishers=publishers,
                               vote_k=settings.vote_k, confidence_threshold=settings.confidence_threshold,
                               max_batch=settings.max_batch)
+    def forward_cue(received: ReceivedCue) -> None:
+        cue = received.cue
+        hub.publish_threadsafe(CueMessage(label=cue.label, phase=cue.phase, remaining_s=cue.remaining_s,
+                                          index=cue.index, total=cue.total, condition=cue.condition,
+                                          lsl_time=received.lsl_time, server_time=time.time(),
+                                          source_id=received.source_id))
+
+    cues = CueListener(forward_cue, lsl_config=settings.lsl_config)
     return ServerRuntime(settings=settings, models=models, metrics=metrics, hub=hub, streams=streams,
-                         inference=inference, markers=markers)
+                         inference=inference, markers=markers, cues=cues)
 
 
 def _add_docs(app: FastAPI) -> None:
@@ -215,6 +225,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.state.runtime = runtime
         runtime.inference.start()
         runtime.streams.start()
+        if runtime.cues is not None:
+            runtime.cues.start()
         logger.info("RoHDE server up: model %s, streams %s.", runtime.models.describe_active(),
                     runtime.streams.query.describe())
         try:
@@ -223,6 +235,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             await announce_shutdown(app)  # done already when `rohde serve` stops (before uvicorn closes sockets)
             await asyncio.to_thread(runtime.streams.stop)
             await asyncio.to_thread(runtime.inference.stop)
+            if runtime.cues is not None:
+                await asyncio.to_thread(runtime.cues.stop)
             if runtime.markers is not None:
                 runtime.markers.close()
             logger.info("RoHDE server stopped.")
@@ -278,6 +292,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             errors["inference"] = runtime.inference.error
         if runtime.streams.error:
             errors["watchdog"] = runtime.streams.error
+        if runtime.cues is not None and runtime.cues.error:
+            errors["cues"] = runtime.cues.error
         for sid, worker in list(runtime.streams.workers.items()):
             if worker.error:
                 errors[f"stream:{sid}"] = worker.error
@@ -370,7 +386,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
              responses={**read_errors})
     def message_schemas() -> MessageSchemas:
         return MessageSchemas(prediction=PredictionMessage.model_json_schema(),
-                              status=StatusMessage.model_json_schema())
+                              status=StatusMessage.model_json_schema(), cue=CueMessage.model_json_schema())
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket, stream: Annotated[str | None, Query(max_length=256)] = None) -> None:

@@ -172,6 +172,8 @@ def _subscribe(port: int, name: str, options: DemoOptions, tally: Tally) -> None
                 if not options.quiet:
                     _write(f"[status] {message['event']} {message.get('detail', '')}")
                 continue
+            if message["kind"] != "prediction":  # calibration cues of a `rohde record` nearby
+                continue
             _score(message, truth, tally)
             if not options.quiet and time.monotonic() >= next_line:
                 next_line += 1.0

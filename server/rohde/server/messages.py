@@ -68,5 +68,27 @@ class StatusMessage(BaseModel):
     model_version: str | None = None
 
 
-# Every message the hub fans out; each says its stream (`stream_id`, None for server-wide status).
-ServerMessage = PredictionMessage | StatusMessage
+class CueMessage(BaseModel):
+    """A calibration cue (`rohde record`'s cue stream, forwarded as it arrives), for the dashboard to show.
+
+    Tell it apart by `type == "cue"` (and `kind`, as for the other messages)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
+
+    schema_version: int = MESSAGE_SCHEMA_VERSION
+    type: Literal["cue"] = "cue"
+    kind: Literal["cue"] = "cue"
+    label: str  # the gesture asked for, or "rest"
+    phase: str  # "prepare", "hold", "rest" or "done"
+    remaining_s: float | None  # how long this phase lasts from `lsl_time` (None when the cue stream does not say)
+    index: int = Field(ge=0)  # 0-based number of this cue in the protocol
+    total: int = Field(ge=0)  # cues in the protocol (0 when the cue stream does not say)
+    condition: str = "clean"  # "CA" while the user is asked to tap the electrodes
+    lsl_time: float  # the cue's LSL time stamp (local clock, corrected)
+    server_time: float  # Unix time when the server forwarded it
+    source_id: str = ""  # the cue stream's source_id
+    stream_id: None = None  # cues concern every stream: every client gets them, whatever its ?stream=
+
+
+# Every message the hub fans out; each says its stream (`stream_id`, None for server-wide messages).
+ServerMessage = PredictionMessage | StatusMessage | CueMessage
