@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,38 @@ logger = logging.getLogger(__name__)
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
     train = subparsers.add_parser(
         "train",
-        help="run the whole training pipeline (GAN, baselines, RoHDE, evaluation, ONNX export)",
-        description="Train the GAN, the baselines and the robust RoHDE classifier on a data folder, "
-        "evaluate them per condition and export the RoHDE model as a package.",
+        help="train a model package: your own recordings in one command, or a data set with a config",
+        description="Train the disturbance GAN and the robust RoHDE classifier, evaluate per condition (clean, "
+        "injected CA and LC) and export the model package. Without --config the recordings are a user's own "
+        "(rohde record): each is split by repetition (the last hold of every gesture tests, the one before "
+        "validates; with --test, those recordings test and the last hold validates). With --config (configs/*.json) "
+        "the config's split applies (sessions or folders of a data set). --quick trains the GAN and RoHDE only "
+        "(no baselines, no sweep): a few minutes on 2 CPU cores.",
     )
-    train.add_argument("--data", required=True, type=Path, help="folder of recordings (.rohde.npz, flexemg .mat)")
-    train.add_argument("--out", required=True, type=Path, help="package folder to write, e.g. models/NAME")
+    train.add_argument("--data", nargs="+", type=Path, default=[],
+                       help="recordings: files (.rohde.npz, .xdf, flexemg .mat) and/or folders of them")
+    train.add_argument("--out", required=True, type=Path,
+                       help="package folder to write, e.g. models/NAME (the server serves the folders of its models "
+                            "directory: rohde serve --models-dir DIR --model NAME)")
     train.add_argument("--config", type=Path, default=None, help="JSON config (configs/*.json); defaults if omitted")
+    train.add_argument("--name", default=None,
+                       help="model name in the package (default: the config's name with --config, else the --out "
+                            "folder's name)")
+    train.add_argument("--gestures", default=None,
+                       help="comma-separated classes to learn, any names the recordings' cues use (rest is added "
+                            "when present); default: every class with samples")
+    train.add_argument("--layout", default=None, help="electrode layout preset of the recordings (3x8x8, "
+                                                      "flexemg16x4, GRIDSxROWSxCOLS) when theirs is missing or wrong")
+    train.add_argument("--mains", type=float, choices=(50.0, 60.0), default=None,
+                       help="power-line frequency to notch, 50 or 60 Hz (default: the config's, 50)")
+    train.add_argument("--train", nargs="+", type=Path, default=[], dest="train_paths",
+                       help="recordings to train on (split into train and validation by repetition)")
+    train.add_argument("--test", nargs="+", type=Path, default=[], dest="test_paths",
+                       help="recordings to test on only")
+    train.add_argument("--settle-ms", type=float, default=500.0,
+                       help="own recordings: ms after each cue not used, the user reacting (default 500)")
+    train.add_argument("--quick", action="store_true",
+                       help="the GAN and the robust classifier only: no baselines, no fraction sweep, shorter training")
     train.add_argument("--work-dir", type=Path, default=None,
                        help="GAN and checkpoints (default: ~/.cache/rohde/work/NAME)")  # fmt: skip
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -42,26 +68,82 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the injected disturbances")
     evaluate.set_defaults(handler=_evaluate)
 
+    from rohde.training import cross_day_commands  # rohde calibrate, rohde study cross-day
+
+    cross_day_commands.register(subparsers)
+
 
 def _train(args: argparse.Namespace) -> int:
-    from rohde.training.config import load_config
+    from dataclasses import replace
+
+    from rohde.core.datasets import load_dataset
+    from rohde.core.errors import ConfigError
+    from rohde.training.config import load_config, quick_config
     from rohde.training.distributed import distributed_training
     from rohde.training.training_run import run_training
 
     config = load_config(args.config)
-    command = " ".join(["rohde", "train", "--data", str(args.data), "--out", str(args.out)]
-                       + (["--config", str(args.config)] if args.config else []))  # fmt: skip
+    gestures = [g.strip() for g in args.gestures.split(",") if g.strip()] if args.gestures else None
+    own = args.config is None or bool(args.train_paths or args.test_paths)
+    if not own and (len(args.data) != 1 or gestures or args.layout):
+        raise ConfigError("With --config and no --train/--test, --data is one data-set folder and --gestures and "
+                          "--layout do not apply; for your own recordings leave out --config.")
+    if own:
+        from rohde.training.personal import load_user_recordings
+
+        train_paths = args.train_paths or args.data
+        if not train_paths:
+            raise ConfigError("Give the recordings to train on: --data FILE_OR_FOLDER ... (or --train ... --test ...).")
+        loaded = load_user_recordings([*train_paths, *args.test_paths], layout=args.layout, gestures=gestures)
+        config = replace(config, split=replace(config.split, mode="repetitions",
+                                               train_paths=tuple(str(p) for p in train_paths),
+                                               test_paths=tuple(str(p) for p in args.test_paths),
+                                               settle_ms=args.settle_ms))
+
+        def load(path: Path) -> list[Any]:
+            return loaded[path]
+    else:
+        load = load_dataset
+    name = args.name or (config.name if args.config else args.out.name)
+    config = replace(config, name=name)
+    if args.mains is not None:
+        config = replace(config, windows=replace(config.windows, notch_hz=args.mains))
+    if args.quick:
+        config = quick_config(config)
+        if "OMP_NUM_THREADS" not in os.environ:
+            import torch
+
+            # One intra-op thread: the quick run's ops are small, and on a busy machine the spin-waits of two
+            # OpenMP threads made its GAN 20 times slower (measured: 31 s against over 15 minutes).
+            torch.set_num_threads(1)
+    data_dir = Path() if own else args.data[0]
     with distributed_training(args.dist_backend) as world:  # one process unless started by torchrun
         if not world.is_main:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
-        result = run_training(config, data_dir=args.data, out_dir=args.out, work_dir=args.work_dir,
-                              progress=not args.no_progress and world.is_main, command=command)  # fmt: skip
+        result = run_training(config, data_dir=data_dir, out_dir=args.out, work_dir=args.work_dir, load=load,
+                              progress=not args.no_progress and world.is_main,
+                              command=_command_line(args))  # fmt: skip
     if not world.is_main:
         return 0
     for condition, m in result.report["models"]["rohde"].items():
         logger.info("RoHDE %s: accuracy %.4f, macro-F1 %.4f", condition, m["accuracy"], m["macro_f1"])
-    logger.info("Package written to %s (report in %s)", result.package_dir, result.package_dir / "report")
+    logger.info("Package %r written to %s (report in %s, %.0f s)", name, result.package_dir,
+                result.package_dir / "report", result.report["timings_s"]["total"])
     return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The `rohde train` command as given (for the report), rebuilt from the parsed flags."""
+    import shlex
+
+    words = ["rohde", "train"]
+    for flag, value in (("--data", args.data), ("--train", args.train_paths), ("--test", args.test_paths)):
+        words += [flag, *map(str, value)] if value else []
+    words += ["--out", str(args.out)]
+    for flag, value in (("--config", args.config), ("--name", args.name), ("--gestures", args.gestures),
+                        ("--layout", args.layout), ("--mains", args.mains)):
+        words += [flag, f"{value:g}" if isinstance(value, float) else str(value)] if value is not None else []
+    return shlex.join(words + (["--quick"] if args.quick else []))
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,8 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     # "sessions": recordings of one folder split by their session field (simulated data sets);
-    # "folders": `train_dirs` / `test_dirs` below the data folder hold the two sessions (flexemg).
+    # "folders": `train_dirs` / `test_dirs` below the data folder hold the two sessions (flexemg);
+    # "repetitions": a user's calibration recordings (`rohde record`), split by hold (see split.py).
     mode: str = "sessions"
     train_sessions: tuple[str, ...] = ()  # sessions for training; () = the first session found
     test_sessions: tuple[str, ...] = ()  # sessions for testing only; () = every other session
@@ -107,10 +108,17 @@ class SplitConfig:
     inject_missing: bool = True  # inject CA/LC with the disturbance models where the data has none
     inject_test: bool = False  # also inject CA/LC into every clean test trial (paired clean/disturbed tests)
     drop_edge_fraction: float = 0.0  # drop this share of each gesture segment at both ends (flexemg)
+    train_paths: tuple[str, ...] = ()  # "repetitions" mode: recordings (files or folders) split by repetition
+    test_paths: tuple[str, ...] = ()  # "repetitions" mode: recordings for testing only; () = each one's last holds
+    settle_ms: float = 0.0  # "repetitions" mode: unusable start of every cued segment (the user's reaction)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("sessions", "folders"):
-            raise ConfigError(f"split.mode must be 'sessions' or 'folders', got {self.mode!r}.")
+        if self.mode not in ("sessions", "folders", "repetitions"):
+            raise ConfigError(f"split.mode must be 'sessions', 'folders' or 'repetitions', got {self.mode!r}.")
+        if self.mode == "repetitions" and not self.train_paths:
+            raise ConfigError("split.mode 'repetitions' needs split.train_paths (rohde train --data or --train).")
+        if self.settle_ms < 0:
+            raise ConfigError(f"split.settle_ms must be >= 0, got {self.settle_ms}.")
         if self.mode == "folders" and (not self.train_dirs or not self.test_dirs):
             raise ConfigError("split.mode 'folders' needs split.train_dirs and split.test_dirs.")
         if self.val_trials < 1 or self.disturbed_trials < 1:
@@ -138,6 +146,7 @@ class PipelineConfig:
     name: str = "rohde-default"  # model name written into the package
     version: str = "1.0.0"  # model version written into the package
     seed: int = 0  # every random draw of the pipeline derives from it
+    baselines: bool = True  # also train and score the compared models (a)-(c') and the LDA; False: RoHDE only
     windows: WindowSettings = field(default_factory=WindowSettings)
     cnn: CNNConfig = field(default_factory=CNNConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -160,7 +169,7 @@ class PipelineConfig:
             "gan": GANSettings,
             "evaluation": EvaluationConfig,
         }
-        scalars = {"name", "version", "seed"}
+        scalars = {"name", "version", "seed", "baselines"}
         unknown = set(data) - set(sections) - scalars
         if unknown:
             raise ConfigError(
@@ -185,3 +194,23 @@ def load_config(path: str | Path | None) -> PipelineConfig:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"Config file {str(path)!r} is not valid JSON: {exc}.") from exc
     return PipelineConfig.from_dict(data)
+
+
+# `rohde train --quick`: what a personal model needs in a few minutes on 2 cores.
+# A narrower GAN for fewer steps (the full run: widths 16, 800 steps): about a tenth of its time.
+QUICK_GAN = {"steps": 60, "g_width": 8, "c_width": 8, "checkpoint_interval": 30}
+QUICK_MAX_EPOCHS = 25
+
+
+def quick_config(config: PipelineConfig) -> PipelineConfig:
+    """`config` reduced to the GAN and the RoHDE classifier: no baselines, no fraction sweep (the configured
+    fraction ships), one disturbed copy per condition, a shorter GAN and training, a short latency count."""
+    return replace(
+        config,
+        baselines=False,
+        augment=replace(config.augment, fraction_sweep=(), copies=1),
+        gan=replace(config.gan, overrides={**config.gan.overrides, **QUICK_GAN}),
+        trainer=replace(config.trainer, max_epochs=min(config.trainer.max_epochs, QUICK_MAX_EPOCHS),
+                        patience=min(config.trainer.patience, 6)),
+        evaluation=replace(config.evaluation, latency_runs=min(config.evaluation.latency_runs, 200)),
+    )

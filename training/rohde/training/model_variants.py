@@ -73,8 +73,10 @@ def _variant_sets(
     return sets
 
 
-def augment_windows(ctx: RunContext, split: DataSplit, gan: DisturbanceGAN) -> dict[str, AugmentedWindows]:
-    """Generic, oracle and GAN-made disturbed twins of the training and validation trials."""
+def augment_windows(
+    ctx: RunContext, split: DataSplit, gan: DisturbanceGAN, *, only: Sequence[str] | None = None
+) -> dict[str, AugmentedWindows]:
+    """Generic, oracle and GAN-made disturbed twins of the training and validation trials (`only` these)."""
     conds, aug, seed = ctx.config.augment.conditions, ctx.config.augment, ctx.config.seed
 
     def generic(r: Recording, ci: int, copy: int) -> Recording:
@@ -92,6 +94,7 @@ def augment_windows(ctx: RunContext, split: DataSplit, gan: DisturbanceGAN) -> d
     return {
         name: AugmentedWindows(train=_variant_sets(ctx, split.train, make), val=_variant_sets(ctx, split.val, make))
         for name, make in makers.items()
+        if only is None or name in only
     }
 
 
