@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rohde.core.alignment import AlignmentReference
 from rohde.core.errors import ModelMetadataError, ModelPackageError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.preprocessing import Normalization, PreprocessingConfig
@@ -62,6 +63,9 @@ class ModelMetadata(BaseModel):
     output_shape: list[int | str]  # ["batch", n_classes]
     training_data: dict[str, Any] = Field(default_factory=dict)  # what it was trained on
     metrics: dict[str, Any] = Field(default_factory=dict)  # per-condition evaluation results
+    # AlignmentReference.to_dict() of the training data (rohde.core.alignment), for label-free
+    # re-alignment after the array is put on again; None for packages made without one.
+    alignment: dict[str, Any] | None = None
     onnx_sha256: str = Field(min_length=64, max_length=64)
 
 
@@ -130,6 +134,10 @@ def _check_consistency(meta: ModelMetadata) -> tuple[ElectrodeLayout, Preprocess
         problems.append(f"output_shape {meta.output_shape} does not match {len(meta.labels)} labels")
     if len(set(meta.labels)) != len(meta.labels):
         problems.append("labels are not unique")
+    if meta.alignment is not None:
+        reference = AlignmentReference.from_dict(meta.alignment)
+        if len(reference.activity_uv) != meta.n_channels:
+            problems.append(f"alignment has {len(reference.activity_uv)} channels for {meta.n_channels}")
     if problems:
         raise ModelMetadataError("Inconsistent model metadata: " + "; ".join(problems) + ".")
     return layout, preprocessing, normalization, windows

@@ -1,0 +1,115 @@
+"""The cross-day study's parts: feature-level shift augmentation, gain renormalisation, AdaBN,
+head fine-tuning and the report (the study itself runs on real data with `rohde study cross-day`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rohde.core.alignment import AlignmentReference, GridShift, resampling_matrix
+from rohde.core.layouts import flexemg_layout
+from rohde.core.preprocessing import PreprocessingConfig
+from rohde.core.recording import Recording
+from rohde.simulation.electrode_shift import ShiftRange
+from rohde.training.augment import shift_augment_windows, shift_features
+from rohde.training.cnn import RohdeCNN
+from rohde.training.config import CNNConfig
+from rohde.training.cross_day import (
+    DirectionResult,
+    adapt_batch_norm,
+    fine_tune_head,
+    read_results,
+    render_markdown,
+    session_gain,
+    write_results,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny heads: one thread beats two on busy cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model() -> RohdeCNN:
+    torch.manual_seed(0)
+    return RohdeCNN(layout=flexemg_layout(), n_classes=3, fs_hz=1000.0, band_hz=(20.0, 450.0),
+                    config=CNNConfig(conv_channels=(4, 4), hidden=8))  # fmt: skip
+
+
+def test_shift_features_moves_log_power_like_the_raw_resampling() -> None:
+    layout = flexemg_layout()
+    rng = np.random.default_rng(0)
+    features = rng.normal(0.0, 1.0, (50, 64, 4)).astype(np.float32)
+    gain_only, _ = shift_features(features, layout, shift_range=ShiftRange(max_rows=0, max_cols=0,
+                                  gain_range=(2.0, 2.0)), rng=rng)  # fmt: skip
+    np.testing.assert_allclose(gain_only, features + np.log(4.0), atol=1e-4)  # power x gain^2
+    moved, bank = shift_features(features, layout, shift_range=ShiftRange(max_rows=3, max_cols=1, integer=True),
+                                 rng=rng, n_shifts=1)  # fmt: skip
+    matrix = resampling_matrix(layout, bank[0])
+    expected = np.log(np.einsum("ij,njf->nif", matrix, np.exp(features.astype(np.float64)) - 1e-6) + 1e-6)
+    np.testing.assert_allclose(moved, expected, atol=1e-4)
+    x, y = shift_augment_windows(features, np.arange(50), layout, shift_range=ShiftRange(), copies=2, rng=rng)
+    assert x.shape == (150, 64, 4) and np.array_equal(y, np.tile(np.arange(50), 3))
+    np.testing.assert_array_equal(x[:50], features)
+
+
+def test_session_gain_ignores_where_the_pattern_went() -> None:
+    layout = flexemg_layout()
+    rng = np.random.default_rng(1)
+    amplitude = rng.uniform(5, 50, 64)
+    preprocessing = PreprocessingConfig(fs_hz=1000.0, notch_hz=60.0)
+
+    def rec(scale: np.ndarray) -> Recording:
+        samples = rng.standard_normal((4000, 64)) * scale
+        return Recording(samples.astype(np.float32), 1000.0, layout, np.zeros(4000, np.int16), ("rest",))
+
+    from rohde.core.preprocessing import filter_recording
+
+    reference = AlignmentReference.from_filtered(filter_recording(rec(amplitude).samples, preprocessing), 1000.0)
+    moved = resampling_matrix(layout, GridShift(rows=4, cols=-1)) @ amplitude
+    assert session_gain(reference, [rec(1.5 * rng.permutation(amplitude))], preprocessing) == pytest.approx(
+        1.5, rel=0.1
+    )
+    assert session_gain(reference, [rec(0.7 * moved)], preprocessing) == pytest.approx(0.7, rel=0.25)
+
+
+def test_adabn_changes_statistics_only_and_fine_tuning_fits_the_calibration() -> None:
+    model = _model().eval()
+    rng = np.random.default_rng(2)
+    features = rng.normal(3.0, 2.0, (300, 64, 4)).astype(np.float32)
+    adapted = adapt_batch_norm(model, features)
+    assert not torch.allclose(adapted.head.norm.running_mean, model.head.norm.running_mean)
+    assert torch.allclose(adapted.head.norm.weight, model.head.norm.weight)
+    assert torch.allclose(adapted.head.norm.running_mean, torch.full((4,), 3.0), atol=0.2)
+    labels = rng.integers(0, 3, 300)
+    features[:, :8, :] += labels[:, None, None] * 2.0  # separable by a few channels
+    tuned = fine_tune_head(model, (features, labels), epochs=30, lr=3e-3, seed=0)
+    with torch.no_grad():
+        before = (model.head(torch.from_numpy(features)).argmax(1).numpy() == labels).mean()
+        after = (tuned.head(torch.from_numpy(features)).argmax(1).numpy() == labels).mean()
+    assert after > 0.9 and after > before
+    assert not torch.equal(tuned.head.head[2].weight, model.head.head[2].weight)  # a copy was tuned
+
+
+def test_report_lists_every_method_and_round_trips(tmp_path: Path) -> None:
+    shift = {"shift": {"rows": 4.5, "cols": -1.0, "rotation_deg": 0.0, "gain": 1.5}, "score": 0.97,
+             "score_unshifted": -0.4}  # fmt: skip
+    results = [
+        DirectionResult("001", "Session1", "Session3", {"cnn/cross": 0.5, "cnn/within": 1.0}, {"features": 3.0}, shift),
+        DirectionResult("001", "Session3", "Session1", {"cnn/cross": 0.7}, {"features": 2.0}, shift),
+    ]
+    text = render_markdown(results, command="rohde study cross-day")
+    assert "| CNN zero-shot | 50.0 | 70.0 | 60.0 |" in text
+    assert "| CNN, same placement | 100.0 |  | 100.0 |" in text
+    assert "+4.50 rows" in text
+    write_results(results, tmp_path, command="x")
+    again, simulated = read_results(tmp_path)
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in results] and simulated is None
+    assert (tmp_path / "cross_day.md").read_text().startswith("# Cross-day")

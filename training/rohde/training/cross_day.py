@@ -1,0 +1,549 @@
+"""`rohde study cross-day`: how gesture recognition survives putting the array on again.
+
+On the flexemg data, Session3 of each subject was recorded with the array re-applied (its maps
+match Session1's after a shift of 4-5 rows). For each subject and direction (Session1 -> Session3
+and Session3 -> Session1) the study trains on the source session's Train folder (its last
+`val_trials` trials validate) and scores, on valid windows of the Test folders:
+
+- `lda`: the classic baseline, shrinkage LDA on time-domain features;
+- `cnn`: the clean CNN (the pipeline's CNN, no shift augmentation);
+- `robust`: the same CNN trained with electrode-shift and gain augmentation
+  (`augment.shift_augment_windows`), selected on validation windows that carry random shifts too;
+- `+align`: the new session's data moved back onto the training grid by the shift and gain that
+  `rohde.core.alignment.estimate_shift` finds in its first trial, unlabelled;
+- `+adabn`: batch-norm statistics re-estimated on that unlabelled trial (Du et al. 2017);
+- `+calib`: the aligned robust model fine-tuned on that first trial with its labels (one
+  repetition of each gesture, 28 s), as `rohde calibrate` does.
+
+The first trial of the target session's Train folder is therefore the only target data any method
+sees; the target Test folder is scored only. Within-session accuracy is the source Test folder
+(the same placement). Nothing is chosen on test data: the shift range is set a priori from the
+physics (a re-donning moves the array by up to about a quarter of its length) and early stopping
+uses the source validation trials.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rohde.classic.lda import LDA
+from rohde.core.alignment import AlignmentReference, ShiftEstimate, activity_map, alignment_matrix, estimate_shift
+from rohde.core.datasets import load_dataset
+from rohde.core.errors import ConfigError
+from rohde.core.preprocessing import PreprocessingConfig, filter_recording
+from rohde.core.recording import Recording
+from rohde.core.windows import WindowConfig
+from rohde.simulation.electrode_shift import ShiftRange
+from rohde.training.augment import shift_augment_windows
+from rohde.training.cnn import RohdeCNN
+from rohde.training.config import PipelineConfig, TrainerConfig, load_config
+from rohde.training.run_context import RunContext, valid_windows
+from rohde.training.trainer import predict_proba, resolve_device
+from rohde.training.windows_dataset import WindowSet, fit_normalization
+
+logger = logging.getLogger(__name__)
+
+DIRECTIONS = (("Session1", "Session3"), ("Session3", "Session1"))
+# A re-donning moves the array by up to about a quarter of its length and half its width; the
+# flexemg sessions differ by 4-5 rows of 16 and 0-2 columns of 4 (measured, see docs/cross_day.md).
+DEFAULT_SHIFT_RANGE = ShiftRange(
+    max_rows=6.0, max_cols=2.0, max_rotation_deg=5.0, gain_range=(0.5, 2.0), channel_gain_spread=0.1
+)
+
+
+@dataclass(frozen=True)
+class CrossDayConfig:
+    subjects: tuple[str, ...] = ("001", "002")  # flexemg subject folders NNN-SessionX...
+    val_trials: int = 2  # last trials of the source Train folder: validation (early stopping)
+    calibration_trials: int = 1  # first trials of the target Train folder: alignment and recalibration
+    shift_range: ShiftRange = DEFAULT_SHIFT_RANGE  # augmentation of the robust CNN
+    copies: int = 4  # re-donned copies of every training window
+    calibration_epochs: int = 40  # fine-tuning passes over the calibration windows
+    calibration_lr: float = 5e-4  # fine-tuning learning rate
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # windows, CNN, trainer
+
+
+@dataclass
+class DirectionResult:
+    subject: str
+    source: str
+    target: str
+    accuracy: dict[str, float]  # method -> accuracy on valid windows
+    seconds: dict[str, float]  # step -> wall time
+    shift: dict[str, Any]  # the estimated shift (alignment)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"subject": self.subject, "source": self.source, "target": self.target, "accuracy": self.accuracy,
+                "seconds": self.seconds, "shift": self.shift}  # fmt: skip
+
+
+def _load(data_dir: Path, subject: str, folder: str) -> list[Recording]:
+    path = data_dir / f"{subject}-{folder}"
+    if not path.is_dir():
+        raise ConfigError(
+            f"{str(path)!r} does not exist; --data must be the flexemg data folder (with NNN-SessionX...)."
+        )
+    recordings = sorted(load_dataset(path), key=lambda r: r.trial)
+    if not recordings:
+        raise ConfigError(f"No recordings under {str(path)!r}.")
+    return recordings
+
+
+def make_context(config: PipelineConfig, train: list[Recording], work_dir: Path) -> RunContext:
+    """The run context of one source session: its preprocessing and training-data normalisation."""
+    template = train[0]
+    preprocessing = PreprocessingConfig(
+        fs_hz=template.fs_hz, bandpass_hz=config.windows.bandpass_hz, notch_hz=config.windows.notch_hz
+    )
+    return RunContext(
+        config=config,
+        preprocessing=preprocessing,
+        normalization=fit_normalization(train, preprocessing),
+        windows=WindowConfig(config.windows.window_ms, config.windows.hop_ms),
+        labels=list(template.gesture_names),
+        template=template,
+        device=resolve_device(config.trainer.device),
+        work_dir=work_dir,
+    )
+
+
+def alignment_reference(recordings: list[Recording], preprocessing: PreprocessingConfig) -> AlignmentReference:
+    """The MAV map of the filtered recordings, every sample (rest, gestures, transitions) mixed."""
+    filtered = np.concatenate([filter_recording(r.samples, preprocessing) for r in recordings])
+    return AlignmentReference.from_filtered(filtered, recordings[0].fs_hz)
+
+
+def estimate_session_shift(
+    reference: AlignmentReference, recordings: list[Recording], preprocessing: PreprocessingConfig
+) -> ShiftEstimate:
+    """The shift from the reference to the unlabelled `recordings` of a new session."""
+    filtered = np.concatenate([filter_recording(r.samples, preprocessing) for r in recordings])
+    return estimate_shift(reference, activity_map(filtered), recordings[0].layout)
+
+
+def session_gain(
+    reference: AlignmentReference, recordings: list[Recording], preprocessing: PreprocessingConfig
+) -> float:
+    """Label-free amplitude ratio of a new session to the reference: median over channels of the MAV
+    ratio, ignoring where the pattern went (normalisation re-estimated, no shift)."""
+    filtered = np.concatenate([filter_recording(r.samples, preprocessing) for r in recordings])
+    new, ref = np.sort(activity_map(filtered)), np.sort(np.asarray(reference.activity_uv))
+    return float(np.median(new / np.maximum(ref, 1e-3)))  # sorted maps: the same quantiles, any placement
+
+
+def align_recordings(recordings: list[Recording], estimate: ShiftEstimate) -> list[Recording]:
+    """Recordings moved back onto the reference's electrodes (gain corrected)."""
+    matrix = alignment_matrix(recordings[0].layout, estimate)
+    return [r.with_samples((r.samples.astype(np.float64) @ matrix.T).astype(np.float32)) for r in recordings]
+
+
+def accuracy(proba: np.ndarray, windows: WindowSet) -> float:
+    valid = windows.valid
+    return float(np.mean(np.argmax(proba[valid], axis=1) == windows.labels[valid]))
+
+
+def adapt_batch_norm(model: RohdeCNN, features: np.ndarray) -> RohdeCNN:
+    """A copy whose batch-norm statistics are those of `features` `(N, C, F)` (no labels, no weights changed)."""
+    adapted = copy.deepcopy(model).cpu()
+    for module in adapted.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over every batch
+    adapted.head.train()
+    with torch.no_grad():
+        for start in range(0, len(features), 256):
+            adapted.head(torch.as_tensor(features[start : start + 256], dtype=torch.float32))
+    return adapted.eval()
+
+
+def fine_tune_head(
+    model: RohdeCNN,
+    train: tuple[np.ndarray, np.ndarray],
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    batch_size: int = 128,
+) -> RohdeCNN:
+    """A copy of `model` whose grid head is fine-tuned on (features, labels); batch norm stays frozen.
+
+    Fixed epochs, no validation: a calibration recording is too short to spare a held-out part, and
+    the starting point is already a trained model (small learning rate, weight decay towards it is
+    the AdamW default decay only).
+    """
+    x, y = train
+    if len(y) < 2:
+        raise ConfigError("Fine-tuning needs at least two labelled windows.")
+    tuned = copy.deepcopy(model).cpu()
+    head = tuned.head
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.int64)
+
+    def freeze_norms() -> None:
+        head.train()
+        for module in head.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+
+    for _ in range(epochs):
+        freeze_norms()
+        order = torch.randperm(len(yt), generator=generator)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:
+                continue
+            optimiser.zero_grad(set_to_none=True)
+            loss_fn(head(xt[idx]), yt[idx]).backward()
+            optimiser.step()
+    return tuned.eval()
+
+
+def _timed(seconds: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    result = fn()
+    seconds[name] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def run_direction(
+    config: CrossDayConfig, data_dir: Path, subject: str, source: str, target: str, work_dir: Path
+) -> DirectionResult:
+    """One subject, one direction: every method of the module docstring, with its time."""
+    seconds: dict[str, float] = {}
+    pipeline = config.pipeline
+    source_train = _load(data_dir, subject, f"{source}Train")
+    if len(source_train) <= config.val_trials:
+        raise ConfigError(
+            f"{subject}-{source}Train has {len(source_train)} trials; need more than {config.val_trials}."
+        )
+    train, val = source_train[: -config.val_trials], source_train[-config.val_trials :]
+    within_test = _load(data_dir, subject, f"{source}Test")
+    target_train = _load(data_dir, subject, f"{target}Train")
+    calibration = target_train[: config.calibration_trials]
+    target_test = _load(data_dir, subject, f"{target}Test")
+
+    ctx = make_context(pipeline, train, work_dir)
+    layout = ctx.template.layout
+    rng = np.random.default_rng(np.random.SeedSequence([pipeline.seed, int(subject), 7]))
+    sets = _timed(seconds, "features", lambda: {
+        "train": ctx.window_set(train, with_td=True),
+        "val": ctx.window_set(val),
+        "within": ctx.window_set(within_test, with_td=True),
+        "cross": ctx.window_set(target_test, with_td=True),
+    })  # fmt: skip
+
+    # Label-free alignment from the target's first trial(s), against the training data's map.
+    reference = alignment_reference(train, ctx.preprocessing)
+    estimate = _timed(seconds, "align_estimate", lambda: estimate_session_shift(reference, calibration,
+                                                                                 ctx.preprocessing))  # fmt: skip
+    gain = _timed(seconds, "renorm_estimate", lambda: session_gain(reference, calibration, ctx.preprocessing))
+    sets["cross_renorm"] = ctx.window_set([r.with_samples(r.samples / np.float32(gain)) for r in target_test])
+    aligned_test = align_recordings(target_test, estimate)
+    aligned_calibration = align_recordings(calibration, estimate)
+    sets["cross_aligned"] = ctx.window_set(aligned_test, with_td=True)
+    sets["calibration"] = ctx.window_set(calibration)
+    sets["calibration_aligned"] = ctx.window_set(aligned_calibration)
+
+    acc: dict[str, float] = {}
+    train_td = sets["train"].td[sets["train"].valid]
+
+    def lda_fit() -> LDA:
+        return LDA().fit(train_td, sets["train"].labels[sets["train"].valid])
+
+    lda = _timed(seconds, "lda_train", lda_fit)
+    for name, key in (("within", "within"), ("cross", "cross"), ("cross+align", "cross_aligned")):
+        acc[f"lda/{name}"] = accuracy(lda.predict_proba(sets[key].td), sets[key])
+
+    train_xy = valid_windows(sets["train"])
+    val_xy = valid_windows(sets["val"])
+    clean, _ = _timed(seconds, "cnn_train", lambda: ctx.fit_head(f"xday-{subject}-{source}-cnn", train_xy, val_xy,
+                                                                  key=1))  # fmt: skip
+    robust_train = shift_augment_windows(*train_xy, layout, shift_range=config.shift_range, copies=config.copies,
+                                         rng=rng)  # fmt: skip
+    # Validation as the model will meet it: the source trials as recorded and re-donned at random.
+    robust_val = shift_augment_windows(*val_xy, layout, shift_range=config.shift_range, copies=2, rng=rng)
+    robust, _ = _timed(seconds, "robust_train", lambda: ctx.fit_head(f"xday-{subject}-{source}-robust",
+                                                                      robust_train, robust_val, key=2))  # fmt: skip
+
+    def score(model: RohdeCNN, key: str) -> float:
+        return accuracy(predict_proba(model.head, sets[key].features, device="cpu"), sets[key])
+
+    for label, model in (("cnn", clean), ("robust", robust)):
+        acc[f"{label}/within"] = score(model, "within")
+        acc[f"{label}/cross"] = score(model, "cross")
+        acc[f"{label}/cross+align"] = score(model, "cross_aligned")
+        acc[f"{label}/cross+renorm"] = score(model, "cross_renorm")
+
+    calibration_features = sets["calibration"].features
+    adapted = _timed(seconds, "adabn", lambda: adapt_batch_norm(robust, calibration_features))
+    acc["robust/cross+adabn"] = score(adapted, "cross")
+
+    calib_xy = valid_windows(sets["calibration_aligned"])
+    tuned = _timed(seconds, "calibrate", lambda: fine_tune_head(robust, calib_xy, epochs=config.calibration_epochs,
+                                                                lr=config.calibration_lr,
+                                                                seed=pipeline.seed))  # fmt: skip
+    acc["robust/cross+align+calib"] = score(tuned, "cross_aligned")
+    tuned_clean = fine_tune_head(clean, calib_xy, epochs=config.calibration_epochs, lr=config.calibration_lr,
+                                 seed=pipeline.seed)  # fmt: skip
+    acc["cnn/cross+align+calib"] = score(tuned_clean, "cross_aligned")
+    logger.info("%s %s->%s: %s", subject, source, target, {k: round(v, 3) for k, v in acc.items()})
+    return DirectionResult(subject, source, target, acc, seconds, estimate.to_dict())
+
+
+def run_study(
+    config: CrossDayConfig,
+    data_dir: Path,
+    work_dir: Path,
+    *,
+    done: Sequence[DirectionResult] = (),
+    on_result: Callable[[list[DirectionResult]], None] | None = None,
+) -> list[DirectionResult]:
+    """Every subject and direction; those in `done` are kept, not run again (`on_result` after each)."""
+    results = list(done)
+    have = {(r.subject, r.source, r.target) for r in results}
+    for subject in config.subjects:
+        for source, target in DIRECTIONS:
+            if (subject, source, target) in have:
+                logger.info("%s %s->%s: kept from the earlier results", subject, source, target)
+                continue
+            results.append(run_direction(config, data_dir, subject, source, target, work_dir))
+            if on_result is not None:
+                on_result(results)
+    order = {(s, a, b): i for i, (s, (a, b)) in enumerate((s, d) for s in config.subjects for d in DIRECTIONS)}
+    return sorted(results, key=lambda r: order.get((r.subject, r.source, r.target), len(order)))
+
+
+def default_config(config_path: Path | None, *, max_epochs: int = 25, patience: int = 6) -> CrossDayConfig:
+    """The study's settings: the flexemg pipeline config (windows, CNN, trainer) and the defaults above.
+
+    Training is capped at `max_epochs` with `patience` (the flexemg config allows 80 and 15): the
+    validation accuracy of every model here settles within about 20 epochs, and the study trains
+    eight models on two shared CPU cores.
+    """
+    pipeline = load_config(config_path if config_path is not None else _flexemg_config())
+    trainer = replace(pipeline.trainer, max_epochs=max_epochs, patience=patience, batch_size=512)
+    return CrossDayConfig(pipeline=replace(pipeline, trainer=trainer))
+
+
+def _flexemg_config() -> Path | None:
+    path = Path(__file__).resolve().parents[3] / "configs" / "flexemg.json"
+    return path if path.is_file() else None
+
+
+METHODS = (
+    ("lda/within", "LDA, same placement"),
+    ("cnn/within", "CNN, same placement"),
+    ("robust/within", "robust CNN, same placement"),
+    ("lda/cross", "LDA zero-shot"),
+    ("cnn/cross", "CNN zero-shot"),
+    ("robust/cross", "robust CNN zero-shot"),
+    ("cnn/cross+renorm", "CNN + gain renormalisation"),
+    ("robust/cross+renorm", "robust CNN + gain renormalisation"),
+    ("robust/cross+adabn", "robust CNN + AdaBN"),
+    ("lda/cross+align", "LDA + alignment"),
+    ("cnn/cross+align", "CNN + alignment"),
+    ("robust/cross+align", "robust CNN + alignment"),
+    ("cnn/cross+align+calib", "CNN + alignment + recalibration"),
+    ("robust/cross+align+calib", "robust CNN + alignment + recalibration"),
+)
+STEPS = (
+    "features",
+    "align_estimate",
+    "renorm_estimate",
+    "lda_train",
+    "cnn_train",
+    "robust_train",
+    "adabn",
+    "calibrate",
+)
+
+
+def render_markdown(results: list[DirectionResult], *, command: str, extra: str = "") -> str:
+    """The study's table (accuracy in % per subject and direction, mean) and step timings."""
+    heads = [f"{r.subject} {r.source[-1]}->{r.target[-1]}" for r in results]
+    lines = [
+        "# Cross-day robustness: the array put on again",
+        "",
+        f"Generated by `{command}`. Accuracy on valid windows (rest + 4 gestures, chance 20 %) of the",
+        "target session's Test folder (zero-shot, alignment, AdaBN, recalibration) or of the source",
+        "session's Test folder (same placement). The only target data any method sees is the first trial",
+        "of the target's Train folder (28 s: rest and one repetition of each gesture): unlabelled for",
+        "alignment and AdaBN, labelled for recalibration. See `training/rohde/training/cross_day.py`.",
+        "",
+        "| method | " + " | ".join(heads) + " | mean |",
+        "| --- | " + " | ".join("---:" for _ in heads) + " | ---: |",
+    ]
+    for key, label in METHODS:
+        values = [r.accuracy.get(key) for r in results]
+        present = [v for v in values if v is not None]
+        cells = ["" if v is None else f"{100 * v:.1f}" for v in values]
+        mean = f"{100 * float(np.mean(present)):.1f}" if present else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
+    lines += ["", "Estimated shift (source -> target; rows, cols in electrode sites; gain; score after / before):", ""]
+    for head, r in zip(heads, results, strict=True):
+        s = r.shift["shift"]
+        lines.append(f"- {head}: {s['rows']:+.2f} rows, {s['cols']:+.2f} cols, gain {s['gain']:.2f}; "
+                     f"correlation {r.shift['score']:.2f} / {r.shift['score_unshifted']:.2f}")  # fmt: skip
+    lines += ["", "Time per step (s, wall clock on the machine that ran it):", "",
+              "| step | " + " | ".join(heads) + " |",
+              "| --- | " + " | ".join("---:" for _ in heads) + " |"]  # fmt: skip
+    for step in STEPS:
+        lines.append(f"| {step} | " + " | ".join(f"{r.seconds.get(step, float('nan')):.1f}" for r in results) + " |")
+    if extra:
+        lines += ["", extra.rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    results: list[DirectionResult],
+    out_dir: Path,
+    *,
+    command: str,
+    simulated: SimulatedShiftResult | None = None,
+    extra: str = "",
+) -> Path:
+    """`out_dir/results.json` and `out_dir/cross_day.md`; returns the markdown path."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {"directions": [r.to_dict() for r in results], "simulated": simulated.to_dict() if simulated else None}
+    (out_dir / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    sections = [extra.rstrip()] if extra else []
+    if simulated is not None:
+        sections.append(render_simulated(simulated))
+    target = out_dir / "cross_day.md"
+    target.write_text(render_markdown(results, command=command, extra="\n\n".join(sections)))
+    return target
+
+
+def read_results(out_dir: Path) -> tuple[list[DirectionResult], SimulatedShiftResult | None]:
+    """The results an earlier run left in `out_dir` (none when there is no results.json)."""
+    import json
+
+    path = out_dir / "results.json"
+    if not path.is_file():
+        return [], None
+    data = json.loads(path.read_text())
+    directions = [DirectionResult(d["subject"], d["source"], d["target"], d["accuracy"], d["seconds"], d["shift"])
+                  for d in data.get("directions", [])]  # fmt: skip
+    sim = data.get("simulated")
+    simulated = SimulatedShiftResult(sim["accuracy"], sim["seconds"], sim["recordings"]) if sim else None
+    return directions, simulated
+
+
+# ----------------------------------------------------------------------------- simulated shifts
+# Random re-donnings "up to two electrodes" on the embedded data: translation within +-2 sites along
+# both axes of every grid (fractions included) and a gain of 0.8-1.25.
+SIM_TEST_SHIFT = ShiftRange(max_rows=2.0, max_cols=2.0, gain_range=(0.8, 1.25))
+# The robust model trains on a slightly wider range with a little rotation and channel gain spread.
+SIM_TRAIN_SHIFT = ShiftRange(max_rows=2.5, max_cols=2.5, max_rotation_deg=5.0, gain_range=(0.7, 1.4),
+                             channel_gain_spread=0.1)  # fmt: skip
+
+
+@dataclass
+class SimulatedShiftResult:
+    accuracy: dict[str, float]  # "shipped/recorded", "shipped/shifted", "robust/recorded", "robust/shifted"
+    seconds: dict[str, float]
+    recordings: dict[str, list[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "seconds": self.seconds, "recordings": self.recordings}
+
+
+def simulated_shift_check(
+    sim_dir: Path, package_dir: Path, *, seed: int = 0, train_trials: tuple[int, ...] = (1, 2),
+    test_trials: tuple[int, ...] = (1, 2, 3), max_epochs: int = 15,
+) -> SimulatedShiftResult:  # fmt: skip
+    """The shipped model and a shift-robust fine-tune of it on session 3 of the embedded data, as
+    recorded and with every test trial re-donned at random within `SIM_TEST_SHIFT`.
+
+    The robust model starts from the shipped weights and fine-tunes its head with shift augmentation
+    on clean trials `train_trials` of sessions 1 and 2 (every subject), selected on trial 6 of
+    session 2 re-donned at random; session 3 (the shipped model's test session) is scored only.
+    """
+    from rohde.core.model_package import load_model_package
+    from rohde.core.recording import load_recording
+    from rohde.simulation.electrode_shift import random_shift_recording
+    from rohde.training.calibrate import model_from_package
+    from rohde.training.trainer import train_classifier
+    from rohde.training.windows_dataset import build_window_set
+
+    seconds: dict[str, float] = {}
+    package = load_model_package(package_dir)
+    shipped, _ = model_from_package(package)
+
+    def load(pattern: str) -> list[Recording]:
+        paths = sorted(sim_dir.glob(pattern))
+        if not paths:
+            raise ConfigError(
+                f"No recordings match {pattern!r} under {str(sim_dir)!r}; simulate the default set first."
+            )
+        return [load_recording(p) for p in paths]
+
+    def featurize(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return shipped.frontend(torch.from_numpy(x)).numpy()
+
+    def windows(recordings: list[Recording]) -> WindowSet:
+        return build_window_set(recordings, preprocessing=package.preprocessing, normalization=package.normalization,
+                                windows=package.windows, featurize=featurize)  # fmt: skip
+
+    trials = "".join(str(t) for t in train_trials)
+    started = time.perf_counter()
+    train = load(f"s*_sess[12]_t0[{trials}]_clean.rohde.npz")
+    val = load("s*_sess2_t06_clean.rohde.npz")
+    test = load(f"s*_sess3_t0[{''.join(str(t) for t in test_trials)}]_clean.rohde.npz")
+    shifted_test = [random_shift_recording(r, SIM_TEST_SHIFT, seed=seed * 1000 + i)[0] for i, r in enumerate(test)]
+    shifted_val = [random_shift_recording(r, SIM_TEST_SHIFT, seed=seed * 1000 + 500 + i)[0] for i, r in enumerate(val)]
+    sets = {"train": windows(train), "val": windows(val + shifted_val), "recorded": windows(test),
+            "shifted": windows(shifted_test)}  # fmt: skip
+    seconds["features"] = time.perf_counter() - started
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    train_xy = shift_augment_windows(*valid_windows(sets["train"]), package.layout, shift_range=SIM_TRAIN_SHIFT,
+                                     copies=3, rng=rng)  # fmt: skip
+    robust = copy.deepcopy(shipped)
+    started = time.perf_counter()
+    train_classifier(robust.head, train_xy, valid_windows(sets["val"]),
+                     config=TrainerConfig(max_epochs=max_epochs, patience=4, lr=5e-4, batch_size=512, device="cpu"),
+                     seed=seed, desc="sim-robust")  # fmt: skip
+    seconds["robust_train"] = time.perf_counter() - started
+    acc = {}
+    for label, model in (("shipped", shipped), ("robust", robust)):
+        for key in ("recorded", "shifted"):
+            acc[f"{label}/{key}"] = accuracy(predict_proba(model.head, sets[key].features, device="cpu"), sets[key])
+    logger.info("Simulated shifts: %s", {k: round(v, 4) for k, v in acc.items()})
+    names = {"train": [r.trial for r in train], "test": [f"{r.subject}/{r.session}/{r.trial}" for r in test]}
+    return SimulatedShiftResult(acc, {k: round(v, 1) for k, v in seconds.items()}, names)
+
+
+def render_simulated(result: SimulatedShiftResult) -> str:
+    a = result.accuracy
+    return "\n".join([
+        "## Simulated shifts on the embedded data",
+        "",
+        "Session 3 clean trials of the default simulated set (192 channels, three 8 x 8 grids), as recorded and",
+        "with each trial re-donned at random (translation up to 2 electrodes along both axes of every grid,",
+        "fractions included, gain 0.8-1.25; applied to the raw signals). `robust` is the shipped model's head",
+        "fine-tuned with shift augmentation on sessions 1-2 (selected on a re-donned session 2 trial).",
+        "",
+        "| model | recorded | re-donned |",
+        "| --- | ---: | ---: |",
+        f"| shipped `rohde-default` | {100 * a['shipped/recorded']:.1f} | {100 * a['shipped/shifted']:.1f} |",
+        f"| shift-robust fine-tune | {100 * a['robust/recorded']:.1f} | {100 * a['robust/shifted']:.1f} |",
+        "",
+        f"Time: features {result.seconds.get('features', 0):.0f} s, robust fine-tune "
+        f"{result.seconds.get('robust_train', 0):.0f} s.",
+    ]) + "\n"  # fmt: skip
