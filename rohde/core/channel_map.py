@@ -224,8 +224,9 @@ def select_channels(channels: Sequence[ChannelInfo], *, n_wanted: int | None, ta
     kinds = Counter(channels[j].type or "untyped" for j in kept)
     found = ", ".join(f"{kind}: {count}" for kind, count in kinds.items())
     raise StreamMismatchError(
-        f"it has {len(kept)} channels{besides} ({found}), the model needs {n_wanted}; select them with "
-        f"--channels / ROHDE_STREAM_CHANNELS (0-based indices, ranges such as 0-{n_wanted - 1}, labels or type:NAME)")
+        f"it has {len(kept)} channels{besides}, the model needs {n_wanted}, and their types ({found}) do not say "
+        f"which: select them with --channels / ROHDE_STREAM_CHANNELS (0-based indices, ranges such as "
+        f"0-{n_wanted - 1}, labels or type:NAME)")
 
 
 # ---------------------------------------------------------------------------------------------- order

@@ -125,7 +125,8 @@ def test_unlabelled_stream_of_the_right_count_is_taken_in_order() -> None:
     assert mapping.method == "stream_order" and mapping.stream_indices == tuple(range(8))
     assert mapping.notes == ("the stream names no channel labels: channels taken in stream order",
                              "no unit given for 8 channels: assumed uV")
-    with pytest.raises(StreamMismatchError, match=r"it has 9 channels \(untyped: 9\), the model needs 8; select them"):
+    with pytest.raises(StreamMismatchError,
+                       match=r"it has 9 channels, the model needs 8, and their types \(untyped: 9\) do not say which"):
         map_channels([ChannelInfo()] * 9, MODEL)
 
 
@@ -144,8 +145,9 @@ def test_wider_stream_is_refused_with_what_it_holds() -> None:
     with pytest.raises(StreamMismatchError) as refused:
         map_channels(channels, MODEL)
     assert str(refused.value) == (
-        "it has 10 channels besides 1 auxiliary (10:Trigger) (EMG: 10), the model needs 8; select them "
-        "with --channels / ROHDE_STREAM_CHANNELS (0-based indices, ranges such as 0-7, labels or type:NAME)")
+        "it has 10 channels besides 1 auxiliary (10:Trigger), the model needs 8, and their types (EMG: 10) do not "
+        "say which: select them with --channels / ROHDE_STREAM_CHANNELS (0-based indices, ranges such as 0-7, "
+        "labels or type:NAME)")
     with pytest.raises(StreamMismatchError, match=r"^it has 7 channels besides 1 auxiliary \(7:Trigger\), the model "
                                                   r"needs 8$"):
         map_channels([*channels[:7], channels[-1]], MODEL)
@@ -158,7 +160,7 @@ def test_wider_stream_is_refused_with_what_it_holds() -> None:
 def test_a_wider_grid_is_refused_unless_its_channels_are_selected() -> None:
     # The model's names within a larger grid are not the model's grid: refused, unless chosen explicitly.
     channels = [*emg(MODEL[4:]), *emg(["G1R1C5", "G1R2C5"]), *emg(MODEL[:4])]
-    with pytest.raises(StreamMismatchError, match="it has 10 channels .* the model needs 8; select them"):
+    with pytest.raises(StreamMismatchError, match="it has 10 channels, the model needs 8, and their types"):
         map_channels(channels, MODEL)
     mapping = map_channels(channels, MODEL, selection="0-3,6-9")
     assert mapping.stream_indices == (6, 7, 8, 9, 0, 1, 2, 3) and mapping.reordered and mapping.method == "labels"

@@ -166,8 +166,8 @@ def test_amplifier_conventions_are_mapped_served_or_refused(model_set: ModelSet)
     assert mappings["double"]["units"] == {"volts": 16} and mappings["double"]["notes"] == []
 
     assert rows[f"{name}-wide"]["state"] == "refused" and rows[f"{name}-wide"]["reason"].endswith(
-        "it has 18 channels (untyped: 18), the model needs 16; select them with --channels / ROHDE_STREAM_CHANNELS "
-        "(0-based indices, ranges such as 0-15, labels or type:NAME).")
+        "it has 18 channels, the model needs 16, and their types (untyped: 18) do not say which: select them with "
+        "--channels / ROHDE_STREAM_CHANNELS (0-based indices, ranges such as 0-15, labels or type:NAME).")
     for key, inlet in truth.items():
         check_against_offline(model_set, key, predictions[f"{name}-{key}"], inlet)
 
