@@ -244,7 +244,7 @@ class LslAmplifier:
         values = samples_uv[:, self.order].astype(np.float64) * fmt.per_uv
         if self.extra_channels:
             extra = np.zeros((len(labels), self.extra_channels))
-            extra[:, 0] = (first_index + np.arange(len(labels))) % (1 << 16)  # a 16-bit sample counter
+            extra[:, 0] = (first_index + np.arange(len(labels))) % (1 << 15)  # a counter that fits int16
             if self.extra_channels > 1:
                 extra[:, 1] = labels
             values = np.concatenate([values, extra], axis=1)
