@@ -208,10 +208,12 @@ def calibrate_package(
     lr: float = 5e-4,
     seed: int = 0,
     name: str | None = None,
+    reference: AlignmentReference | None = None,
 ) -> CalibrationResult:
     """Adapt the package at `model_dir` to labelled `recordings` of a new session; write `out_dir`.
 
     `align`: None aligns when the package has an alignment reference, True requires one.
+    `reference` replaces (or supplies) the package's alignment reference and is stored in the new one.
     """
     from rohde.training.export import export_package
 
@@ -219,6 +221,8 @@ def calibrate_package(
     started = time.perf_counter()
     package = load_model_package(model_dir)
     meta = package.metadata
+    if reference is not None:
+        meta = meta.model_copy(update={"alignment": reference.to_dict()})
     if not recordings:
         raise ConfigError("Calibration needs at least one labelled recording of the new session.")
     for rec in recordings:
@@ -240,9 +244,9 @@ def calibrate_package(
     remap = np.eye(meta.n_channels)
     if do_align and meta.alignment is not None:
         t0 = time.perf_counter()
-        reference = AlignmentReference.from_dict(meta.alignment)
+        stored = AlignmentReference.from_dict(meta.alignment)
         filtered = np.concatenate([filter_recording(r.samples, package.preprocessing) for r in recordings])
-        estimate = estimate_shift(reference, activity_map(filtered), package.layout)
+        estimate = estimate_shift(stored, activity_map(filtered), package.layout)
         remap = alignment_matrix(package.layout, estimate)
         seconds["align"] = time.perf_counter() - t0
         logger.info("Shift found: %s (score %.2f, unshifted %.2f)", estimate.shift, estimate.score,

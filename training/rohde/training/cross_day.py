@@ -218,9 +218,21 @@ def _timed(seconds: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
 
 
 def run_direction(
-    config: CrossDayConfig, data_dir: Path, subject: str, source: str, target: str, work_dir: Path
+    config: CrossDayConfig,
+    data_dir: Path,
+    subject: str,
+    source: str,
+    target: str,
+    work_dir: Path,
+    *,
+    packages_dir: Path | None = None,
 ) -> DirectionResult:
-    """One subject, one direction: every method of the module docstring, with its time."""
+    """One subject, one direction: every method of the module docstring, with its time.
+
+    With `packages_dir`, the clean and the robust CNN are also exported as model packages
+    `NNN-SOURCE-cnn` and `NNN-SOURCE-robust` there, with the training data's alignment reference
+    (inputs for `rohde calibrate`).
+    """
     seconds: dict[str, float] = {}
     pipeline = config.pipeline
     source_train = _load(data_dir, subject, f"{source}Train")
@@ -298,8 +310,31 @@ def run_direction(
     tuned_clean = fine_tune_head(clean, calib_xy, epochs=config.calibration_epochs, lr=config.calibration_lr,
                                  seed=pipeline.seed)  # fmt: skip
     acc["cnn/cross+align+calib"] = score(tuned_clean, "cross_aligned")
+    if packages_dir is not None:
+        for label, model in (("cnn", clean), ("robust", robust)):
+            export_with_reference(ctx, model, packages_dir / f"{subject}-{source}-{label}", train, reference)
     logger.info("%s %s->%s: %s", subject, source, target, {k: round(v, 3) for k, v in acc.items()})
     return DirectionResult(subject, source, target, acc, seconds, estimate.to_dict())
+
+
+def export_with_reference(
+    ctx: RunContext, model: RohdeCNN, out_dir: Path, train: list[Recording], reference: AlignmentReference
+) -> Path:
+    """`model` as a package (the pipeline's format) whose metadata carries the alignment reference."""
+    from rohde.core.model_package import write_metadata
+    from rohde.training.export import export_package
+    from rohde.training.windows_dataset import iter_windows
+
+    windows, _, _ = next(iter_windows(train[0], preprocessing=ctx.preprocessing, normalization=ctx.normalization,
+                                      windows=ctx.windows, chunk_windows=8))  # fmt: skip
+    package, _ = export_package(
+        model, out_dir, name=out_dir.name, version=ctx.config.version, labels=ctx.labels, layout=ctx.template.layout,
+        preprocessing=ctx.preprocessing, normalization=ctx.normalization, windows=ctx.windows,
+        parity_windows=windows, training_data={"recordings": [f"{r.subject}/{r.session}/{r.trial}" for r in train]},
+        metrics={},
+    )  # fmt: skip
+    write_metadata(out_dir, package.metadata.model_copy(update={"alignment": reference.to_dict()}))
+    return out_dir
 
 
 def run_study(
@@ -309,6 +344,7 @@ def run_study(
     *,
     done: Sequence[DirectionResult] = (),
     on_result: Callable[[list[DirectionResult]], None] | None = None,
+    packages_dir: Path | None = None,
 ) -> list[DirectionResult]:
     """Every subject and direction; those in `done` are kept, not run again (`on_result` after each)."""
     results = list(done)
@@ -318,7 +354,8 @@ def run_study(
             if (subject, source, target) in have:
                 logger.info("%s %s->%s: kept from the earlier results", subject, source, target)
                 continue
-            results.append(run_direction(config, data_dir, subject, source, target, work_dir))
+            results.append(run_direction(config, data_dir, subject, source, target, work_dir,
+                                         packages_dir=packages_dir))  # fmt: skip
             if on_result is not None:
                 on_result(results)
     order = {(s, a, b): i for i, (s, (a, b)) in enumerate((s, d) for s in config.subjects for d in DIRECTIONS)}

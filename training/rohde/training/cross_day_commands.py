@@ -29,6 +29,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     calibrate.add_argument("--out", required=True, type=Path, help="package folder to write (models/NAME-cal)")
     calibrate.add_argument("--name", default=None, help="model name in the new package (default: NAME-calibrated)")
     calibrate.add_argument("--no-align", action="store_true", help="fine-tune only, no shift alignment")
+    calibrate.add_argument("--reference-data", nargs="+", type=Path, default=None,
+                           help="the model's training recordings: their MAV map becomes the alignment reference "
+                                "(for packages made without one)")  # fmt: skip
     calibrate.add_argument("--epochs", type=int, default=40, help="fine-tuning passes over the recording")
     calibrate.set_defaults(handler=_calibrate)
 
@@ -78,8 +81,15 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     _single_thread()
     recordings = [r for path in args.data for r in load_dataset(path)]
+    reference = None
+    if args.reference_data:
+        from rohde.core.model_package import load_model_package
+        from rohde.training.cross_day import alignment_reference
+
+        training = [r for path in args.reference_data for r in load_dataset(path)]
+        reference = alignment_reference(training, load_model_package(args.model).preprocessing)
     result = calibrate_package(args.model, recordings, args.out, align=False if args.no_align else None,
-                               epochs=args.epochs, name=args.name)  # fmt: skip
+                               epochs=args.epochs, name=args.name, reference=reference)  # fmt: skip
     if result.estimate is not None:
         s = result.estimate.shift
         logger.info("Alignment: %+.2f rows, %+.2f cols, gain %.2f (map correlation %.2f, unshifted %.2f)", s.rows,
@@ -112,7 +122,11 @@ def _cross_day(args: argparse.Namespace) -> int:
     def save(results: list[DirectionResult]) -> None:
         write_results(results, args.out, command=command, simulated=simulated)
 
-    results = done if args.skip_flexemg else run_study(config, args.data, args.work_dir, done=done, on_result=save)
+    results = (
+        done
+        if args.skip_flexemg
+        else run_study(config, args.data, args.work_dir, done=done, on_result=save, packages_dir=args.packages)
+    )
     if args.sim_data is not None:
         simulated = simulated_shift_check(args.sim_data.expanduser(), args.sim_model, seed=config.pipeline.seed)
     markdown = write_results(results, args.out, command=command, simulated=simulated)
