@@ -31,6 +31,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -261,11 +262,20 @@ class ChannelMapping:
     def n_channels(self) -> int:
         return len(self.stream_indices)
 
-    @property
+    @cached_property
     def is_identity(self) -> bool:
         """Every stream channel, in stream order, already in uV: samples pass unchanged."""
         return (self.stream_indices == tuple(range(self.n_stream_channels))
                 and all(s == 1.0 for s in self.scale_to_uv))
+
+    @cached_property
+    def _index(self) -> np.ndarray:
+        return np.asarray(self.stream_indices, dtype=np.intp)
+
+    @cached_property
+    def _scale(self) -> np.ndarray | None:
+        """Per-channel factors, or None when every channel is in uV already."""
+        return None if all(s == 1.0 for s in self.scale_to_uv) else np.asarray(self.scale_to_uv, dtype=np.float32)
 
     def apply(self, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """`raw` `(n, n_stream_channels)` of any numeric dtype -> `(n, n_channels)` float32 uV, into `out`
@@ -276,13 +286,12 @@ class ChannelMapping:
             return raw
         n = raw.shape[0]
         target = np.empty((n, self.n_channels), np.float32) if out is None else out[:n]
-        index = np.asarray(self.stream_indices, dtype=np.intp)
         if raw.dtype == np.float32:
-            np.take(raw, index, axis=1, out=target)
+            np.take(raw, self._index, axis=1, out=target)
         else:  # double, int16, int32...: converted while gathered (int32 nV and double V fit float32 uV)
-            np.copyto(target, raw[:, index], casting="unsafe")
-        if any(s != 1.0 for s in self.scale_to_uv):
-            target *= np.asarray(self.scale_to_uv, dtype=np.float32)
+            np.copyto(target, raw[:, self._index], casting="unsafe")
+        if self._scale is not None:
+            target *= self._scale
         return target
 
     def describe(self) -> str:
