@@ -140,7 +140,7 @@ class StreamSnapshot(_Body):
     n_channels: int | None
     fs_hz: float | None  # nominal rate of the stream
     channel_format: str | None
-    channel_labels: list[str]
+    channel_labels: list[str]  # the stream's own labels, in stream order (quality channels are the model's)
     channel_mapping: ChannelMappingReport | None  # None until the stream's channels were mapped onto a model
     samples_received: int
     windows_emitted: int
