@@ -107,7 +107,7 @@ def test_report_lists_every_method_and_round_trips(tmp_path: Path) -> None:
     ]
     text = render_markdown(results, command="rohde study cross-day")
     assert "| CNN zero-shot | 50.0 | 70.0 | 60.0 |" in text
-    assert "| CNN, same placement | 100.0 |  | 100.0 |" in text
+    assert "| CNN same placement | 100.0 |  | 100.0 |" in text
     assert "+4.50 rows" in text
     write_results(results, tmp_path, command="x")
     again, simulated = read_results(tmp_path)
