@@ -1,5 +1,5 @@
 """The cross-day study's parts: feature-level shift augmentation, gain renormalisation, AdaBN,
-head fine-tuning and the report (the study itself runs on real data with `rohde study cross-day`)."""
+head fine-tuning and the report (the study itself runs on real data with `rohde cross-day`)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_report_lists_every_method_and_round_trips(tmp_path: Path) -> None:
         DirectionResult("001", "Session1", "Session3", {"cnn/cross": 0.5, "cnn/within": 1.0}, {"features": 3.0}, shift),
         DirectionResult("001", "Session3", "Session1", {"cnn/cross": 0.7}, {"features": 2.0}, shift),
     ]
-    text = render_markdown(results, command="rohde study cross-day")
+    text = render_markdown(results, command="rohde cross-day")
     assert "| CNN zero-shot | 50.0 | 70.0 | 60.0 |" in text
     assert "| CNN same placement | 100.0 |  | 100.0 |" in text
     assert "+4.50 rows" in text

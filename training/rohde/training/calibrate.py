@@ -57,7 +57,7 @@ class RemappedCNN(RohdeCNN):
         self.frontend = base.frontend
         self.head = base.head
         self.channel_remap: torch.Tensor
-        self.register_buffer(REMAP_NAME, torch.as_tensor(remap, dtype=torch.float32), persistent=True)
+        self.register_buffer(REMAP_NAME, torch.tensor(np.array(remap, dtype=np.float32)), persistent=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.frontend(torch.matmul(self.channel_remap, x)))  # (C, C) @ (B, C, W)

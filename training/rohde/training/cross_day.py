@@ -1,4 +1,4 @@
-"""`rohde study cross-day`: how gesture recognition survives putting the array on again.
+"""`rohde cross-day`: how gesture recognition survives putting the array on again.
 
 On the flexemg data, Session3 of each subject was recorded with the array re-applied (its maps
 match Session1's after a shift of 4-5 rows). For each subject and direction (Session1 -> Session3

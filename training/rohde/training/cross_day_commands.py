@@ -1,4 +1,4 @@
-"""`rohde calibrate` and `rohde study cross-day` (torch loads inside the handlers)."""
+"""`rohde calibrate` and `rohde cross-day` (torch loads inside the handlers)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     calibrate.add_argument("--epochs", type=int, default=40, help="fine-tuning passes over the recording")
     calibrate.set_defaults(handler=_calibrate)
 
-    study = subparsers.add_parser("study", help="studies that train and compare several models")
-    kinds = study.add_subparsers(dest="study", required=True, metavar="STUDY")
-    cross = kinds.add_parser(
+    # A top-level command: `rohde study` is the robustness study's group.
+    cross = subparsers.add_parser(
         "cross-day",
         help="flexemg Session1 <-> Session3 (array re-applied): LDA, CNN, shift-robust CNN, alignment, recalibration",
         description="Train on one session of each flexemg subject, test on the other (the array was re-applied), "
@@ -115,7 +114,7 @@ def _cross_day(args: argparse.Namespace) -> int:
     config = default_config(args.config)
     config = replace(config, subjects=tuple(s.strip() for s in args.subjects.split(",") if s.strip()))
     done, simulated = ([], None) if args.fresh else read_results(args.out)
-    command = f"rohde study cross-day --data {args.data} --out {args.out}" + (f" --doc {args.doc}" if args.doc else "")
+    command = f"rohde cross-day --data {args.data} --out {args.out}" + (f" --doc {args.doc}" if args.doc else "")
     if args.sim_data is not None:
         command += f" --sim-data SIM --sim-model {args.sim_model}"
 
