@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rohde.reliability import commands as reliability_commands
     from rohde.server import commands as server_commands
     from rohde.training import commands as training_commands
+    from rohde.training import study_commands
 
     parser = argparse.ArgumentParser(prog="rohde", description="Robust real-time HD-EMG gesture recognition.")
     parser.add_argument("--version", action="version", version=f"rohde {VERSION}")
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_commands.register(subparsers)
     training_commands.register(subparsers)
+    study_commands.register(subparsers)
     server_commands.register(subparsers)
     bench_commands.register(subparsers)
     reliability_commands.register(subparsers)

@@ -76,8 +76,10 @@ class QualityMonitor:
         self._written = 0
         self._since_estimate = 0
         self._interval = max(1, int(round(self.thresholds.quality_interval_s * fs_hz)))
-        # The neighbour detector needs the grid map; without a layout (or a mismatched one) it stays off.
-        self._detector = (ChannelQualityDetector(layout, fs_hz, self._n)
+        # The neighbour detector needs the grid map; without a layout (or a mismatched one) it stays off. It
+        # judges the newest 250 ms (its thresholds were chosen on 250 ms windows; half the cost of 500 ms).
+        self._detector_n = min(self._n, max(16, int(round(0.25 * fs_hz))))
+        self._detector = (ChannelQualityDetector(layout, fs_hz, self._detector_n)
                           if layout is not None and layout.n_channels == n_channels else None)  # fmt: skip
         self._nonfinite_until = np.zeros(n_channels, dtype=np.int64)  # sample index until which flagged
         freqs = np.fft.rfftfreq(self._n, 1.0 / fs_hz)
@@ -135,7 +137,8 @@ class QualityMonitor:
             "powerline": ~flat & (mains_share > t.powerline_ratio),
             "artifact": low_uv > t.artifact_uv,
             "nonfinite": self._nonfinite_until > self._written,
-            "neighbour": self._detector.detect(raw).bad if self._detector is not None else np.zeros_like(flat),
+            "neighbour": (self._detector.detect(raw[-self._detector_n :]).bad if self._detector is not None
+                          else np.zeros_like(flat)),  # fmt: skip
         }
         self._flags = np.stack([masks[f] for f in FLAGS], axis=1)  # (n_channels, n_flags)
         self._stats = np.stack([std, mains_share, low_uv], axis=1).astype(np.float64)  # (n_channels, 3)

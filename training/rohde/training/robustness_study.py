@@ -1,0 +1,283 @@
+"""`rohde study robustness`: severity curves per disturbance kind, several seeds, every variant on equal terms.
+
+Protocol (reduced so one run fits in minutes on 2 CPU cores; the reduction is written into the report):
+
+- Data: the embedded simulator, one subject, 192 channels at 2048 Hz, short trials (rest 1 s, each of
+  the seven gestures held 2 s once). Session 1: `train_trials` clean training trials and one validation
+  trial; session 2: `test_trials` clean test trials (cross-session, as the shipped model is scored).
+- Variants, each a fresh CNN head on the fixed frontend with the same trainer budget (same epochs,
+  patience and batch size) and each selected (early stopping) on the same validation windows: the clean
+  validation trial plus copies disturbed by a neutral generator (every trainable kind in turn, placed at
+  random with 5-30 % severity, seeds of its own), the same for all variants:
+  `clean`; `generic` (gain, noise, channel dropout, spikes: `generic_augment`); `dropout` (random
+  electrode sets rebuilt from their neighbours: `mask_augment`); `oracle` (the simulator's own trainable
+  kinds at random places: an upper bound only simulated data allow, labelled as such); `lda` (time-domain
+  features). `+mask` rows run the very same model with quality masking at test time (the neighbour
+  detector flags channels, `ChannelRepair` rebuilds them, `repair_blocks`). The GAN is not in this study.
+- Test: every kind of `DISTURBANCE_CONDITIONS` but the global powerline, one at a time, placed at random
+  (`Placement("any")`) at each severity (share of electrodes disturbed), on every test trial; the held-out
+  kind (`HELD_OUT_KIND`) is reported apart. Mean and standard deviation over seeds (each seed redraws
+  the network initialisation, the augmentations and the test disturbances).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rohde.core.channel_quality import ChannelQualityDetector
+from rohde.core.channel_repair import ChannelRepair, repair_blocks
+from rohde.core.preprocessing import PreprocessingConfig
+from rohde.core.recording import Recording
+from rohde.core.windows import WindowConfig
+from rohde.simulation.disturbances import DISTURBANCE_CONDITIONS, HELD_OUT_KIND, apply_disturbance
+from rohde.simulation.placement import Placement
+from rohde.simulation.simulator import SimulatorConfig, simulate_recording
+from rohde.training import augment
+from rohde.training.baselines import fit_lda
+from rohde.training.config import PipelineConfig, TrainerConfig
+from rohde.training.run_context import RunContext, seeded_rng, stack_windows, valid_windows
+from rohde.training.trainer import predict_proba, resolve_device
+from rohde.training.windows_dataset import WindowSet, fit_normalization
+
+logger = logging.getLogger(__name__)
+
+STUDY_KINDS: tuple[str, ...] = tuple(k for k in DISTURBANCE_CONDITIONS if k != "powerline")
+TRAINABLE_KINDS: tuple[str, ...] = tuple(k for k in STUDY_KINDS if k != HELD_OUT_KIND)
+VARIANTS: tuple[str, ...] = ("clean", "generic", "dropout", "oracle", "lda")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    seeds: int = 3  # independent repetitions
+    train_trials: int = 2  # clean training trials (session 1)
+    test_trials: int = 1  # clean test trials (session 2), each disturbed per kind and severity
+    severities: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)  # share of electrodes disturbed
+    kinds: tuple[str, ...] = STUDY_KINDS
+    max_epochs: int = 25  # the same training budget for every variant
+    patience: int = 5
+    quality_block_ms: float = 250.0  # the live monitor's estimate interval
+    quality_window_ms: float = 500.0  # the live monitor's history per estimate
+    # The simulated recordings: 3 x 8 x 8 at 2048 Hz, the seven gestures held 2 s once (tests use a tiny one).
+    simulator: SimulatorConfig = SimulatorConfig(rest_s=1.0, gesture_s=2.0, ramp_s=0.3, repetitions=1)
+
+
+def _simulated(config: StudyConfig) -> tuple[list[Recording], list[Recording], list[Recording]]:
+    def make(session: int, trial: int) -> Recording:
+        return simulate_recording(config=config.simulator, subject=1, session=session, trial=trial,
+                                  condition="clean", seed=0)  # fmt: skip
+
+    train = [make(1, t) for t in range(1, config.train_trials + 1)]
+    val = [make(1, config.train_trials + 1)]
+    test = [make(2, t) for t in range(1, config.test_trials + 1)]
+    return train, val, test
+
+
+def _context(train: list[Recording], seed: int, config: StudyConfig, work: Path) -> RunContext:
+    pipeline = PipelineConfig(seed=seed)
+    pipeline = replace(pipeline, trainer=TrainerConfig(max_epochs=config.max_epochs, patience=config.patience,
+                                                       device="cpu"))  # fmt: skip
+    ws = pipeline.windows
+    pre = PreprocessingConfig(fs_hz=train[0].fs_hz, bandpass_hz=ws.bandpass_hz, notch_hz=ws.notch_hz)
+    return RunContext(config=pipeline, preprocessing=pre, normalization=fit_normalization(train, pre),
+                      windows=WindowConfig(ws.window_ms, ws.hop_ms), labels=list(train[0].gesture_names),
+                      template=train[0], device=resolve_device("cpu"), work_dir=work)  # fmt: skip
+
+
+def _disturb(rec: Recording, kind: str, severity: float, rng: np.random.Generator) -> Recording:
+    samples, mask = apply_disturbance(rec.samples, fs_hz=rec.fs_hz, layout=rec.layout, condition=kind, rng=rng,
+                                      placement=Placement("any", severity))  # fmt: skip
+    return rec.with_samples(samples, condition=kind, disturbance_mask=mask)
+
+
+def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train every variant per seed, score the severity curves, write `robustness.json` (and return it)."""
+    started = time.perf_counter()
+    train, val, test = _simulated(config)
+    layout, fs = train[0].layout, train[0].fs_hz
+    detector = ChannelQualityDetector(layout, fs, int(round(config.quality_window_ms * fs / 1000)))
+    repair = ChannelRepair(layout)
+    block = int(round(config.quality_block_ms * fs / 1000))
+
+    def masked(rec: Recording) -> Recording:
+        samples, _ = repair_blocks(rec.samples, detector=detector, repair=repair, block=block)
+        return rec.with_samples(samples)
+
+    curves: dict[str, dict[str, dict[str, list[float]]]] = {}  # variant -> kind -> severity -> [acc per seed]
+    for seed in range(config.seeds):
+        ctx = _context(train, seed, config, out_dir / "work")
+        torch.manual_seed(seed)
+        train_set = ctx.window_set(train, with_td=True)
+        neutral = [_disturb(r, k, float(seeded_rng(seed, 30, i).uniform(0.05, 0.3)), seeded_rng(seed, 31, i))
+                   for i, (r, k) in enumerate((r, k) for r in val for k in TRAINABLE_KINDS)]  # fmt: skip
+        val_xy = stack_windows(valid_windows(ctx.window_set(val)), valid_windows(ctx.window_set(neutral)))
+        augmented: dict[str, list[Recording]] = {
+            "generic": [augment.generic_augment(r, config=ctx.config.augment, rng=seeded_rng(seed, 40, i))
+                        for i, r in enumerate(train)],
+            "dropout": [augment.mask_augment(r, rng=seeded_rng(seed, 41, i)) for i, r in enumerate(train)],
+            "oracle": [_disturb(r, k, float(seeded_rng(seed, 42, i, j).uniform(0.02, 0.5)), seeded_rng(seed, 43, i, j))
+                       for i, r in enumerate(train) for j, k in enumerate(TRAINABLE_KINDS)],
+        }  # fmt: skip
+        heads = {"clean": ctx.fit_head("clean", valid_windows(train_set), val_xy, key=1)[0]}
+        for key, name in enumerate(("generic", "dropout", "oracle"), start=2):
+            extra = valid_windows(ctx.window_set(augmented[name]))
+            heads[name] = ctx.fit_head(name, stack_windows(valid_windows(train_set), extra), val_xy, key=key)[0]
+        lda = fit_lda(train_set, n_classes=len(ctx.labels))
+
+        def score(name: str, windows: WindowSet, heads: dict[str, Any] = heads, lda: Any = lda) -> float:
+            keep = windows.valid
+            if name == "lda":
+                td = windows.td if windows.td is not None else np.zeros((len(windows), 0))
+                pred = lda.predict_proba(td[keep]).argmax(axis=1)
+            else:
+                pred = predict_proba(heads[name].head, windows.features[keep], device="cpu").argmax(axis=1)
+            return float(np.mean(pred == windows.labels[keep]))
+
+        for kind in config.kinds:
+            for si, severity in enumerate(config.severities):
+                if severity == 0 and kind != config.kinds[0]:
+                    continue  # clean test windows: scored once, under the first kind, copied to all below
+                rng = seeded_rng(seed, 50, STUDY_KINDS.index(kind), si)
+                recs = test if severity == 0 else [_disturb(r, kind, severity, rng) for r in test]
+                plain = ctx.window_set(recs, with_td=True)
+                fixed = ctx.window_set([masked(r) for r in recs], with_td=True)
+                for name in VARIANTS:
+                    for suffix, windows in (("", plain), ("+mask", fixed)):
+                        row = curves.setdefault(name + suffix, {}).setdefault(kind, {})
+                        row.setdefault(f"{severity:g}", []).append(score(name, windows))
+            if progress is not None:
+                progress(f"seed {seed}: {kind} done ({time.perf_counter() - started:.0f} s)")
+    for variant in curves.values():  # the clean point is shared by every kind
+        first = variant[config.kinds[0]]["0"]
+        for kind in config.kinds:
+            variant[kind]["0"] = first
+    summary = {
+        variant: {kind: {sev: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+                         for sev, v in by_sev.items()} for kind, by_sev in by_kind.items()}
+        for variant, by_kind in curves.items()
+    }  # fmt: skip
+    result = {"config": asdict(config), "held_out_kind": HELD_OUT_KIND, "curves": summary,
+              "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "robustness.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def breaking_point(curve: dict[str, dict[str, float]], level: float = 0.8) -> float | None:
+    """The smallest severity at which mean accuracy falls below `level` (None: never within the curve)."""
+    for sev in sorted(curve, key=float):
+        if curve[sev]["mean"] < level:
+            return float(sev)
+    return None
+
+
+def format_study(result: dict[str, Any], variants: Sequence[str] | None = None) -> str:
+    """Markdown: per kind, accuracy (mean +- std over seeds) per variant and severity; the breaking points."""
+    curves = result["curves"]
+    names = list(variants or curves)
+    severities = [f"{s:g}" for s in result["config"]["severities"]]
+    lines: list[str] = []
+    for kind in result["config"]["kinds"]:
+        title = f"{kind} (held out: never trained on)" if kind == result["held_out_kind"] else kind
+        lines += [f"### {title}", "", "| variant | " + " | ".join(f"{s} " for s in severities) + "|",
+                  "| --- |" + " ---: |" * len(severities)]  # fmt: skip
+        for name in names:
+            cells = [f"{100 * curves[name][kind][s]['mean']:.1f} ± {100 * curves[name][kind][s]['std']:.1f}"
+                     for s in severities]  # fmt: skip
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### Where the clean-only CNN drops below 80 %", "",
+              "| kind | severity | clean | clean+mask | dropout+mask | oracle+mask |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for kind in result["config"]["kinds"]:
+        point = breaking_point(curves["clean"][kind])
+        if point is None:
+            lines.append(f"| {kind} | never (>= 80 % up to {severities[-1]}) | | | | |")
+            continue
+        s = f"{point:g}"
+        cells = [f"{100 * curves[v][kind][s]['mean']:.1f} %" for v in ("clean", "clean+mask", "dropout+mask",
+                                                                       "oracle+mask")]  # fmt: skip
+        lines.append(f"| {kind} | {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+_PLOTTED = ("clean", "clean+mask", "generic", "dropout", "dropout+mask", "oracle", "lda")
+
+
+def plot_curves(result: dict[str, Any], path: Path, kinds: Sequence[str], *, title: str) -> Path:
+    """One panel per kind: accuracy (mean +- std over seeds) against the share of electrodes disturbed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(kinds))
+    rows = -(-len(kinds) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    severities = [f"{s:g}" for s in result["config"]["severities"]]
+    x = [100 * float(s) for s in severities]
+    for ax, kind in zip(axes.ravel(), kinds, strict=False):
+        for name in _PLOTTED:
+            curve = result["curves"][name][kind]
+            mean = np.array([100 * curve[s]["mean"] for s in severities])
+            std = np.array([100 * curve[s]["std"] for s in severities])
+            ax.errorbar(x, mean, yerr=std, label=name, marker="o", ms=3, capsize=2,
+                        linestyle="--" if name.endswith("+mask") else "-")  # fmt: skip
+        ax.axhline(80, color="grey", lw=0.6)
+        ax.set_title(f"{kind} (held out)" if kind == result["held_out_kind"] else kind)
+        ax.set_xlabel("electrodes disturbed (%)")
+        ax.set_ylim(0, 101)
+    for ax in axes.ravel()[len(kinds) :]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("accuracy (%)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = None) -> Path:
+    """robustness.md (and the two plots) in `out_dir`; with `docs`, the same markdown and plots beside it."""
+    config = result["config"]
+    held = result["held_out_kind"]
+    seen = [k for k in config["kinds"] if k != held]
+    targets = [out_dir] if docs is None else [out_dir, docs.parent]
+    for folder in targets:
+        if seen:
+            plot_curves(result, folder / "robustness_seen.png", seen, title="trainable kinds")
+        if held in config["kinds"]:
+            plot_curves(result, folder / "robustness_held_out.png", [held], title="held-out kind")
+    text = "\n".join([
+        "# Robustness: accuracy against the share of electrodes disturbed",
+        "",
+        f"Written by `rohde study robustness` in {result['seconds']:.0f} s. **Reduced protocol** (2 CPU cores): one "
+        f"simulated subject (3 x 8 x 8, 2048 Hz), {config['train_trials']} short clean training trials and one "
+        f"validation trial from session 1, {config['test_trials']} test trial(s) from session 2; every variant a CNN "
+        f"head on the fixed frontend with at most {config['max_epochs']} epochs (patience {config['patience']}); "
+        f"{config['seeds']} seeds; disturbances placed at random (`Placement(\"any\")`). The GAN variant is not in "
+        "this study. `oracle` trains on the simulator's own disturbance models (an upper bound that only simulated "
+        "data allow). `+mask`: the same model with quality masking at test time (neighbour detector + rebuild). "
+        "Figures are accuracy of single 200 ms windows in %, mean ± standard deviation over seeds.",
+        "",
+        "![trainable kinds](robustness_seen.png)" if seen else "",
+        "",
+        "![held-out kind](robustness_held_out.png)" if held in config["kinds"] else "",
+        "",
+        format_study(result),
+        "",
+    ])  # fmt: skip
+    (out_dir / "robustness.md").write_text(text)
+    if docs is not None:
+        docs.write_text(text)
+    return out_dir / "robustness.md"
