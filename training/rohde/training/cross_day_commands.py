@@ -57,6 +57,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         help="model package of the simulated-shift check (default models/rohde-default)",
     )
     cross.add_argument("--skip-flexemg", action="store_true", help="only the simulated-shift check")
+    cross.add_argument("--packages", type=Path, default=None,
+                       help="also export each subject's and source session's CNNs as model packages here, "
+                            "with their alignment reference (inputs for rohde calibrate)")  # fmt: skip
     cross.add_argument(
         "--fresh",
         action="store_true",
