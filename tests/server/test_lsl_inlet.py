@@ -38,7 +38,7 @@ def test_query_predicates() -> None:
     full = StreamQuery(name="amp", type=("EMG", "ExG"), source_id="sn-1", channels="0-63")
     assert full.predicate() == f"name='amp' and ({upper}='EMG' or {upper}='EXG') and source_id='sn-1'"
     assert full.describe() == "name='amp' and type in EMG, ExG and source_id='sn-1'; channels 0-63"
-    assert StreamQuery(type=[]).type is None and StreamQuery(type=["EMG"]).type == ("EMG",)
+    assert StreamQuery(type=()).type is None and StreamQuery(type=(" EMG ", "")).type == ("EMG",)
     with pytest.raises(ConfigError, match="single quote"):
         StreamQuery(name="it's")
 
