@@ -8,6 +8,7 @@ plus a little co-activation of all muscles), so no two repetitions look the same
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,7 +122,8 @@ class CuedTimeline:
 
     Each change ramps (raised cosine over `ramp_s`, labelled UNUSABLE) from the current drive to the
     new gesture's, drawn like a hold of `GestureTimeline` (effort, muscle jitter, co-activation). A cue
-    takes effect at the first sample rendered after it, so readers see it within one render block.
+    takes effect at the sample it names (`at_sample`, e.g. the sample of the cue's time stamp, so a
+    stream that runs late still reacts at the right samples), or at the first sample rendered after it.
     """
 
     def __init__(
@@ -143,15 +145,17 @@ class CuedTimeline:
         self._coactivation = coactivation
         self._synergy = synergy_matrix(gestures)
         self._ramp = max(1, int(round(ramp_s * fs_hz)))
-        self._pending = rest_index  # set from another thread: one attribute write, read once per render
+        self._pending: list[tuple[int | None, int]] = []  # cues not rendered yet; `cue` runs on another thread
+        self._lock = threading.Lock()
         self._gesture = rest_index
         self._drive = np.zeros(self._synergy.shape[1])
         self._from_drive = self._drive
-        self._ramp_start: int | None = None
+        self._ramp_start = -self._ramp  # no ramp in progress
 
-    def cue(self, gesture: int) -> None:
-        """Hold gesture index `gesture` from the next rendered sample on."""
-        self._pending = int(gesture)
+    def cue(self, gesture: int, at_sample: int | None = None) -> None:
+        """Hold gesture index `gesture` from stream sample `at_sample` on (None: the next rendered sample)."""
+        with self._lock:
+            self._pending.append((at_sample, int(gesture)))
 
     def _draw(self, gesture: int) -> np.ndarray:
         if gesture == self._rest_index:
@@ -161,21 +165,28 @@ class CuedTimeline:
         extra = self._rng.uniform(0.0, self._coactivation, self._synergy.shape[1])
         return np.clip((self._synergy[gesture] * jitter + extra) * effort, 0.0, 1.0)
 
+    def _drive_at(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rel = t - self._ramp_start
+        ramping = rel < self._ramp
+        weight = np.where(ramping, 0.5 - 0.5 * np.cos(np.pi * np.clip(rel, 0, self._ramp) / self._ramp), 1.0)
+        activation = (1 - weight)[:, None] * self._from_drive[None, :] + weight[:, None] * self._drive[None, :]
+        return activation, np.where(ramping, UNUSABLE, self._gesture).astype(np.int16)
+
     def render(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Activation `(n, n_muscles)` and labels `(n,)` int16 for samples `[start, start + n)`."""
-        pending = self._pending
-        if pending != self._gesture:
-            self._from_drive = self._current(start)
-            self._gesture, self._drive, self._ramp_start = pending, self._draw(pending), start
-        rel = np.arange(start, start + n) - (self._ramp_start if self._ramp_start is not None else start - self._ramp)
-        weight = np.where(rel < self._ramp, 0.5 - 0.5 * np.cos(np.pi * np.clip(rel, 0, self._ramp) / self._ramp), 1.0)
-        activation = (1 - weight)[:, None] * self._from_drive[None, :] + weight[:, None] * self._drive[None, :]
-        labels = np.where(rel < self._ramp, UNUSABLE, self._gesture).astype(np.int16)
+        with self._lock:
+            due = [c for c in self._pending if c[0] is None or c[0] < start + n]
+            self._pending = [c for c in self._pending if not (c[0] is None or c[0] < start + n)]
+        changes = sorted((max(start, at if at is not None else start), g) for at, g in due)
+        activation = np.zeros((n, self._synergy.shape[1]))
+        labels = np.zeros(n, dtype=np.int16)
+        pos = start
+        for at, gesture in [*changes, (start + n, None)]:
+            if at > pos:
+                part = slice(pos - start, at - start)
+                activation[part], labels[part] = self._drive_at(np.arange(pos, at))
+                pos = at
+            if gesture is not None and gesture != self._gesture:
+                self._from_drive = self._drive_at(np.array([at]))[0][0]
+                self._gesture, self._drive, self._ramp_start = gesture, self._draw(gesture), at
         return activation, labels
-
-    def _current(self, sample: int) -> np.ndarray:
-        """The drive at `sample` (mid-ramp when a cue comes before the last ramp ended)."""
-        if self._ramp_start is None or sample - self._ramp_start >= self._ramp:
-            return self._drive
-        w = 0.5 - 0.5 * np.cos(np.pi * (sample - self._ramp_start) / self._ramp)
-        return (1 - w) * self._from_drive + w * self._drive

@@ -383,8 +383,9 @@ class LiveSimulator:
     def samples_read(self) -> int:
         return self._served
 
-    def set_gesture(self, gesture: str) -> None:
-        """Hold `gesture` (one of `gesture_names`) from the next generated block on (within `CUED_BLOCK_S`).
+    def set_gesture(self, gesture: str, *, at_sample: int | None = None) -> None:
+        """Hold `gesture` (one of `gesture_names`) from stream sample `at_sample` on, or from the next generated
+        block (within `CUED_BLOCK_S`) when None or already generated.
 
         The first call replaces the built-in gesture cycle with a `CuedTimeline`, so an outside protocol
         (the calibration cues of `rohde record`) decides what the simulated person does; the truth labels
@@ -402,7 +403,7 @@ class LiveSimulator:
             self._timeline = timeline
             # Smaller blocks from now on: a cue then reaches the signal within CUED_BLOCK_S, not BLOCK_S.
             self._block = max(1, int(round(CUED_BLOCK_S * self.config.fs_hz)))
-        timeline.cue(self.config.gestures.index(gesture))
+        timeline.cue(self.config.gestures.index(gesture), at_sample)
 
     def condition_at(self, sample: int) -> str:
         """Condition scheduled at stream sample `sample`."""

@@ -62,7 +62,7 @@ def test_simulator_holds_the_gesture_it_is_told_and_maps_unknown_cues() -> None:
     sim = LiveSimulator(subject=7, session=1, schedule=("clean",))
     config = PreprocessingConfig(fs_hz=sim.fs_hz)
     rest_rms = np.sqrt(np.mean(filter_recording(sim.read(4096).samples, config)[2048:] ** 2))
-    performer = SimulatedPerformer(sim.set_gesture, sim.gesture_names, "no_movement")
+    performer = SimulatedPerformer(lambda gesture, _: sim.set_gesture(gesture), sim.gesture_names, "no_movement")
     performer(ReceivedCue(decode_marker(["fist", "clean", json.dumps(
         {"cue": "fist", "phase": "hold", "remaining_s": 1, "index": 0, "total": 1})]), 0.0, "x"))
     chunk = sim.read(4096)

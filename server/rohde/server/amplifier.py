@@ -201,6 +201,7 @@ class LslAmplifier:
         # takes no lock, and the loop below sleeps in short time.sleep() calls that see it.
         self._stopping = False
         self.samples_sent = 0
+        self.t0: float | None = None  # LSL time of sample 0, set by `run`
         self._last_marker: tuple[str, str] | None = None
         self._repeat_samples = max(1, int(marker_repeat_s * source.fs_hz))
         self._last_marker_sample = 0
@@ -253,6 +254,11 @@ class LslAmplifier:
             values = np.clip(np.rint(values), limits.min, limits.max)
         return np.ascontiguousarray(values, dtype=fmt.dtype)
 
+    def sample_at(self, lsl_time: float) -> int | None:
+        """The stream sample stamped `lsl_time` (None before `run` starts): lets a cue act at its own time
+        even when the push loop runs late."""
+        return None if self.t0 is None else max(0, int(round((lsl_time - self.t0) * self.source.fs_hz)))
+
     def stop(self) -> None:
         """Ask `run` to return; safe from a signal handler and from another thread."""
         self._stopping = True
@@ -268,7 +274,7 @@ class LslAmplifier:
         """Push in real time until `stop()`, `duration_s`, or the end of a non-looping source."""
         local_clock = self._pylsl.local_clock
         fs = self.source.fs_hz
-        t0 = local_clock()
+        t0 = self.t0 = local_clock()
         limit = None if duration_s is None else int(duration_s * fs)
         while not self._stopping:
             due = int((local_clock() - t0) * fs)

@@ -173,7 +173,7 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
                                           lsl_time=received.lsl_time, server_time=time.time(),
                                           source_id=received.source_id))
 
-    cues = CueListener(forward_cue, lsl_config=settings.lsl_config)
+    cues = CueListener(forward_cue, name=settings.cue_stream_name, lsl_config=settings.lsl_config)
     return ServerRuntime(settings=settings, models=models, metrics=metrics, hub=hub, streams=streams,
                          inference=inference, markers=markers, cues=cues)
 

@@ -97,6 +97,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                       help="seconds per condition (default: a third of --duration, else 30)")
     demo.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="only print the summary")
+    demo.add_argument("--personal", action="store_true",
+                      help="the personal-model flow instead: simulated amplifier of an unseen subject -> rohde record "
+                           "-> rohde train --quick -> live switch -> scored on a fresh session (--duration: seconds "
+                           "scored, default 45)")
+    demo.add_argument("--work-dir", type=Path, default=None, help="--personal: keep its files (logs, recording, "
+                                                                  "models) here instead of a temporary folder")
     demo.set_defaults(handler=_demo)
     register_record(subparsers)
 
@@ -104,6 +110,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from rohde.server.allocator import fix_mmap_threshold
     from rohde.server.app import create_app
     from rohde.server.inference import choose_providers
     from rohde.server.security import TokenRedactingFilter
@@ -121,6 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.require_gpu:
         # A build without CUDA is refused here; the start-up then checks the provider the real session runs on.
         choose_providers(settings.providers, require_gpu=True)
+    fix_mmap_threshold()  # resident memory flat over long runs (allocator.py)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level="info",
                             lifespan="on", ws=_websocket_protocol(), ws_max_size=WS_MAX_MESSAGE_BYTES,
@@ -227,7 +235,12 @@ def _simulate(args: argparse.Namespace) -> int:
     from rohde.server.cue_listener import CueListener, SimulatedPerformer
 
     simulator = source.simulator
-    performer = SimulatedPerformer(simulator.set_gesture, simulator.gesture_names,
+
+    def perform(gesture: str, lsl_time: float) -> None:
+        # At the cue's own sample: a push loop running late still shows the reaction at the right time.
+        simulator.set_gesture(gesture, at_sample=amplifier.sample_at(lsl_time))
+
+    performer = SimulatedPerformer(perform, simulator.gesture_names,
                                    simulator.config.gestures[simulator.config.rest_index])
     follower = CueListener(performer, name=args.follow_cues, lsl_config=default_lsl_config())
     follower.start()
@@ -260,6 +273,11 @@ def _outlet_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.personal:
+        from rohde.server.personal_demo import PersonalDemoOptions, main_personal
+
+        return main_personal(PersonalDemoOptions(seed=args.seed, score_s=args.duration or 45.0,
+                                                 work_dir=args.work_dir, quiet=args.quiet))
     from rohde.server.demo import DemoOptions, run_demo
 
     return run_demo(DemoOptions(duration_s=args.duration, models_dir=args.models_dir, model=args.model,

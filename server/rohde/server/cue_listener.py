@@ -114,12 +114,12 @@ class CueListener:
 
 
 class SimulatedPerformer:
-    """Makes the simulated person (`LiveSimulator.set_gesture`) do what each cue asks: the cued gesture
-    while a hold lasts, rest otherwise. A cue naming a gesture the simulator lacks (a user's own
+    """Makes the simulated person (`set_gesture(gesture, cue LSL time)`) do what each cue asks: the cued
+    gesture while a hold lasts, rest otherwise. A cue naming a gesture the simulator lacks (a user's own
     vocabulary) is mapped onto the simulator's unused gestures in order of first appearance, so any
     protocol can be tried without a person."""
 
-    def __init__(self, set_gesture: Callable[[str], None], gestures: tuple[str, ...], rest: str) -> None:
+    def __init__(self, set_gesture: Callable[[str, float], None], gestures: tuple[str, ...], rest: str) -> None:
         self._set_gesture = set_gesture
         self._rest = rest
         self._known = set(gestures)
@@ -141,4 +141,4 @@ class SimulatedPerformer:
         return self._mapped[cue.label]
 
     def __call__(self, received: ReceivedCue) -> None:
-        self._set_gesture(self.gesture_for(received.cue))
+        self._set_gesture(self.gesture_for(received.cue), received.lsl_time)

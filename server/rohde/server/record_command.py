@@ -23,8 +23,11 @@ def register_record(subparsers: Any) -> None:  # argparse's _SubParsersAction is
     p.add_argument("--out", type=Path, default=None,
                    help="recording to write (default calibration-SUBJECT-TIME.rohde.npz here)")
     p.add_argument("--stream-name", help="record the LSL stream with this name")
-    p.add_argument("--stream-type", default="EMG", help="... of this type (default EMG; e.g. ExG)")
+    p.add_argument("--stream-type", default="EMG,ExG,EEG",
+                   help="... of one of these comma-separated types, as rohde serve (default EMG,ExG,EEG)")
     p.add_argument("--stream-source-id", help="... with this source_id")
+    p.add_argument("--channels", help="which stream channels are EMG, as rohde serve --channels (0-based indices, "
+                                      "ranges 0-63, labels, type:NAME); default: auxiliary channels dropped")
     p.add_argument("--layout", help="electrode layout preset when the stream does not describe one "
                                     "(3x8x8, flexemg16x4, GRIDSxROWSxCOLS)")
     p.add_argument("--gestures", default=",".join(DEFAULT_ACTIVE_GESTURES),
@@ -67,9 +70,11 @@ def _record(args: argparse.Namespace) -> int:
         hold_s=args.hold_s, rest_s=args.rest_s, prepare_s=args.prepare_s, lead_in_s=args.lead_in_s,
         disturbed_trials=args.disturbed_trials, rest_label=args.rest_label)
     out = args.out or Path(f"calibration-{args.subject}-{time.strftime('%Y%m%d-%H%M%S')}.rohde.npz")
-    options = RecordOptions(out=out, query=StreamQuery(name=args.stream_name, type=args.stream_type,
+    types = tuple(t.strip() for t in args.stream_type.split(",") if t.strip())
+    options = RecordOptions(out=out, query=StreamQuery(name=args.stream_name, type=types,
                                                        source_id=args.stream_source_id),
-                            protocol=protocol, layout=args.layout, subject=args.subject, session=args.session,
+                            protocol=protocol, layout=args.layout, channels=args.channels, subject=args.subject,
+                            session=args.session,
                             cue_stream_name=args.cue_stream_name, resolve_timeout_s=args.timeout)
     recorder = CalibrationRecorder(options, lsl_config=default_lsl_config())
     previous = {sig: signal.signal(sig, lambda *_: recorder.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}

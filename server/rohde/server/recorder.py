@@ -25,15 +25,23 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from rohde.core.channel_map import ChannelInfo, ChannelMapping, map_channels, select_channels
 from rohde.core.datasets import cue_labels
-from rohde.core.errors import ConfigError, LayoutError, RecordingFormatError, RohdeError, StreamNotFoundError
-from rohde.core.layouts import ElectrodeLayout, default_layout, flexemg_layout, layout_from_spec
+from rohde.core.errors import (
+    ConfigError,
+    LayoutError,
+    RecordingFormatError,
+    RohdeError,
+    StreamMismatchError,
+    StreamNotFoundError,
+)
+from rohde.core.layouts import NO_ELECTRODE, ElectrodeLayout, default_layout, flexemg_layout, layout_from_spec
 from rohde.core.recording import SUFFIX, Recording
 from rohde.server.cue_protocol import (
     CUE_CHANNELS,
@@ -44,7 +52,7 @@ from rohde.server.cue_protocol import (
     Cue,
     protocol_cues,
 )
-from rohde.server.lsl_inlet import StreamQuery, import_pylsl, resolve
+from rohde.server.lsl_inlet import CHANNEL_FORMATS, NUMPY_DTYPES, StreamDescription, StreamQuery, import_pylsl, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +68,7 @@ class RecordOptions:
     query: StreamQuery  # which EMG stream
     protocol: CalibrationProtocol
     layout: str | None = None  # layout preset when the stream's desc has none
+    channels: str | None = None  # which stream channels are EMG (`--channels`, as the server's); None: found
     subject: str = "me"
     session: str | None = None  # None: the start time
     cue_stream_name: str = CUE_STREAM_NAME
@@ -75,25 +84,44 @@ def journal_path(out: Path) -> Path:
     return output_path(out).with_name(output_path(out).name + JOURNAL_SUFFIX)
 
 
-def stream_layout(info: Any, layout: str | None) -> ElectrodeLayout:
-    """The stream's layout: `layout` (a preset name) when given, else the desc's layout JSON, else by channel count."""
-    n_channels = int(info.channel_count())
+def grid_channels_only(layout: ElectrodeLayout) -> ElectrodeLayout:
+    """`layout` without its channels on no grid (an amplifier's counter, trigger...), renumbered in stream order."""
+    used = sorted(c for g in layout.grids for row in g.channels for c in row if c != NO_ELECTRODE)
+    if len(used) == layout.n_channels:
+        return layout
+    rank = {c: i for i, c in enumerate(used)}
+    grids = tuple(replace(g, channels=tuple(tuple(rank.get(c, NO_ELECTRODE) for c in row) for row in g.channels))
+                  for g in layout.grids)
+    return ElectrodeLayout(name=layout.name, grids=grids, n_channels=len(used))
+
+
+def stream_channels(info: Any, layout: str | None, selection: str | None) -> tuple[ElectrodeLayout, ChannelMapping]:
+    """The layout to record and which stream channels feed it, scaled to uV.
+
+    The layout: `layout` (a preset name) when given, else the stream desc's layout JSON without its channels on
+    no grid, else by the count of EMG channels (auxiliary ones dropped: 192 -> 3x8x8, 64 -> flexemg 16 x 4).
+    The channels: as the server maps them (`rohde.core.channel_map`: labels, auxiliary channels, units).
+    """
+    stream = StreamDescription.from_info(info)
+    channels = list(stream.channels) or [ChannelInfo() for _ in range(stream.n_channels)]
+    described = ElectrodeLayout.from_json(stream.layout_json) if stream.layout_json else None
+    positions = described.channel_labels() if described and described.n_channels == stream.n_channels else None
     if layout is not None:
         chosen = layout_from_spec(layout)
+    elif described is not None:
+        chosen = grid_channels_only(described)
     else:
-        text = info.desc().child_value("layout")
-        if text:
-            chosen = ElectrodeLayout.from_json(text)
-        elif n_channels == 192:
-            chosen = default_layout()
-        elif n_channels == 64:
-            chosen = flexemg_layout()
-        else:
-            raise LayoutError(f"The EMG stream has {n_channels} channels and no layout in its description; pass "
+        picked, _ = select_channels(channels, n_wanted=None, selection=selection)
+        presets = {192: default_layout, 64: flexemg_layout}
+        if len(picked) not in presets:
+            raise LayoutError(f"The EMG stream has {len(picked)} EMG channels and no layout in its description; pass "
                               "--layout (a preset such as 3x8x8, flexemg16x4, or GRIDSxROWSxCOLS).")
-    if chosen.n_channels != n_channels:
-        raise LayoutError(f"--layout {chosen.name!r} has {chosen.n_channels} channels but the stream has {n_channels}.")
-    return chosen
+        chosen = presets[len(picked)]()
+    try:
+        mapping = map_channels(channels, chosen.channel_labels(), selection=selection, positions=positions)
+    except StreamMismatchError as exc:
+        raise LayoutError(f"Stream {stream.name!r} does not fit layout {chosen.name!r}: {exc}.") from exc
+    return chosen, mapping
 
 
 class Journal:
@@ -239,7 +267,9 @@ class CalibrationRecorder:
         fs_hz = float(info.nominal_srate())
         if fs_hz <= 0:
             raise ConfigError(f"Stream {info.name()!r} has no nominal rate; record a regularly sampled EMG stream.")
-        layout = stream_layout(info, options.layout)
+        layout, mapping = stream_channels(info, options.layout, options.channels)
+        if mapping.dropped:
+            logger.info("Recording %d EMG channels; leaving out %s.", layout.n_channels, ", ".join(mapping.dropped))
         cues = protocol_cues(options.protocol)
         meta = {
             "out": str(out), "fs_hz": fs_hz, "layout": layout.to_dict(),
@@ -254,7 +284,7 @@ class CalibrationRecorder:
                    f"{layout.name}) into {out}: {len(cues)} cues, {options.protocol.duration_s:.0f} s. Ctrl-C stops "
                    "and keeps what was recorded.")
         try:
-            self._loop(inlet, outlet, journal, cues, fs_hz, int(info.channel_count()))
+            self._loop(inlet, outlet, journal, cues, fs_hz, int(info.channel_count()), mapping)
         finally:
             journal.close()
             inlet.close_stream()
@@ -269,10 +299,14 @@ class CalibrationRecorder:
                    + (f" - the stream was lost: {self.lost}" if self.lost else "") + ".")
         return path
 
-    def _loop(self, inlet: Any, outlet: Any, journal: Journal, cues: list[Cue], fs_hz: float, n_channels: int) -> None:
+    def _loop(self, inlet: Any, outlet: Any, journal: Journal, cues: list[Cue], fs_hz: float, n_channels: int,
+              mapping: ChannelMapping) -> None:
         local_clock = self._pylsl.local_clock
         lost_error = importlib.import_module("pylsl.util").LostError
-        buffer = np.zeros((max(1, int(fs_hz)), n_channels), dtype=np.float32)
+        dtype = NUMPY_DTYPES.get(CHANNEL_FORMATS.get(int(inlet.info().channel_format()), ""), np.float32)
+        buffer = np.zeros((max(1, int(fs_hz)), n_channels), dtype=dtype)
+        columns = np.asarray(mapping.stream_indices)
+        scale = np.asarray(mapping.scale_to_uv, dtype=np.float64)
         # The first cue waits for the first samples: the protocol starts when the stream really flows.
         t0: float | None = None
         next_cue = 0
@@ -285,7 +319,8 @@ class CalibrationRecorder:
                 logger.error("The EMG stream was lost: %s; keeping what was recorded.", exc)
                 return
             if stamps:
-                journal.append(buffer[: len(stamps)], np.asarray(stamps, dtype=np.float64))
+                uv = buffer[: len(stamps), columns].astype(np.float64) * scale  # the EMG channels, in uV
+                journal.append(uv.astype(np.float32), np.asarray(stamps, dtype=np.float64))
                 if t0 is None:
                     t0 = local_clock()
             if t0 is None:

@@ -117,6 +117,7 @@ class ServerSettings(BaseSettings):
     ws_queue_size: int = Field(default=256, ge=1)  # messages held per WebSocket client before dropping oldest
     marker_outlet: bool = True  # publish decisions as an LSL marker stream
     marker_stream_name: str = "RoHDE-Decisions"  # name of that marker stream
+    cue_stream_name: str = "RoHDE-Cues"  # calibration cues (`rohde record`) by this name are forwarded on /ws
 
     lsl_config: Path = Field(default_factory=default_lsl_config)  # LSLAPICFG used when none is set
 

@@ -18,8 +18,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         description="Train the disturbance GAN and the robust RoHDE classifier, evaluate per condition (clean, "
         "injected CA and LC) and export the model package. Without --config the recordings are a user's own "
         "(rohde record): each is split by repetition (the last hold of every gesture tests, the one before "
-        "validates; with --test, those recordings test and the last hold validates). With --config (configs/*.json) "
-        "the config's split applies (sessions or folders of a data set). --quick trains the GAN and RoHDE only "
+        "validates; with --test, those recordings test and the last hold validates). With --config and one data-set "
+        "folder, the config's split applies (sessions or folders of a data set). --quick trains the GAN and RoHDE only "
         "(no baselines, no sweep): a few minutes on 2 CPU cores.",
     )
     train.add_argument("--data", nargs="+", type=Path, default=[],
@@ -84,10 +84,12 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     gestures = [g.strip() for g in args.gestures.split(",") if g.strip()] if args.gestures else None
-    own = args.config is None or bool(args.train_paths or args.test_paths)
+    # Own recordings: no config, or recording files, or --train/--test; else a data-set folder and its config's split.
+    own = args.config is None or bool(args.train_paths or args.test_paths) or any(p.is_file() for p in args.data)
     if not own and (len(args.data) != 1 or gestures or args.layout):
-        raise ConfigError("With --config and no --train/--test, --data is one data-set folder and --gestures and "
-                          "--layout do not apply; for your own recordings leave out --config.")
+        raise ConfigError("With --config, a folder given to --data is one data set split as the config says, and "
+                          "--gestures and --layout do not apply; for your own recordings give their files, or "
+                          "--train/--test.")
     if own:
         from rohde.training.personal import load_user_recordings
 

@@ -1,0 +1,161 @@
+"""A personal model: the split by repetition, one class list over a user's recordings, and the whole chain
+`rohde simulate --follow-cues` -> `rohde record` -> `rohde train --quick` -> `PUT /models/active` on a
+running `rohde serve`, with real processes, LSL and the WebSocket."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from rohde.cli import main
+from rohde.core.errors import ConfigError
+from rohde.core.gestures import UNUSABLE
+from rohde.core.recording import Recording, load_recording
+from rohde.server.cue_protocol import CalibrationProtocol, protocol_cues
+from rohde.server.lsl_inlet import StreamQuery, import_pylsl
+from rohde.server.processes import ChildGroup, free_port, unique_id
+from rohde.server.recorder import CalibrationRecorder, RecordOptions
+from rohde.server.settings import default_lsl_config
+from rohde.simulation.simulator import LiveSimulator
+from rohde.training.personal import class_names, relabel
+from rohde.training.split import hold_repetitions, repetition_parts
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+ROHDE = str(Path(sys.executable).with_name("rohde"))
+PROTOCOL = CalibrationProtocol(gestures=("hand_close", "hand_open"), repetitions=3, hold_s=1.0, rest_s=0.6,
+                               prepare_s=0.3, lead_in_s=0.5)
+
+
+def cued_recording(protocol: CalibrationProtocol, *, names: tuple[str, ...] | None = None) -> Recording:
+    """What `rohde record` writes for `protocol` performed by the simulator, built offline (no LSL)."""
+    sim = LiveSimulator(subject=7, session=1, schedule=("clean",))
+    samples, labels = [], []
+    classes = protocol.gesture_names
+    performed = dict(zip(protocol.gestures, ("hand_close", "hand_open", "wrist_flexion"), strict=False))
+    for cue in protocol_cues(protocol)[:-1]:
+        sim.set_gesture(performed[cue.gesture] if cue.phase == "hold" else "no_movement")
+        n = int(round(cue.duration_s * sim.fs_hz))
+        samples.append(sim.read(n).samples)
+        labels.append(np.full(n, classes.index(cue.label) if cue.label in classes else UNUSABLE, dtype=np.int16))
+    return Recording(samples=np.concatenate(samples), fs_hz=sim.fs_hz, layout=sim.layout,
+                     labels=np.concatenate(labels), gesture_names=names or classes, subject="u7", trial="cal")
+
+
+def test_the_split_by_repetition_tests_the_last_hold_and_validates_the_one_before() -> None:
+    rec = cued_recording(CalibrationProtocol(gestures=("hand_close", "hand_open"), repetitions=4, hold_s=0.5,
+                                             rest_s=0.4, prepare_s=0.25, lead_in_s=0.3))
+    gesture, repetition = hold_repetitions(rec.labels, rec.gesture_names)
+    assert {int(repetition[gesture == g].max()) for g in (1, 2)} == {4}
+    parts = repetition_parts(rec, settle_ms=100.0, test_here=True)
+    assert set(parts) == {"train", "val", "test"}
+    for role, part in parts.items():
+        start = int(np.flatnonzero((rec.samples == part.samples[0]).all(axis=1))[0])  # parts are cropped
+        used = np.flatnonzero(part.labels != UNUSABLE) + start
+        reps = set(repetition[used].tolist())
+        assert reps == {"train": {0, 1, 2}, "val": {3}, "test": {4}}[role], role
+        assert set(part.labels[part.labels != UNUSABLE].tolist()) == {0, 1, 2}  # rest and both gestures
+        # The first 100 ms after every cue are not used.
+        changes = np.flatnonzero(np.diff(rec.labels)) + 1
+        assert not np.isin(used, (changes[:, None] + np.arange(int(0.1 * rec.fs_hz))).ravel()).any()
+    with pytest.raises(ConfigError, match="fewer than 3 times"):
+        repetition_parts(cued_recording(PROTOCOL.__class__(gestures=("hand_close",), repetitions=2, hold_s=0.3,
+                                                           rest_s=0.3, prepare_s=0.2)), settle_ms=0, test_here=True)
+
+
+def test_one_class_list_over_recordings_with_their_own_names(caplog: pytest.LogCaptureFixture) -> None:
+    custom = cued_recording(CalibrationProtocol(gestures=("fist", "point"), repetitions=1, hold_s=0.3,
+                                                rest_s=0.3, prepare_s=0.2, lead_in_s=0.2))
+    assert custom.gesture_names == ("rest", "fist", "point")
+    assert class_names([custom], None) == ["rest", "fist", "point"]
+    with caplog.at_level(logging.WARNING):
+        assert class_names([custom], ["point"]) == ["rest", "point"]
+    assert "'fist'" in caplog.text  # a cue left out is named, never dropped silently
+    with pytest.raises(ConfigError, match="no recording holds"):
+        class_names([custom], ["point", "thumbs_up"])
+    relabelled = relabel(custom, ["rest", "point"])
+    assert np.array_equal(relabelled.labels == 1, custom.labels == 2) and not np.any(relabelled.labels == 2)
+
+
+@pytest.mark.lsl
+@pytest.mark.timeout(150)
+def test_record_train_and_switch_a_running_server_to_the_personal_model(tmp_path: Path) -> None:
+    name, cues, token = unique_id("MyAmp"), unique_id("Cues"), "admin-token-for-the-test"
+    models = tmp_path / "models"
+    models.mkdir()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with ChildGroup() as children:
+        children.start([ROHDE, "serve", "--port", str(port), "--models-dir", str(models), "--model", "none-yet",
+                        "--stream-type", "ExG", "--no-marker-outlet"], log=tmp_path / "server.log",
+                       extra_env={"ROHDE_ADMIN_TOKEN": token, "ROHDE_CUE_STREAM_NAME": cues,
+                                  "ROHDE_RESOLVE_INTERVAL_S": "0.2"})
+        children.start([ROHDE, "simulate", "--name", name, "--source-id", name, "--type", "ExG", "--subject", "7",
+                        "--schedule", "clean", "--no-markers", "--extra-channels", "2", "--follow-cues", cues],
+                       log=tmp_path / "simulator.log")
+        pylsl = import_pylsl(default_lsl_config())
+        assert pylsl.resolve_byprop("source_id", name, 1, 30.0), "the simulated amplifier did not appear"
+        _wait(lambda: httpx.get(f"{base}/health", timeout=1).status_code == 200, 40)
+        messages: list[dict[str, Any]] = []
+        listening = threading.Event()
+        stop = threading.Event()
+        listener = threading.Thread(target=_collect, args=(port, messages, listening, stop), daemon=True)
+        listener.start()
+        assert listening.wait(20)
+
+        options = RecordOptions(out=tmp_path / "cal", query=StreamQuery(name=name, type="ExG"), protocol=PROTOCOL,
+                                subject="u7", cue_stream_name=cues)
+        recording = CalibrationRecorder(options, lsl_config=default_lsl_config(), echo=lambda _: None).run()
+        rec = load_recording(recording)
+        assert rec.n_channels == 192  # the counter and trigger channels were left out
+        forwarded = [m for m in messages if m["kind"] == "cue"]
+        assert [(m["phase"], m["label"]) for m in forwarded] == [(c.phase, c.gesture) for c in protocol_cues(PROTOCOL)]
+
+        assert main(["train", "--data", str(recording), "--out", str(models / "mine"), "--quick", "--config",
+                     str(CONFIGS / "tiny.json"), "--work-dir", str(tmp_path / "work"), "--no-progress"]) == 0
+        report = json.loads((models / "mine" / "report" / "report.json").read_text())
+        assert report["name"] == "mine" and set(report["models"]) == {"rohde"} and report["fraction_sweep"] == {}
+        assert report["labels"] == ["no_movement", "hand_close", "hand_open"]
+
+        answer = httpx.put(f"{base}/models/active", json={"name": "mine"},
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["name"] == "mine"
+        _wait(lambda: httpx.get(f"{base}/ready", timeout=1).status_code == 200, 20)
+        _wait(lambda: any(m["kind"] == "prediction" and m["model_name"] == "mine" and m["stream_id"] == name
+                          for m in list(messages)), 30)
+        stop.set()
+        listener.join(5)
+
+
+def _wait(predicate: Any, timeout_s: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"not reached within {timeout_s} s")
+
+
+def _collect(port: int, messages: list[dict[str, Any]], listening: threading.Event, stop: threading.Event) -> None:
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=20) as ws:
+        listening.set()
+        while not stop.is_set():
+            try:
+                messages.append(json.loads(ws.recv(timeout=0.2)))
+            except TimeoutError:
+                continue
