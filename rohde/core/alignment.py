@@ -305,3 +305,84 @@ def estimate_shift(
 def alignment_matrix(layout: ElectrodeLayout, estimate: ShiftEstimate, *, correct_gain: bool = True) -> np.ndarray:
     """`(C, C)` map bringing the new session's samples back onto the reference's electrodes."""
     return resampling_matrix(layout, estimate.shift.inverse(), include_gain=correct_gain)
+
+
+class LiveAlignment:
+    """A stream's alignment from its first `warmup_s` seconds: pure state, no threads (server-ready).
+
+    Feed it the filtered chunks `(n, C)` as they arrive; once `warmup_s` seconds are in, it estimates
+    the shift against the model's reference and from then on `matrix` moves every window back onto the
+    training grid (`align_window`). An estimate whose map correlation stays under `min_score` is not
+    applied (the identity stays): the first seconds did not mix enough movements, as 10 s of rest and
+    one gesture do not on the flexemg array, where one full cycle (about 25 s) does. `restart` forgets
+    everything and collects again (a re-estimate on request).
+    """
+
+    def __init__(
+        self,
+        reference: AlignmentReference,
+        layout: ElectrodeLayout,
+        fs_hz: float,
+        *,
+        warmup_s: float = 30.0,
+        min_score: float = 0.9,
+    ) -> None:
+        if len(reference.activity_uv) != layout.n_channels:
+            raise ConfigError(f"The reference has {len(reference.activity_uv)} channels; layout {layout.name!r} "
+                              f"has {layout.n_channels}.")  # fmt: skip
+        if warmup_s <= 0 or fs_hz <= 0:
+            raise ConfigError(f"warmup_s and fs_hz must be positive, got {warmup_s} and {fs_hz}.")
+        self.reference = reference
+        self.layout = layout
+        self.fs_hz = fs_hz
+        self.warmup_s = warmup_s
+        self.min_score = min_score
+        self.restart()
+
+    def restart(self) -> None:
+        self._abs_sum = np.zeros(self.layout.n_channels, dtype=np.float64)
+        self._n = 0
+        self.estimate: ShiftEstimate | None = None
+        self.matrix: np.ndarray | None = None  # (C, C), None until an accepted estimate
+
+    @property
+    def collected_s(self) -> float:
+        return self._n / self.fs_hz
+
+    @property
+    def state(self) -> str:
+        """`collecting`, `aligned` (estimate applied) or `rejected` (estimate too uncertain to apply)."""
+        if self.estimate is None:
+            return "collecting"
+        return "aligned" if self.matrix is not None else "rejected"
+
+    def push(self, filtered: np.ndarray) -> ShiftEstimate | None:
+        """Take a filtered chunk `(n, C)`; returns the estimate when this chunk completes the warm-up."""
+        if self.estimate is not None or filtered.shape[0] == 0:
+            return None
+        if filtered.ndim != 2 or filtered.shape[1] != self.layout.n_channels:
+            raise ConfigError(f"Expected chunks (n, {self.layout.n_channels}), got {filtered.shape}.")
+        finite = np.where(np.isfinite(filtered), filtered, 0.0)
+        self._abs_sum += np.abs(finite.astype(np.float64)).sum(axis=0)
+        self._n += filtered.shape[0]
+        if self.collected_s < self.warmup_s:
+            return None
+        self.estimate = estimate_shift(self.reference, self._abs_sum / self._n, self.layout)
+        if self.estimate.score >= self.min_score:
+            self.matrix = alignment_matrix(self.layout, self.estimate).astype(np.float32)
+        return self.estimate
+
+    def align_window(self, window: np.ndarray) -> np.ndarray:
+        """A window `(C, W)` (or a batch `(B, C, W)`) moved onto the training grid; unchanged until aligned."""
+        if self.matrix is None:
+            return window
+        return np.matmul(self.matrix, window).astype(np.float32, copy=False)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `/streams` would show for this stream."""
+        return {
+            "state": self.state,
+            "collected_s": round(self.collected_s, 1),
+            "warmup_s": self.warmup_s,
+            "estimate": None if self.estimate is None else self.estimate.to_dict(),
+        }

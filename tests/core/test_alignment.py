@@ -10,6 +10,7 @@ import pytest
 from rohde.core.alignment import (
     AlignmentReference,
     GridShift,
+    LiveAlignment,
     activity_map,
     alignment_matrix,
     apply_shift,
@@ -158,3 +159,25 @@ def test_flexemg_session3_is_session1_shifted_by_four_to_five_rows(flexemg_dir: 
         assert -2.0 <= estimate.shift.cols <= 0.0, estimate
         assert 1.1 <= estimate.shift.gain <= 2.3, estimate  # rest included, so below the gestures alone
         assert estimate.score > 0.9 and estimate.score_unshifted < 0.3, estimate
+
+
+def test_live_alignment_estimates_after_warmup_applies_and_restarts() -> None:
+    layout = flexemg_layout()
+    reference = _blob_map(layout, [(3.0, 1.0, 30.0), (9.0, 2.5, 20.0), (13.0, 0.5, 12.0)])
+    truth = GridShift(rows=3.0, cols=-1.0, gain=1.5)
+    rng = np.random.default_rng(4)
+    live = LiveAlignment(AlignmentReference(tuple(reference.tolist())), layout, fs_hz=100.0, warmup_s=2.0)
+    scale = resampling_matrix(layout, truth, include_gain=True) @ reference * np.sqrt(np.pi / 2)  # MAV of a Gaussian
+    assert live.push(rng.standard_normal((150, 64)) * scale) is None and live.state == "collecting"
+    window = rng.standard_normal((64, 20)).astype(np.float32)
+    assert live.align_window(window) is window  # nothing applied before the estimate
+    estimate = live.push(rng.standard_normal((60, 64)) * scale)
+    assert estimate is not None and live.state == "aligned"
+    assert estimate.shift.rows == pytest.approx(3.0, abs=0.5) and estimate.shift.cols == pytest.approx(-1.0, abs=0.5)
+    assert live.align_window(window).shape == (64, 20) and live.snapshot()["collected_s"] == 2.1
+    assert live.push(np.ones((10, 64))) is None  # estimated once; more data changes nothing
+    live.restart()
+    assert live.state == "collecting" and live.matrix is None
+    flat = LiveAlignment(AlignmentReference(tuple(reference.tolist())), layout, fs_hz=100.0, warmup_s=0.5)
+    flat.push(rng.standard_normal((60, 64)))  # no pattern at all: too uncertain to apply
+    assert flat.state == "rejected" and flat.matrix is None
