@@ -73,7 +73,7 @@ CASES: tuple[CaseDef, ...] = (
             "/streams, no decision, server healthy", streams.shape_case),
     CaseDef("process", "sigterm", "SIGTERM while streaming: exit within {exit_s:g} s, cleanly (code 0 or the re-raised "
             "SIGTERM); every client "
-            "gets a close frame", process.sigterm),
+            "gets a close frame; every worker thread joined", process.sigterm),
     CaseDef("process", "restart_same_state", "stopped and started with the same settings: same model, readiness, "
             "stream and decision settings; deciding within {restart_s:g} s", process.restart),
     CaseDef("process", "cli_sigterm", "`rohde simulate` (three times), `rohde replay FILE`, the bench outlet and "

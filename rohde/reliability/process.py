@@ -72,6 +72,11 @@ async def _sigterm_body(ctx: CaseContext, out: Outcome, server: ServerHandle) ->
     preds = [m for o in observers for m in o.predictions()]
     judge.values(out, preds, Http(server.url))
     tail = server.child.log_tail(4000)
+    joined = "every worker thread joined" in tail
+    still = next((line for line in tail.splitlines() if "threads still running" in line), None)
+    out.check("every worker joined", joined,
+              "the server's last log line: every worker thread joined" if joined
+              else (still or "no shutdown summary in the server log"))
     if "Traceback" in tail:
         out.notes.append("the server log shows a traceback at shutdown")
 

@@ -58,6 +58,7 @@ from rohde.server.metrics import ServerMetrics
 from rohde.server.security import RequestGuard, loggable, read_refusal, token_matches, websocket_refusal
 from rohde.server.settings import ServerSettings
 from rohde.server.stream_manager import StreamManager
+from rohde.server.threads import running_owned_threads
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
     metrics = ServerMetrics()
     hub = Hub(queue_size=settings.ws_queue_size, on_drop=metrics.count_dropped)
     hub.bind(loop)
-    models = ModelManager(settings.models_dir, providers=settings.providers, require_gpu=settings.require_gpu)
+    models = ModelManager(settings.models_dir, providers=settings.providers, require_gpu=settings.require_gpu,
+                          warmup_batch=settings.max_batch)
     try:
         models.activate(settings.model)
     except GpuRequiredError:
@@ -239,7 +241,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 await asyncio.to_thread(runtime.cues.stop)
             if runtime.markers is not None:
                 runtime.markers.close()
-            logger.info("RoHDE server stopped.")
+            running = running_owned_threads()
+            if running:
+                logger.warning("RoHDE server stopped; threads still running: %s.", ", ".join(running))
+            else:
+                logger.info("RoHDE server stopped: every worker thread joined.")
 
     app = FastAPI(
         docs_url=None,  # served below from the installed Swagger UI; ReDoc would need a CDN

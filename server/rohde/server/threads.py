@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
+_every_owned: weakref.WeakSet[OwnedThread] = weakref.WeakSet()  # for the shutdown's "every thread joined"
 
 
 class OwnedThread:
@@ -17,6 +19,7 @@ class OwnedThread:
         self.name = name
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
+        _every_owned.add(self)
 
     def start(self) -> None:
         """Start the thread; a second call while it runs does nothing."""
@@ -39,3 +42,8 @@ class OwnedThread:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+
+def running_owned_threads() -> list[str]:
+    """Names of the owned threads of this process still running (empty once every one was joined)."""
+    return sorted(t.name for t in list(_every_owned) if t.alive)
