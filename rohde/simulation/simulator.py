@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 _CONDITION_CODES = {"clean": 0, "CA": 1, "LC": 2, "powerline": 3, "dropout": 4}
 BLOCK_S = 0.25  # the generator's internal block: reads of any size are served from these blocks
-CUED_BLOCK_S = 0.05  # the block once the gestures follow cues (`LiveSimulator.set_gesture`)
 
 
 @dataclass(frozen=True)
@@ -385,7 +384,7 @@ class LiveSimulator:
 
     def set_gesture(self, gesture: str, *, at_sample: int | None = None) -> None:
         """Hold `gesture` (one of `gesture_names`) from stream sample `at_sample` on, or from the next generated
-        block (within `CUED_BLOCK_S`) when None or already generated.
+        block (within `BLOCK_S`) when None or already generated.
 
         The first call replaces the built-in gesture cycle with a `CuedTimeline`, so an outside protocol
         (the calibration cues of `rohde record`) decides what the simulated person does; the truth labels
@@ -401,8 +400,6 @@ class LiveSimulator:
                                     coactivation=cfg.coactivation,
                                     rng=np.random.default_rng([self._seed, 8, self._subject, self._session]))
             self._timeline = timeline
-            # Smaller blocks from now on: a cue then reaches the signal within CUED_BLOCK_S, not BLOCK_S.
-            self._block = max(1, int(round(CUED_BLOCK_S * self.config.fs_hz)))
         timeline.cue(self.config.gestures.index(gesture), at_sample)
 
     def condition_at(self, sample: int) -> str:

@@ -58,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".partial"
 PULL_WAIT_S = 0.05  # longest wait for EMG per loop turn: cues go out within this of their time
-TAIL_S = 0.5  # EMG still pulled after the last cue, so samples up to it have arrived
+TAIL_S = 0.5  # EMG recorded past the last cue
+MAX_LAG_S = 30.0  # longest wait for samples up to the last cue from an amplifier that runs behind
 CONSUMER_WAIT_S = 2.0  # longest wait for a listener of the cue stream before the first cue
 
 
@@ -311,6 +312,7 @@ class CalibrationRecorder:
         t0: float | None = None
         next_cue = 0
         end_at: float | None = None
+        last_stamp = float("-inf")
         while not self._stopping:
             try:
                 _, stamps = inlet.pull_chunk(timeout=PULL_WAIT_S, max_samples=len(buffer), dest_obj=buffer)
@@ -319,6 +321,7 @@ class CalibrationRecorder:
                 logger.error("The EMG stream was lost: %s; keeping what was recorded.", exc)
                 return
             if stamps:
+                last_stamp = float(stamps[-1])
                 uv = buffer[: len(stamps), columns].astype(np.float64) * scale  # the EMG channels, in uV
                 journal.append(uv.astype(np.float32), np.asarray(stamps, dtype=np.float64))
                 if t0 is None:
@@ -336,7 +339,11 @@ class CalibrationRecorder:
                 next_cue += 1
                 if next_cue == len(cues):
                     end_at = stamp + TAIL_S
-            if end_at is not None and now >= end_at:
+            # The end: once the samples up to the last cue are in (an amplifier may run behind), or given up on.
+            if end_at is not None and (last_stamp >= end_at or now >= end_at + MAX_LAG_S):
+                if last_stamp < end_at:
+                    logger.warning("The EMG stream runs %.1f s behind; ending without its last samples.",
+                                   end_at - last_stamp)
                 return
 
 
