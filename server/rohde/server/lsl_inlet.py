@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from rohde.core.channel_map import EMG_STREAM_TYPES, ChannelInfo, ChannelMapping, map_channels, parse_selection
-from rohde.core.errors import ConfigError, LayoutError, StreamMismatchError
+from rohde.core.errors import LayoutError, StreamMismatchError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.model_package import ModelMetadata
 
@@ -61,10 +61,6 @@ class StreamQuery:
         types = (self.type,) if isinstance(self.type, str) else tuple(self.type or ())
         types = tuple(t.strip() for t in types if t and t.strip())
         object.__setattr__(self, "type", types or None)
-        for key, value in (("name", self.name), ("source_id", self.source_id), *(("type", t) for t in types)):
-            if value is not None and "'" in value:
-                raise ConfigError(f"Stream {key} {value!r} contains a single quote, which an LSL query cannot hold; "
-                                  "select the stream by another property.")
         if self.channels is not None:
             parse_selection(self.channels)  # a malformed selection fails at start-up, not in a stream's worker
 
@@ -73,9 +69,10 @@ class StreamQuery:
         return self.type if isinstance(self.type, tuple) else ()
 
     def predicate(self) -> str:
-        parts = [f"{key}='{value}'" for key, value in (("name", self.name), ("source_id", self.source_id)) if value]
+        parts = [f"{key}={xpath_literal(value)}" for key, value in (("name", self.name), ("source_id", self.source_id))
+                 if value]
         if self.types:
-            any_type = " or ".join(f"{_UPPER.format(field='type')}='{t.upper()}'" for t in self.types)
+            any_type = " or ".join(f"{_UPPER.format(field='type')}={xpath_literal(t.upper())}" for t in self.types)
             parts.insert(1 if self.name else 0, f"({any_type})" if len(self.types) > 1 else any_type)
         return " and ".join(parts) if parts else "count(channel_format)>=0"
 
@@ -86,6 +83,17 @@ class StreamQuery:
             parts.insert(1 if self.name else 0, f"type in {', '.join(self.types)}")
         text = " and ".join(parts) if parts else "any stream"
         return text + (f"; channels {self.channels}" if self.channels else "")
+
+
+def xpath_literal(value: str) -> str:
+    """`value` as an XPath 1.0 string literal, which has no escapes: quoted with whichever quote it lacks,
+    else pieced together with concat() (a name like `Bob's amp` must not break or widen the query)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    pieces = value.split("'")
+    return "concat(" + ", \"'\", ".join(f"'{piece}'" for piece in pieces) + ")"
 
 
 @dataclass(frozen=True)
