@@ -19,7 +19,7 @@ from rohde.bench.server import ServerHandle, wait_connected
 from rohde.reliability import judge
 from rohde.reliability.fault_outlet import FaultSpec
 from rohde.reliability.http_flood import flood
-from rohde.reliability.observe import Http, Observer, max_silence_s, start_observer
+from rohde.reliability.observe import Watch, max_silence_s, watching
 from rohde.reliability.outcome import Outcome
 from rohde.reliability.rig import CaseContext, read_counters, rss_mb
 from rohde.reliability.streams import DRAIN_S, HOP_S, Live, start_live
@@ -40,18 +40,17 @@ def _with_stream(ctx: CaseContext, out: Outcome, body: Body) -> None:
         asyncio.run(body(ctx, out, live))
 
 
-async def _finish(ctx: CaseContext, out: Outcome, live: Live, http: Http, steady: Observer,
-                  task: asyncio.Task[None], stop: asyncio.Event, before: float, start: float, end: float, *,
+async def _finish(ctx: CaseContext, out: Outcome, live: Live, watch: Watch, before: float, start: float, end: float, *,
                   after: float | None = None, rss_limit_mb: float | None = None) -> None:
     """Common end: stop the outlet, drain, read counters and memory (unless `after` was read already),
     judge the steady client."""
+    http, steady = watch.http, watch.observer
     health = await http.json("/health")
     await asyncio.to_thread(live.outlet.stop)
     await asyncio.sleep(DRAIN_S)
     counters = await read_counters(http)
     after = rss_mb(live.server) if after is None else after
-    stop.set()
-    await task
+    await watch.stop()
     preds = steady.predictions()
     during = [m for m in preds if start <= m.recv_clock <= end]
     judge.values(out, preds, http)
@@ -100,9 +99,7 @@ async def _churn_clients(url: str, n_clients: int, seconds: float, seed: int) ->
 
 async def _churn(ctx: CaseContext, out: Outcome, live: Live) -> None:
     d = ctx.durations
-    stop = asyncio.Event()
-    async with Http(live.server.url) as http:
-        steady, task = await start_observer(live.server.ws_url, stop)
+    async with watching(live.server.url, live.server.ws_url) as watch:
         # The first churn raises RSS once (allocator arenas, per-connection buffers) and later ones add
         # nothing: a plateau, not a leak. Growth is measured from after a warm-up churn of the same size.
         cold = rss_mb(live.server)
@@ -120,7 +117,7 @@ async def _churn(ctx: CaseContext, out: Outcome, live: Live) -> None:
         out.check("every client served", failures == 0,
                   f"{connects} connections by {d.churn_clients} concurrent clients in {end - start:.0f} s, "
                   f"{failures} failed")
-        await _finish(ctx, out, live, http, steady, task, stop, before, start, end,
+        await _finish(ctx, out, live, watch, before, start, end,
                       after=after, rss_limit_mb=ctx.limits.churn_rss_growth_mb)
 
 
@@ -147,9 +144,7 @@ async def _upgrade(server: ServerHandle, path: str, *, receive_buffer: int | Non
 
 async def _never_read(ctx: CaseContext, out: Outcome, live: Live) -> None:
     d = ctx.durations
-    stop = asyncio.Event()
-    async with Http(live.server.url) as http:
-        steady, task = await start_observer(live.server.ws_url, stop)
+    async with watching(live.server.url, live.server.ws_url) as watch:
         before = rss_mb(live.server)
         start = time.monotonic()
         sockets = []
@@ -164,7 +159,7 @@ async def _never_read(ctx: CaseContext, out: Outcome, live: Live) -> None:
                          "held their backlog, so the per-client drop path was not reached in this time")
         for writer in sockets:
             writer.close()
-        await _finish(ctx, out, live, http, steady, task, stop, before, start, end)
+        await _finish(ctx, out, live, watch, before, start, end)
 
 
 def bad_frames(ctx: CaseContext, out: Outcome) -> None:
@@ -196,9 +191,7 @@ async def _probe(url: str, payload: str | bytes, limit_s: float) -> str:
 
 async def _bad_frames(ctx: CaseContext, out: Outcome, live: Live) -> None:
     lim = ctx.limits
-    stop = asyncio.Event()
-    async with Http(live.server.url) as http:
-        steady, task = await start_observer(live.server.ws_url, stop)
+    async with watching(live.server.url, live.server.ws_url) as watch:
         before = rss_mb(live.server)
         start = time.monotonic()
         probes: dict[str, str | bytes] = {"malformed text": "{not json", "binary": b"\x00\x01\x02\xff",
@@ -220,7 +213,7 @@ async def _bad_frames(ctx: CaseContext, out: Outcome, live: Live) -> None:
                   f"9 KB request line: {answer!r} after {time.monotonic() - asked:.2f} s")
         await asyncio.sleep(ctx.durations.settle_s)  # the stream goes on after the probes
         end = time.monotonic()
-        await _finish(ctx, out, live, http, steady, task, stop, before, start, end)
+        await _finish(ctx, out, live, watch, before, start, end)
 
 
 def http_load(ctx: CaseContext, out: Outcome) -> None:
@@ -229,9 +222,8 @@ def http_load(ctx: CaseContext, out: Outcome) -> None:
 
 async def _http_load(ctx: CaseContext, out: Outcome, live: Live) -> None:
     d = ctx.durations
-    stop = asyncio.Event()
-    async with Http(live.server.url) as http:
-        steady, task = await start_observer(live.server.ws_url, stop)
+    async with watching(live.server.url, live.server.ws_url) as watch:
+        http = watch.http
         before = rss_mb(live.server)
         start = time.monotonic()
         load = await flood(live.server.url, ("/health", "/streams"), rate=d.http_rate, seconds=d.http_s,
@@ -247,4 +239,4 @@ async def _http_load(ctx: CaseContext, out: Outcome, live: Live) -> None:
                   f"{load.five_xx} 5xx, {load.errors} transport errors of {load.sent} sent; "
                   f"{load.rate:.0f}/s achieved of {d.http_rate:g}/s asked")
         http.five_xx += load.five_xx
-        await _finish(ctx, out, live, http, steady, task, stop, before, start, end)
+        await _finish(ctx, out, live, watch, before, start, end)

@@ -15,7 +15,7 @@ from pathlib import Path
 from rohde.bench.server import ServerHandle, wait_connected
 from rohde.reliability import judge
 from rohde.reliability.fault_outlet import FaultSpec, start_fault_outlet
-from rohde.reliability.observe import Http, Seen, max_silence_s, start_observer
+from rohde.reliability.observe import Seen, max_silence_s, watching
 from rohde.reliability.outcome import Outcome
 from rohde.reliability.rig import (
     LABELS,
@@ -77,9 +77,8 @@ def broken_case(how: str) -> CaseBody:
 
 async def _broken_body(ctx: CaseContext, out: Outcome, server: ServerHandle, outlet: Child, bad: str) -> None:
     d, lim = ctx.durations, ctx.limits
-    stop = asyncio.Event()
-    async with Http(server.url, token=TOKEN) as http:
-        observer, task = await start_observer(server.ws_url, stop)
+    async with watching(server.url, server.ws_url, token=TOKEN) as watch:
+        http, observer = watch.http, watch.observer
         await asyncio.sleep(d.settle_s)
         before = rss_mb(server)
         listed = await http.request("GET", "/models")
@@ -93,8 +92,7 @@ async def _broken_body(ctx: CaseContext, out: Outcome, server: ServerHandle, out
         await asyncio.sleep(DRAIN_S)
         counters = await read_counters(http)
         after = rss_mb(server)
-        stop.set()
-        await task
+        await watch.stop()
         preds = observer.predictions()
         code = put.status_code if put is not None else None
         out.check("refused with 4xx", code is not None and 400 <= code < 500,
@@ -131,9 +129,8 @@ def hot_swap(ctx: CaseContext, out: Outcome) -> None:
 
 async def _swap_body(ctx: CaseContext, out: Outcome, server: ServerHandle, outlets: list[Child]) -> None:
     d, lim = ctx.durations, ctx.limits
-    stop = asyncio.Event()
-    async with Http(server.url, token=TOKEN) as http:
-        observer, task = await start_observer(server.ws_url, stop)
+    async with watching(server.url, server.ws_url, token=TOKEN) as watch:
+        http, observer = watch.http, watch.observer
         await asyncio.sleep(d.settle_s)
         before = rss_mb(server)
         start = time.monotonic()
@@ -152,8 +149,7 @@ async def _swap_body(ctx: CaseContext, out: Outcome, server: ServerHandle, outle
         await asyncio.sleep(DRAIN_S)
         counters = await read_counters(http)
         after = rss_mb(server)
-        stop.set()
-        await task
+        await watch.stop()
         preds = observer.predictions()
         during = [m for m in preds if start <= m.recv_clock <= end]
         out.check("every swap accepted", all(c == 200 for c in codes),

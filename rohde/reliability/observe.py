@@ -9,7 +9,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -211,3 +212,31 @@ class Http:
         if response is None or response.status_code != 200:
             return None
         return response.json()
+
+
+@dataclass
+class Watch:
+    """A case's view of the server: an HTTP client and one WebSocket observer reading in its own task."""
+
+    http: Http
+    observer: Observer
+    _stop: asyncio.Event
+    _task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        """Stop the observer (again: nothing); what it saw stays readable."""
+        self._stop.set()
+        await self._task
+
+
+@asynccontextmanager
+async def watching(base_url: str, ws_url: str, *, token: str | None = None) -> AsyncIterator[Watch]:
+    """The HTTP client and a connected observer for one case; both end with the block."""
+    stop = asyncio.Event()
+    async with Http(base_url, token=token) as http:
+        observer, task = await start_observer(ws_url, stop)
+        watch = Watch(http, observer, stop, task)
+        try:
+            yield watch
+        finally:
+            await watch.stop()

@@ -11,7 +11,7 @@ from typing import Any
 from rohde.bench.server import ServerHandle, wait_connected
 from rohde.reliability import judge
 from rohde.reliability.fault_outlet import start_fault_outlet
-from rohde.reliability.observe import Http, Observer, first_accepted_after, start_observer
+from rohde.reliability.observe import Http, Observer, first_accepted_after, start_observer, watching
 from rohde.reliability.outcome import Outcome
 from rohde.reliability.rig import (
     PACKAGE_A,
@@ -110,15 +110,13 @@ def restart(ctx: CaseContext, out: Outcome) -> None:
 
 async def _state_of(ctx: CaseContext, server: ServerHandle, source_id: str) -> tuple[dict[str, Any], float | None]:
     """What a restart must bring back: the active model, readiness, the stream and the decision settings."""
-    stop = asyncio.Event()
-    async with Http(server.url) as http:
-        observer, task = await start_observer(server.ws_url, stop)
+    async with watching(server.url, server.ws_url) as watch:
+        http, observer = watch.http, watch.observer
         await asyncio.sleep(ctx.durations.settle_s)
         active = await http.json("/models/active") or {}
         ready = await http.request("GET", "/ready")
         streams = await http.json("/streams") or {}
-        stop.set()
-        await task
+        await watch.stop()
     preds = observer.predictions()
     first = first_accepted_after(preds)
     return {

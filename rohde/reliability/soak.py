@@ -12,7 +12,7 @@ import numpy as np
 from rohde.bench.outlets import outlet_group
 from rohde.bench.server import ServerHandle, parse_metrics, wait_connected
 from rohde.reliability import judge
-from rohde.reliability.observe import Http, start_observer
+from rohde.reliability.observe import watching
 from rohde.reliability.outcome import Outcome
 from rohde.reliability.rig import CaseContext, read_counters, rss_mb, serve
 from rohde.server.processes import Child, stop_children
@@ -41,11 +41,10 @@ def soak(ctx: CaseContext, out: Outcome) -> None:
 async def _soak_body(ctx: CaseContext, out: Outcome, server: ServerHandle, outlets: list[Child],
                      hop_s: float) -> None:
     d, lim = ctx.durations, ctx.limits
-    stop = asyncio.Event()
     seconds = d.soak_minutes * 60.0
     samples: list[tuple[float, float, float, float]] = []  # (t since start, RSS MB, windows shed so far, queue)
-    async with Http(server.url) as http:
-        observer, task = await start_observer(server.ws_url, stop)
+    async with watching(server.url, server.ws_url) as watch:
+        http, observer = watch.http, watch.observer
         start = time.monotonic()
         while (now := time.monotonic()) - start < seconds:
             metrics = await http.request("GET", "/metrics")
@@ -62,8 +61,7 @@ async def _soak_body(ctx: CaseContext, out: Outcome, server: ServerHandle, outle
         await asyncio.to_thread(stop_children, outlets)
         await asyncio.sleep(2.0)
         counters = await read_counters(http)
-        stop.set()
-        await task
+        await watch.stop()
     preds = observer.predictions()
     t = np.array([s[0] for s in samples])
     rss = np.array([s[1] for s in samples])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rohde.bench.server import ServerHandle, wait_connected
 from rohde.reliability import judge
 from rohde.reliability.fault_outlet import SIGNAL_FAULTS, FaultSpec, start_fault_outlet, trigger_fault
-from rohde.reliability.observe import Http, Seen, first_accepted_after, max_silence_s, start_observer
+from rohde.reliability.observe import Seen, first_accepted_after, max_silence_s, watching
 from rohde.reliability.outcome import Outcome
 from rohde.reliability.rig import (
     PACKAGE_A,
@@ -89,9 +89,8 @@ def signal_case(kind: str) -> CaseBody:
 
 async def _signal_body(ctx: CaseContext, out: Outcome, live: Live, kind: str, length: float) -> None:
     d, lim = ctx.durations, ctx.limits
-    stop = asyncio.Event()
-    async with Http(live.server.url) as http:
-        observer, task = await start_observer(live.server.ws_url, stop)
+    async with watching(live.server.url, live.server.ws_url) as watch:
+        http, observer = watch.http, watch.observer
         await asyncio.sleep(d.settle_s)
         before = rss_mb(live.server)
         times = await asyncio.to_thread(trigger_fault, live.outlet, live.info)
@@ -102,8 +101,7 @@ async def _signal_body(ctx: CaseContext, out: Outcome, live: Live, kind: str, le
         await asyncio.sleep(DRAIN_S)
         counters = await read_counters(http)
         after = rss_mb(live.server)
-        stop.set()
-        await task
+        await watch.stop()
         preds = observer.predictions()
         judge.values(out, preds, http)
         judge.loss(out, preds, counters)
@@ -154,9 +152,8 @@ def timing_case(*, ppm: float = 0.0, jitter_ms: float = 0.0) -> CaseBody:
 
 async def _timing_body(ctx: CaseContext, out: Outcome, live: Live) -> None:
     d, lim = ctx.durations, ctx.limits
-    stop = asyncio.Event()
-    async with Http(live.server.url) as http:
-        observer, task = await start_observer(live.server.ws_url, stop)
+    async with watching(live.server.url, live.server.ws_url) as watch:
+        http, observer = watch.http, watch.observer
         before = rss_mb(live.server)
         start = time.monotonic()
         await asyncio.sleep(d.drift_s)
@@ -166,8 +163,7 @@ async def _timing_body(ctx: CaseContext, out: Outcome, live: Live) -> None:
         await asyncio.sleep(DRAIN_S)
         counters = await read_counters(http)
         after = rss_mb(live.server)
-        stop.set()
-        await task
+        await watch.stop()
         preds = observer.predictions()
         during = [m for m in preds if start <= m.recv_clock <= end]
         judge.values(out, preds, http)
@@ -198,9 +194,8 @@ def restart_case(*, new_source_id: bool) -> CaseBody:
 
 async def _restart_body(ctx: CaseContext, out: Outcome, live: Live, stack: ExitStack, new_source_id: bool) -> None:
     d, lim = ctx.durations, ctx.limits
-    stop = asyncio.Event()
-    async with Http(live.server.url) as http:
-        observer, task = await start_observer(live.server.ws_url, stop)
+    async with watching(live.server.url, live.server.ws_url) as watch:
+        http, observer = watch.http, watch.observer
         await asyncio.sleep(d.settle_s)
         before = rss_mb(live.server)
         stream_ids = {m.stream_id for m in observer.predictions()}
@@ -217,8 +212,7 @@ async def _restart_body(ctx: CaseContext, out: Outcome, live: Live, stack: ExitS
         await asyncio.sleep(DRAIN_S)
         counters = await read_counters(http)
         after = rss_mb(live.server)
-        stop.set()
-        await task
+        await watch.stop()
         preds = observer.predictions()
         judge.values(out, preds, http)
         judge.loss(out, preds, counters)
@@ -244,9 +238,8 @@ def hang_case(ctx: CaseContext, out: Outcome) -> None:
 
 async def _hang_body(ctx: CaseContext, out: Outcome, live: Live) -> None:
     d, lim = ctx.durations, ctx.limits
-    stop = asyncio.Event()
-    async with Http(live.server.url) as http:
-        observer, task = await start_observer(live.server.ws_url, stop)
+    async with watching(live.server.url, live.server.ws_url) as watch:
+        http, observer = watch.http, watch.observer
         await asyncio.sleep(d.settle_s)
         before = rss_mb(live.server)
         hung = time.monotonic()
@@ -262,8 +255,7 @@ async def _hang_body(ctx: CaseContext, out: Outcome, live: Live) -> None:
         await asyncio.sleep(DRAIN_S)
         counters = await read_counters(http)
         after = rss_mb(live.server)
-        stop.set()
-        await task
+        await watch.stop()
         preds = observer.predictions()
         judge.values(out, preds, http)
         judge.loss(out, preds, counters)
@@ -289,16 +281,14 @@ def shape_case(ctx: CaseContext, out: Outcome) -> None:
 
 async def _shape_body(ctx: CaseContext, out: Outcome, live: Live) -> None:
     lim = ctx.limits
-    stop = asyncio.Event()
-    async with Http(live.server.url) as http:
-        observer, task = await start_observer(live.server.ws_url, stop)
+    async with watching(live.server.url, live.server.ws_url) as watch:
+        http, observer = watch.http, watch.observer
         before = rss_mb(live.server)
         waited, state = await wait_state(http, "refused", timeout_s=10.0 + lim.answer_s, source_id=live.source_id)
         await asyncio.sleep(ctx.durations.settle_s)
         health = await http.json("/health")
         counters = await read_counters(http)
-        stop.set()
-        await task
+        await watch.stop()
         preds = observer.predictions()
         reason = next(iter(state.reasons.values()), "") if state else ""
         out.check("refused with a reason", waited is not None and bool(reason),
