@@ -113,3 +113,16 @@ def test_report_lists_every_method_and_round_trips(tmp_path: Path) -> None:
     again, simulated = read_results(tmp_path)
     assert [r.to_dict() for r in again] == [r.to_dict() for r in results] and simulated is None
     assert (tmp_path / "cross_day.md").read_text().startswith("# Cross-day")
+
+
+def test_commands_parse() -> None:
+    import argparse
+
+    from rohde.training import cross_day_commands
+
+    parser = argparse.ArgumentParser()
+    cross_day_commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["cross-day", "--data", "D", "--out", "O", "--packages", "P", "--sim-data", "S"])
+    assert args.packages == Path("P") and args.sim_data == Path("S") and not args.fresh
+    args = parser.parse_args(["calibrate", "--model", "M", "--data", "a.mat", "b.mat", "--out", "O", "--no-align"])
+    assert args.data == [Path("a.mat"), Path("b.mat")] and args.no_align and args.epochs == 40

@@ -96,6 +96,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         s = result.estimate.shift
         logger.info("Alignment: %+.2f rows, %+.2f cols, gain %.2f (map correlation %.2f, unshifted %.2f)", s.rows,
                     s.cols, s.gain, result.estimate.score, result.estimate.score_unshifted)  # fmt: skip
+    logger.info("Calibration steps (s): %s", {k: round(v, 1) for k, v in result.seconds.items()})
     logger.info("Calibration windows: accuracy %.3f before, %.3f after; %s written in %.1f s", result.accuracy_before,
                 result.accuracy_after, result.package.path, result.seconds["total"])  # fmt: skip
     return 0
