@@ -411,9 +411,12 @@ STEPS = (
     "cnn_train",
     "robust_train",
     "gain_train",
+    "cnn_adabn",
+    "robust_adabn",
+    "gain_adabn",
+    "cnn_calibrate",
     "robust_calibrate",
     "gain_calibrate",
-    "robust_adabn",
 )
 
 
