@@ -29,8 +29,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                             "directory: rohde serve --models-dir DIR --model NAME)")
     train.add_argument("--config", type=Path, default=None, help="JSON config (configs/*.json); defaults if omitted")
     train.add_argument("--name", default=None,
-                       help="model name in the package (default: the config's name with --config, else the --out "
-                            "folder's name)")
+                       help="model name in the package (default: the --out folder's name; for a data set with "
+                            "--config, the config's name)")
     train.add_argument("--gestures", default=None,
                        help="comma-separated classes to learn, any names the recordings' cues use (rest is added "
                             "when present); default: every class with samples")
@@ -106,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
             return loaded[path]
     else:
         load = load_dataset
-    name = args.name or (config.name if args.config else args.out.name)
+    name = args.name or (args.out.name if own else config.name)
     config = replace(config, name=name)
     if args.mains is not None:
         config = replace(config, windows=replace(config.windows, notch_hz=args.mains))
