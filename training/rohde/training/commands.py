@@ -110,21 +110,25 @@ def _train(args: argparse.Namespace) -> int:
     config = replace(config, name=name)
     if args.mains is not None:
         config = replace(config, windows=replace(config.windows, notch_hz=args.mains))
+    import torch
+
+    threads = torch.get_num_threads()
     if args.quick:
         config = quick_config(config)
         if "OMP_NUM_THREADS" not in os.environ:
-            import torch
-
             # One intra-op thread: the quick run's ops are small, and on a busy machine the spin-waits of two
             # OpenMP threads made its GAN 20 times slower (measured: 31 s against over 15 minutes).
             torch.set_num_threads(1)
     data_dir = Path() if own else args.data[0]
-    with distributed_training(args.dist_backend) as world:  # one process unless started by torchrun
-        if not world.is_main:
-            logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
-        result = run_training(config, data_dir=data_dir, out_dir=args.out, work_dir=args.work_dir, load=load,
-                              progress=not args.no_progress and world.is_main,
-                              command=_command_line(args))  # fmt: skip
+    try:
+        with distributed_training(args.dist_backend) as world:  # one process unless started by torchrun
+            if not world.is_main:
+                logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
+            result = run_training(config, data_dir=data_dir, out_dir=args.out, work_dir=args.work_dir, load=load,
+                                  progress=not args.no_progress and world.is_main,
+                                  command=_command_line(args))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)  # the caller's count (tests run the command in their own process)
     if not world.is_main:
         return 0
     for condition, m in result.report["models"]["rohde"].items():
