@@ -22,7 +22,7 @@ def test_breaking_point() -> None:
 @pytest.mark.timeout(120)
 def test_tiny_study_scores_every_variant(tmp_path: Path) -> None:
     config = StudyConfig(seeds=2, train_trials=1, severities=(0.0, 0.5), kinds=("dead", "bridge"), max_epochs=2,
-                         patience=1, simulator=TINY)  # fmt: skip
+                         patience=1, copies=1, simulator=TINY)  # fmt: skip
     result = run_study(tmp_path, config)
     curves = result["curves"]
     assert set(curves) == {*VARIANTS, *(f"{v}+mask" for v in VARIANTS)}
@@ -35,5 +35,5 @@ def test_tiny_study_scores_every_variant(tmp_path: Path) -> None:
     assert curves["clean"]["dead"]["0.5"]["mean"] < curves["clean"]["dead"]["0"]["mean"]
     report = write_report(result, tmp_path, docs=tmp_path / "docs" / "robustness.md")
     text = report.read_text()
-    assert "bridge (held out" in text and "Reduced protocol" in text
+    assert "bridge (held out" in text and "Reduced protocol" in text and result["seeds_done"] == 2
     assert (tmp_path / "robustness_seen.png").is_file() and (tmp_path / "docs" / "robustness_held_out.png").is_file()

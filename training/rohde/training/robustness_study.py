@@ -8,10 +8,11 @@ Protocol (reduced so one run fits in minutes on 2 CPU cores; the reduction is wr
 - Variants, each a fresh CNN head on the fixed frontend with the same trainer budget (same epochs,
   patience and batch size) and each selected (early stopping) on the same validation windows: the clean
   validation trial plus copies disturbed by a neutral generator (every trainable kind in turn, placed at
-  random with 5-30 % severity, seeds of its own), the same for all variants:
+  random with 5-30 % severity, `copies` copies of a kind drawn at random), the same for all variants:
   `clean`; `generic` (gain, noise, channel dropout, spikes: `generic_augment`); `dropout` (random
-  electrode sets rebuilt from their neighbours: `mask_augment`); `oracle` (the simulator's own trainable
-  kinds at random places: an upper bound only simulated data allow, labelled as such); `lda` (time-domain
+  electrode sets rebuilt from their neighbours: `mask_augment`); `oracle` (`copies` copies of each training
+  trial with a trainable kind drawn at random, placed at random: the simulator's own models, an upper bound
+  only simulated data allow, labelled as such); `lda` (time-domain
   features). `+mask` rows run the very same model with quality masking at test time (the neighbour
   detector flags channels, `ChannelRepair` rebuilds them, `repair_blocks`). The GAN is not in this study.
 - Test: every kind of `DISTURBANCE_CONDITIONS` but the global powerline, one at a time, placed at random
@@ -64,6 +65,7 @@ class StudyConfig:
     kinds: tuple[str, ...] = STUDY_KINDS
     max_epochs: int = 25  # the same training budget for every variant
     patience: int = 5
+    copies: int = 3  # disturbed copies per recording: the oracle's training set and the neutral validation set
     quality_block_ms: float = 250.0  # the live monitor's estimate interval
     quality_window_ms: float = 500.0  # the live monitor's history per estimate
     # The simulated recordings: 3 x 8 x 8 at 2048 Hz, the seven gestures held 2 s once (tests use a tiny one).
@@ -92,6 +94,11 @@ def _context(train: list[Recording], seed: int, config: StudyConfig, work: Path)
                       template=train[0], device=resolve_device("cpu"), work_dir=work)  # fmt: skip
 
 
+def _pick(seed: int, *keys: int) -> str:
+    """One trainable kind drawn at random (the neutral generator and the oracle cycle through them by chance)."""
+    return str(seeded_rng(seed, *keys).choice(TRAINABLE_KINDS))
+
+
 def _disturb(rec: Recording, kind: str, severity: float, rng: np.random.Generator) -> Recording:
     samples, mask = apply_disturbance(rec.samples, fs_hz=rec.fs_hz, layout=rec.layout, condition=kind, rng=rng,
                                       placement=Placement("any", severity))  # fmt: skip
@@ -112,19 +119,20 @@ def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], N
         return rec.with_samples(samples)
 
     curves: dict[str, dict[str, dict[str, list[float]]]] = {}  # variant -> kind -> severity -> [acc per seed]
+    result: dict[str, Any] = {}
     for seed in range(config.seeds):
         ctx = _context(train, seed, config, out_dir / "work")
         torch.manual_seed(seed)
         train_set = ctx.window_set(train, with_td=True)
-        neutral = [_disturb(r, k, float(seeded_rng(seed, 30, i).uniform(0.05, 0.3)), seeded_rng(seed, 31, i))
-                   for i, (r, k) in enumerate((r, k) for r in val for k in TRAINABLE_KINDS)]  # fmt: skip
+        neutral = [_disturb(r, _pick(seed, 30, i), float(seeded_rng(seed, 31, i).uniform(0.05, 0.3)),
+                            seeded_rng(seed, 32, i)) for i, r in enumerate(val * config.copies)]  # fmt: skip
         val_xy = stack_windows(valid_windows(ctx.window_set(val)), valid_windows(ctx.window_set(neutral)))
         augmented: dict[str, list[Recording]] = {
             "generic": [augment.generic_augment(r, config=ctx.config.augment, rng=seeded_rng(seed, 40, i))
                         for i, r in enumerate(train)],
             "dropout": [augment.mask_augment(r, rng=seeded_rng(seed, 41, i)) for i, r in enumerate(train)],
-            "oracle": [_disturb(r, k, float(seeded_rng(seed, 42, i, j).uniform(0.02, 0.5)), seeded_rng(seed, 43, i, j))
-                       for i, r in enumerate(train) for j, k in enumerate(TRAINABLE_KINDS)],
+            "oracle": [_disturb(r, _pick(seed, 42, i), float(seeded_rng(seed, 43, i).uniform(0.02, 0.5)),
+                                seeded_rng(seed, 44, i)) for i, r in enumerate(train * config.copies)],
         }  # fmt: skip
         heads = {"clean": ctx.fit_head("clean", valid_windows(train_set), val_xy, key=1)[0]}
         for key, name in enumerate(("generic", "dropout", "oracle"), start=2):
@@ -155,20 +163,26 @@ def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], N
                         row.setdefault(f"{severity:g}", []).append(score(name, windows))
             if progress is not None:
                 progress(f"seed {seed}: {kind} done ({time.perf_counter() - started:.0f} s)")
-    for variant in curves.values():  # the clean point is shared by every kind
-        first = variant[config.kinds[0]]["0"]
-        for kind in config.kinds:
-            variant[kind]["0"] = first
-    summary = {
-        variant: {kind: {sev: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
-                         for sev, v in by_sev.items()} for kind, by_sev in by_kind.items()}
-        for variant, by_kind in curves.items()
-    }  # fmt: skip
-    result = {"config": asdict(config), "held_out_kind": HELD_OUT_KIND, "curves": summary,
-              "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "robustness.json").write_text(json.dumps(result, indent=2))
+        # Written after every seed, so a run stopped early leaves the seeds it finished.
+        result = _summarise(curves, config, seeds_done=seed + 1, seconds=time.perf_counter() - started)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "robustness.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _summarise(curves: dict[str, dict[str, dict[str, list[float]]]], config: StudyConfig, *, seeds_done: int,
+               seconds: float) -> dict[str, Any]:  # fmt: skip
+    """Mean and std over the seeds done; the clean point (severity 0) is shared by every kind."""
+    summary: dict[str, Any] = {}
+    for variant, by_kind in curves.items():
+        clean = by_kind[config.kinds[0]]["0"]
+        summary[variant] = {
+            kind: {sev: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+                   for sev, v in {**by_sev, "0": clean}.items()}
+            for kind, by_sev in by_kind.items()
+        }  # fmt: skip
+    return {"config": asdict(config), "held_out_kind": HELD_OUT_KIND, "curves": summary, "seeds_done": seeds_done,
+            "seconds": round(seconds, 1)}  # fmt: skip
 
 
 def breaking_point(curve: dict[str, dict[str, float]], level: float = 0.8) -> float | None:
@@ -265,7 +279,8 @@ def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = N
         f"simulated subject (3 x 8 x 8, 2048 Hz), {config['train_trials']} short clean training trials and one "
         f"validation trial from session 1, {config['test_trials']} test trial(s) from session 2; every variant a CNN "
         f"head on the fixed frontend with at most {config['max_epochs']} epochs (patience {config['patience']}); "
-        f"{config['seeds']} seeds; disturbances placed at random (`Placement(\"any\")`). The GAN variant is not in "
+        f"{result.get('seeds_done', config['seeds'])} seeds; disturbances placed at random "
+        "(`Placement(\"any\")`). The GAN variant is not in "
         "this study. `oracle` trains on the simulator's own disturbance models (an upper bound that only simulated "
         "data allow). `+mask`: the same model with quality masking at test time (neighbour detector + rebuild). "
         "Figures are accuracy of single 200 ms windows in %, mean ± standard deviation over seeds.",
