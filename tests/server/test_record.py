@@ -15,6 +15,7 @@ from rohde.cli import main
 from rohde.core.datasets import load_any, load_xdf_recording
 from rohde.core.errors import ConfigError
 from rohde.core.gestures import DEFAULT_GESTURES, UNUSABLE
+from rohde.core.layouts import grid_layout
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import load_recording
 from rohde.core.xdf import XdfStream, emg_desc, write_xdf
@@ -182,3 +183,28 @@ def test_the_journal_of_a_killed_recording_becomes_its_recording(tmp_path: Path)
         expected[int(round(cue.start_s * sim.fs_hz)):] = TINY.gesture_names.index(cue.label) if cue.label in \
             TINY.gesture_names else -1
     assert np.array_equal(rec.labels, expected)
+
+
+def test_tapped_holds_are_marked_in_the_disturbance_mask(tmp_path: Path) -> None:
+    protocol = CalibrationProtocol(gestures=("hand_close",), repetitions=1, hold_s=0.5, rest_s=0.5, prepare_s=0.2,
+                                   lead_in_s=0.2, disturbed_trials=1)
+    cues = protocol_cues(protocol)
+    fs, n = 1000.0, int(round(protocol.duration_s * 1000.0)) + 100
+    out = tmp_path / "tapped.rohde.npz"
+    layout = grid_layout(1, 2, 2, name="1x2x2")
+    meta = {"out": str(out), "fs_hz": fs, "layout": layout.to_dict(), "subject": "u", "session": "1",
+            "gesture_names": list(protocol.gesture_names), "stream": {}, "protocol": {}}
+    journal = Journal(journal_path(out), meta)
+    for cue in cues:
+        journal.cue(cue.start_s, cue.marker())
+    journal.append(np.random.default_rng(0).normal(size=(n, 4)), np.arange(n) / fs)
+    journal.close()
+    assert main(["record", "--recover", str(journal_path(out))]) == 0
+    rec = load_recording(out)
+    tapped = next(c for c in cues if c.phase == "hold" and c.condition == "CA")
+    rows = rec.disturbance_mask.all(axis=1) if rec.disturbance_mask is not None else np.zeros(0, bool)
+    assert rec.condition == "mixed" and rec.provenance["disturbed_seconds"] == pytest.approx(protocol.hold_s, abs=0.01)
+    expected = np.zeros(n, dtype=bool)
+    expected[int(round(tapped.start_s * fs)) : int(round((tapped.start_s + tapped.duration_s) * fs))] = True
+    assert rows.sum() == expected.sum() and np.array_equal(rows, expected)
+    assert rec.provenance["interrupted"] is False  # the journal holds the `done` cue

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,13 @@ def test_the_split_by_repetition_tests_the_last_hold_and_validates_the_one_befor
         # The first 100 ms after every cue are not used.
         changes = np.flatnonzero(np.diff(rec.labels)) + 1
         assert not np.isin(used, (changes[:, None] + np.arange(int(0.1 * rec.fs_hz))).ravel()).any()
+    # Tapped (disturbed) samples are kept out of every clean part.
+    mask = np.zeros(rec.samples.shape, dtype=bool)
+    first_hold = int(np.flatnonzero(rec.labels == 1)[0])
+    mask[first_hold : first_hold + 300] = True
+    tapped = repetition_parts(replace(rec, disturbance_mask=mask), settle_ms=0.0, test_here=True)["train"]
+    clean = repetition_parts(rec, settle_ms=0.0, test_here=True)["train"]
+    assert np.sum(clean.labels != UNUSABLE) - np.sum(tapped.labels != UNUSABLE) == 300
     with pytest.raises(ConfigError, match="fewer than 3 times"):
         repetition_parts(cued_recording(PROTOCOL.__class__(gestures=("hand_close",), repetitions=2, hold_s=0.3,
                                                            rest_s=0.3, prepare_s=0.2)), settle_ms=0, test_here=True)

@@ -92,7 +92,7 @@ class Cue:
     phase: str  # one of PHASES
     gesture: str  # the gesture shown ("rest" in rest phases)
     label: str  # the class its samples get (a gesture, the rest class, or `unusable`)
-    condition: str  # clean or CA
+    condition: str  # clean, CA (a tapped hold) or tap (the announcement of one; its marker says clean)
     index: int  # 0-based
     total: int
     repetition: int  # 1-based round of this gesture's holds (0 for the lead-in and done)
@@ -100,13 +100,14 @@ class Cue:
     def marker(self) -> list[str]:
         info = {"cue": self.gesture, "phase": self.phase, "remaining_s": round(self.duration_s, 3),
                 "index": self.index, "total": self.total}
-        return [self.label, self.condition, json.dumps(info)]
+        # The announcement of a tapped hold is itself clean: only the hold carries DISTURBED_CONDITION.
+        return [self.label, "clean" if self.condition == "tap" else self.condition, json.dumps(info)]
 
     def prompt(self) -> str:
         """The line the terminal shows."""
         step = f"[{self.index + 1:>3}/{self.total}]"
         if self.phase == "prepare":
-            tap = " (and TAP THE ELECTRODES while holding)" if self.condition != "clean" else ""
+            tap = " (and TAP THE ELECTRODES while holding)" if self.condition == "tap" else ""
             return f"{step} get ready: {self.gesture}{tap} in {self.duration_s:g} s"
         if self.phase == "hold":
             tap = ", TAP THE ELECTRODES now" if self.condition != "clean" else ""
@@ -125,10 +126,12 @@ def protocol_cues(protocol: CalibrationProtocol) -> list[Cue]:
     holds += [(protocol.gestures[k % len(protocol.gestures)], DISTURBED_CONDITION, 1)
               for k in range(protocol.disturbed_trials)]
     for gesture, condition, repetition in holds:
+        # Only the hold is disturbed: the announcement says so (`tap`), its samples are clean and unusable.
+        tap = "tap" if condition != "clean" else "clean"
         if protocol.prepare_s > 0:
-            plan.append(("prepare", gesture, protocol.prepare_s, UNUSABLE_CUE, condition, repetition))
+            plan.append(("prepare", gesture, protocol.prepare_s, UNUSABLE_CUE, tap, repetition))
         plan.append(("hold", gesture, protocol.hold_s, gesture, condition, repetition))
-        plan.append(("rest", "rest", protocol.rest_s, protocol.rest_class, condition, repetition))
+        plan.append(("rest", "rest", protocol.rest_s, protocol.rest_class, "clean", repetition))
     plan.append(("done", "rest", 0.0, UNUSABLE_CUE, "clean", 0))
     cues, start = [], 0.0
     for index, (phase, gesture, duration, label, condition, repetition) in enumerate(plan):
