@@ -126,3 +126,20 @@ def test_commands_parse() -> None:
     assert args.packages == Path("P") and args.sim_data == Path("S") and not args.fresh
     args = parser.parse_args(["calibrate", "--model", "M", "--data", "a.mat", "b.mat", "--out", "O", "--no-align"])
     assert args.data == [Path("a.mat"), Path("b.mat")] and args.no_align and args.epochs == 40
+
+
+def test_simulated_section_names_the_choice_and_the_target(tmp_path: Path) -> None:
+    from rohde.training.cross_day import SimulatedShiftResult
+
+    acc = {"shipped/recorded": 0.99, "shipped/shifted": 0.84, "robust/recorded": 0.98, "robust/shifted": 0.95,
+           "finetune/recorded": 0.99, "finetune/shifted": 0.9, "scratch/recorded": 0.98, "scratch/shifted": 0.95,
+           "finetune/val": 0.96, "scratch/val": 0.97, "chosen_is_scratch": 1.0}  # fmt: skip
+    shift = {"shift": {"rows": 4.5, "cols": -1.0, "rotation_deg": 0.0, "gain": 1.5}, "score": 0.97,
+             "score_unshifted": -0.4}  # fmt: skip
+    results = [DirectionResult("001", "Session1", "Session3", {"robust/cross": 0.9, "cnn/within": 1.0,
+                                                               "robust/within": 0.99}, {}, shift)]  # fmt: skip
+    text = write_results(results, tmp_path, command="x", simulated=SimulatedShiftResult(acc, {}, {})).read_text()
+    assert "| chosen on validation: from scratch | 98.0 | 95.0 |" in text
+    assert "| simulated shifts up to 2 electrodes >= 97 % | shift-robust, chosen on validation | 95.0 | | no |" in text
+    assert "| zero-shot >= 85 % | `robust/cross` | 90.0 | 90.0 | yes |" in text
+    assert "+1.0 (as a drop)" in text
