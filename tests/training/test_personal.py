@@ -1,6 +1,7 @@
 """A personal model: the split by repetition, one class list over a user's recordings, and the whole chain
 `rohde simulate --follow-cues` -> `rohde record` -> `rohde train --quick` -> `PUT /models/active` on a
-running `rohde serve`, with real processes, LSL and the WebSocket."""
+running `rohde serve`, with real processes, LSL and the WebSocket (the recording also checked against an
+XDF file of the same streams read by the XDF loader)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ import numpy as np
 import pytest
 
 from rohde.cli import main
+from rohde.core.datasets import load_xdf_recording
 from rohde.core.errors import ConfigError
 from rohde.core.gestures import UNUSABLE
+from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording, load_recording
+from rohde.core.xdf import XdfStream, emg_desc, write_xdf
 from rohde.server.cue_protocol import CalibrationProtocol, protocol_cues
 from rohde.server.lsl_inlet import StreamQuery, import_pylsl
 from rohde.server.processes import ChildGroup, free_port, unique_id
@@ -27,7 +31,7 @@ from rohde.server.recorder import CalibrationRecorder, RecordOptions
 from rohde.server.settings import default_lsl_config
 from rohde.simulation.simulator import LiveSimulator
 from rohde.training.personal import class_names, relabel
-from rohde.training.split import hold_repetitions, repetition_parts
+from rohde.training.split import hold_repetitions, repetition_parts, settle_labels
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ROHDE = str(Path(sys.executable).with_name("rohde"))
@@ -123,6 +127,23 @@ def test_record_train_and_switch_a_running_server_to_the_personal_model(tmp_path
         recording = CalibrationRecorder(options, lsl_config=default_lsl_config(), echo=lambda _: None).run()
         rec = load_recording(recording)
         assert rec.n_channels == 192  # the counter and trigger channels were left out
+        assert PROTOCOL.duration_s <= rec.duration_s <= PROTOCOL.duration_s + 3.0  # plus what the inlet held
+        assert rec.gesture_names == ("no_movement", "hand_close", "hand_open") and not rec.provenance["interrupted"]
+        # The simulated person followed the cues: once settled, EMG is stronger in holds than at rest.
+        rms = np.sqrt(np.mean(filter_recording(rec.samples, PreprocessingConfig(fs_hz=rec.fs_hz)) ** 2, axis=1))
+        settled = settle_labels(rec.labels, int(0.45 * rec.fs_hz))
+        assert np.median(rms[settled > 0]) > 2 * np.median(rms[settled == 0])
+        # LabRecorder's file of the same EMG and cue streams reads back with the same labels (the XDF loader).
+        markers = rec.provenance["cues"]
+        xdf = write_xdf(tmp_path / "sub-u7_ses-1_task-cal_run-001_eeg.xdf", [
+            XdfStream(name=name, type="ExG", nominal_srate=rec.fs_hz, channel_format="float32",
+                      time_stamps=rec.provenance["first_timestamp"] + np.arange(rec.n_samples) / rec.fs_hz,
+                      time_series=rec.samples, desc=emg_desc(rec.layout)),
+            XdfStream(name=cues, type="Markers", nominal_srate=0.0, channel_format="string",
+                      time_stamps=np.array([m[0] for m in markers]), time_series=[m[1:] for m in markers])])
+        from_xdf = load_xdf_recording(xdf)
+        as_names = np.array(["-", *rec.gesture_names])[rec.labels + 1]
+        assert np.mean(as_names == np.array(["-", *from_xdf.gesture_names])[from_xdf.labels + 1]) > 0.999
         forwarded = [m for m in messages if m["kind"] == "cue"]
         assert [(m["phase"], m["label"]) for m in forwarded] == [(c.phase, c.gesture) for c in protocol_cues(PROTOCOL)]
 

@@ -100,7 +100,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     demo.add_argument("--personal", action="store_true",
                       help="the personal-model flow instead: simulated amplifier of an unseen subject -> rohde record "
                            "-> rohde train --quick -> live switch -> scored on a fresh session (--duration: seconds "
-                           "scored, default 45)")
+                           "scored, default 30)")
     demo.add_argument("--work-dir", type=Path, default=None, help="--personal: keep its files (logs, recording, "
                                                                   "models) here instead of a temporary folder")
     demo.set_defaults(handler=_demo)
@@ -276,7 +276,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.personal:
         from rohde.server.personal_demo import PersonalDemoOptions, main_personal
 
-        return main_personal(PersonalDemoOptions(seed=args.seed, score_s=args.duration or 45.0,
+        return main_personal(PersonalDemoOptions(seed=args.seed, score_s=args.duration or 30.0,
                                                  work_dir=args.work_dir, quiet=args.quiet))
     from rohde.server.demo import DemoOptions, run_demo
 

@@ -47,7 +47,7 @@ class PersonalDemoOptions:
     name: str = "personal-demo"  # the personal package's name (and folder)
     record_args: tuple[str, ...] = ()  # extra `rohde record` flags (e.g. a shorter protocol)
     train_args: tuple[str, ...] = ("--quick",)  # extra `rohde train` flags
-    score_s: float = 45.0  # seconds of the fresh session scored
+    score_s: float = 30.0  # seconds of the fresh session scored
     extra_channels: int = 2  # auxiliary channels the simulated amplifier appends
     work_dir: Path | None = None  # None: a temporary folder, removed at the end
     quiet: bool = False
