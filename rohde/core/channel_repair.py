@@ -31,6 +31,7 @@ class ChannelRepair:
         self.neighbours = neighbour_table(layout)  # (C, 8), -1 padded
         self._has = self.neighbours >= 0
         self._nb = np.where(self._has, self.neighbours, 0)
+        self._cached: tuple[bytes, np.ndarray, np.ndarray] | None = None  # (bad mask, rows, weights) of the last call
 
     def weights(self, bad: np.ndarray) -> np.ndarray:
         """(k, C) float32: row i rebuilds the i-th bad channel as the mean of its good neighbours."""
@@ -56,9 +57,12 @@ class ChannelRepair:
             )
         if not bad.any():
             return data
-        rows = np.flatnonzero(bad)
+        key = bad.tobytes()
+        if self._cached is None or self._cached[0] != key:  # the bad set changes seldom: build its weights once
+            self._cached = (key, np.flatnonzero(bad), self.weights(bad))
+        _, rows, weights = self._cached
         out = data.copy()
-        out[..., rows, :] = np.einsum("kc,...ct->...kt", self.weights(bad), data).astype(data.dtype, copy=False)
+        out[..., rows, :] = np.matmul(weights, data).astype(data.dtype, copy=False)  # (..., k, T)
         return out
 
     def rebuild_channels(self, data: np.ndarray, channels: tuple[int, ...] | list[int]) -> np.ndarray:

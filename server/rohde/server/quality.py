@@ -50,6 +50,7 @@ class QualityThresholds:
     powerline_ratio: float = 0.8  # mains share of >20 Hz power above which: powerline
     artifact_uv: float = 100.0  # 1-20 Hz RMS above which: artifact
     mains_hz: float = 50.0  # power-line fundamental
+    neighbour_interval_s: float = 1.0  # time between runs of the neighbour detector (its FFT and solves); 0: off
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,13 @@ class QualityMonitor:
         # judges the newest 250 ms (its thresholds were chosen on 250 ms windows; half the cost of 500 ms).
         self._detector_n = min(self._n, max(16, int(round(0.25 * fs_hz))))
         self._detector = (ChannelQualityDetector(layout, fs_hz, self._detector_n)
-                          if layout is not None and layout.n_channels == n_channels else None)  # fmt: skip
+                          if layout is not None and layout.n_channels == n_channels
+                          and self.thresholds.neighbour_interval_s > 0 else None)  # fmt: skip
+        # Contacts fail for seconds at least: judging every second keeps its cost off most estimates.
+        t = self.thresholds
+        self._neighbour_every = max(1, int(round(t.neighbour_interval_s / t.quality_interval_s)))
+        self._estimates = 0
+        self._neighbour_bad = np.zeros(n_channels, dtype=bool)
         self._nonfinite_until = np.zeros(n_channels, dtype=np.int64)  # sample index until which flagged
         freqs = np.fft.rfftfreq(self._n, 1.0 / fs_hz)
         self._taper = np.hanning(self._n).astype(np.float32)[:, None]
@@ -137,13 +144,19 @@ class QualityMonitor:
             "powerline": ~flat & (mains_share > t.powerline_ratio),
             "artifact": low_uv > t.artifact_uv,
             "nonfinite": self._nonfinite_until > self._written,
-            "neighbour": (self._detector.detect(raw[-self._detector_n :]).bad if self._detector is not None
-                          else np.zeros_like(flat)),  # fmt: skip
+            "neighbour": self._neighbour(raw),
         }
         self._flags = np.stack([masks[f] for f in FLAGS], axis=1)  # (n_channels, n_flags)
         self._stats = np.stack([std, mains_share, low_uv], axis=1).astype(np.float64)  # (n_channels, 3)
         self.bad_channels = np.flatnonzero(self._flags.any(axis=1)).tolist()
         self._hard_fraction = float(self._flags[:, _HARD].any(axis=1).mean())
+
+    def _neighbour(self, raw: np.ndarray) -> np.ndarray:
+        """(C,) the neighbour detector's verdict on the newest samples, renewed every `neighbour_interval_s`."""
+        if self._detector is not None and self._estimates % self._neighbour_every == 0:
+            self._neighbour_bad = self._detector.detect(raw[-self._detector_n :]).bad
+        self._estimates += 1
+        return self._neighbour_bad
 
     @property
     def channels(self) -> list[ChannelQuality]:
