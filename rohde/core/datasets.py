@@ -39,7 +39,7 @@ from rohde.core.errors import LayoutError, RecordingFormatError, StreamMismatchE
 from rohde.core.gestures import DEFAULT_GESTURES, UNUSABLE
 from rohde.core.layouts import ElectrodeLayout, default_layout, flexemg_layout, layout_from_spec
 from rohde.core.recording import SUFFIX, Recording, load_recording
-from rohde.core.xdf import TAG_CLOCK_OFFSET, check_xdf
+from rohde.core.xdf import TAG_CLOCK_OFFSET, UNUSABLE_CUE, check_xdf
 
 logger = logging.getLogger(__name__)
 
@@ -411,9 +411,14 @@ def load_xdf_recording(
         elif set(cues) & set(DEFAULT_GESTURES):
             gesture_names = list(DEFAULT_GESTURES)
         else:
-            gesture_names = list(dict.fromkeys(cues))
+            # `unusable` marks stretches to leave out (RoHDE's cue streams and XDF writer): never a class.
+            gesture_names = [c for c in dict.fromkeys(cues) if c != UNUSABLE_CUE]
     if not gesture_names:
         raise RecordingFormatError(f"{str(path)!r}: no gesture names in its desc or cues; pass gesture_names.")
+    unnamed = sorted(set(cues) - set(gesture_names) - {UNUSABLE_CUE})
+    if unnamed:
+        logger.warning("%s: the cues %s name no gesture of %s; their samples are labelled unusable (pass "
+                       "gesture_names, or rohde train --gestures, to count them).", path, unnamed, list(gesture_names))
     labels = cue_labels(stamps, cue_stamps, cues, gesture_names, tolerance_s=0.5 / fs_hz)
     bids = bids_entities(path)
     return Recording(

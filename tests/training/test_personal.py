@@ -30,7 +30,7 @@ from rohde.server.processes import ChildGroup, free_port, unique_id
 from rohde.server.recorder import CalibrationRecorder, RecordOptions
 from rohde.server.settings import default_lsl_config
 from rohde.simulation.simulator import LiveSimulator
-from rohde.training.personal import class_names, relabel
+from rohde.training.personal import class_names, load_user_recordings, relabel
 from rohde.training.split import hold_repetitions, repetition_parts, settle_labels
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -94,6 +94,25 @@ def test_one_class_list_over_recordings_with_their_own_names(caplog: pytest.LogC
         class_names([custom], ["point", "thumbs_up"])
     relabelled = relabel(custom, ["rest", "point"])
     assert np.array_equal(relabelled.labels == 1, custom.labels == 2) and not np.any(relabelled.labels == 2)
+
+
+def test_an_xdf_of_custom_cues_reads_back_with_their_classes(tmp_path: Path) -> None:
+    """LabRecorder's file of an amplifier (no gestures in its desc) and the RoHDE-Cues stream of a custom protocol."""
+    protocol = CalibrationProtocol(gestures=("fist", "point"), repetitions=3, hold_s=0.3, rest_s=0.3, prepare_s=0.2,
+                                   lead_in_s=0.2)
+    rec = cued_recording(protocol)
+    cues = protocol_cues(protocol)
+    xdf = write_xdf(tmp_path / "custom.xdf", [
+        XdfStream(name="amp", type="EMG", nominal_srate=rec.fs_hz, channel_format="float32",
+                  time_stamps=10.0 + np.arange(rec.n_samples) / rec.fs_hz, time_series=rec.samples,
+                  desc=emg_desc(rec.layout)),
+        XdfStream(name="RoHDE-Cues", type="Markers", nominal_srate=0.0, channel_format="string",
+                  time_stamps=np.array([10.0 + c.start_s for c in cues]), time_series=[c.marker() for c in cues])])
+    loaded = load_user_recordings([xdf])[xdf][0]
+    assert loaded.gesture_names == ("rest", "fist", "point")  # `unusable` (announcements) is no class
+    assert np.sum(loaded.labels != rec.labels) <= len(cues)  # at most a sample at a cue's edge (rounding)
+    only_point = load_user_recordings([xdf], gestures=["point"])[xdf][0]
+    assert only_point.gesture_names == ("rest", "point")
 
 
 @pytest.mark.lsl

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +26,15 @@ from rohde.core.recording import Recording
 logger = logging.getLogger(__name__)
 
 
-def _load(path: Path, layout: str | None) -> list[Recording]:
+def _load(path: Path, layout: str | None, gestures: Sequence[str] | None) -> list[Recording]:
     is_xdf = path.is_file() and path.name.lower().endswith(".xdf")
-    recordings = load_dataset(path, layout=layout) if (is_xdf and layout) else load_dataset(path)
+    options: dict[str, Any] = {}
+    if is_xdf and layout:
+        options["layout"] = layout
+    if is_xdf and gestures:
+        # An XDF file's cues name its classes: the ones asked for count, under either rest name.
+        options["gesture_names"] = list(dict.fromkeys([*REST_GESTURES, *gestures]))
+    recordings = load_dataset(path, **options)
     if layout is None:
         return recordings
     chosen = layout_from_spec(layout)
@@ -69,7 +76,7 @@ def relabel(rec: Recording, names: Sequence[str]) -> Recording:
 def load_user_recordings(paths: Sequence[Path], *, layout: str | None = None,
                          gestures: Sequence[str] | None = None) -> dict[Path, list[Recording]]:
     """Every path's recordings, on `layout` and one class list (module docstring)."""
-    loaded = {Path(p): _load(Path(p), layout) for p in paths}
+    loaded = {Path(p): _load(Path(p), layout, gestures) for p in paths}
     everything = [r for recs in loaded.values() for r in recs]
     names = class_names(everything, gestures)
     if len(names) < 2:
