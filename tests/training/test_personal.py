@@ -207,3 +207,20 @@ def _collect(port: int, messages: list[dict[str, Any]], listening: threading.Eve
                 messages.append(json.loads(ws.recv(timeout=0.2)))
             except TimeoutError:
                 continue
+
+
+def test_train_and_test_recordings_split_only_the_training_ones() -> None:
+    from rohde.training.config import PipelineConfig, SplitConfig
+    from rohde.training.split import make_split
+
+    short = CalibrationProtocol(gestures=("hand_close", "hand_open"), repetitions=2, hold_s=0.4, rest_s=0.3,
+                                prepare_s=0.2, lead_in_s=0.2)
+    train, test = cued_recording(short), replace(cued_recording(short), session="2")
+    config = PipelineConfig(split=SplitConfig(mode="repetitions", train_paths=("a",), test_paths=("b",),
+                                              settle_ms=100.0))
+    split = make_split(config, data_dir=Path(), load=lambda p: {"a": [train], "b": [test]}[str(p)])
+    assert [r.trial for r in split.train] == ["cal-train"] and [r.trial for r in split.val] == ["cal-val"]
+    clean_tests = [r for r in split.test if r.condition == "clean"]
+    assert len(clean_tests) == 1 and clean_tests[0].session == "2" and clean_tests[0].n_samples == test.n_samples
+    assert sorted({r.condition for r in split.test}) == ["CA", "LC", "clean"]  # injected for the disturbed tests
+    assert {r.condition for r in split.seen_disturbed} == {"CA", "LC"}  # what the GAN learns from
