@@ -275,7 +275,8 @@ def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = N
     text = "\n".join([
         "# Robustness: accuracy against the share of electrodes disturbed",
         "",
-        f"Written by `rohde study robustness` in {result['seconds']:.0f} s. **Reduced protocol** (2 CPU cores): one "
+        f"Written by `rohde study robustness` (`run_study`, `write_report`) in {result['seconds']:.0f} s. "
+        "**Reduced protocol** (2 CPU cores): one "
         f"simulated subject (3 x 8 x 8, 2048 Hz), {config['train_trials']} short clean training trials and one "
         f"validation trial from session 1, {config['test_trials']} test trial(s) from session 2; every variant a CNN "
         f"head on the fixed frontend with at most {config['max_epochs']} epochs (patience {config['patience']}); "
