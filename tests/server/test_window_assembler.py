@@ -412,3 +412,37 @@ def test_a_jump_still_pending_when_the_inlet_restarts_is_judged_on_what_came(goo
     run.push(samples[500:], stamps[500:] + 0.020, [50] * 10)  # 20 samples lost, 480 ms of stamps stay late
     run.assembler.restart(FS_HZ)  # before the jitter tolerance (100 ms) ended: judged on the stamps so far
     assert (run.count(StreamCounter.GAPS), run.count(StreamCounter.MISSING_SAMPLES)) == (1, 20)
+
+
+def test_a_model_trained_with_quality_masking_gets_bad_channels_rebuilt() -> None:
+    import dataclasses
+
+    from rohde.core.channel_repair import QUALITY_MASKING_KEY, ChannelRepair
+    from rohde.server.settings import default_models_dir
+    from rohde.simulation.simulator import SimulatorConfig, simulate_recording
+
+    shipped = load_model_package(default_models_dir() / "rohde-default")
+    meta = shipped.metadata.model_copy(update={"training_data": {**shipped.metadata.training_data,
+                                                                 QUALITY_MASKING_KEY: True}})  # fmt: skip
+    config = SimulatorConfig(gestures=("no_movement", "hand_close"), rest_s=0.5, gesture_s=2.0, repetitions=1)
+    x = simulate_recording(config=config, subject=1, session=1, trial=1, condition="clean", seed=0).samples.copy()
+    x[:, 77] = 0.0  # a dead electrode
+    stamps = np.arange(len(x)) / 2048.0
+    for package, rebuilt in ((shipped, False), (dataclasses.replace(shipped, metadata=meta), True)):
+        jobs: list[WindowJob] = []
+        assembler = WindowAssembler("s", config=IngestConfig(), metrics=ServerMetrics(), emit=jobs.append)
+        assembler.use_model(package, 1, max_chunk=4096)
+        assembler.restart(2048.0)
+        for start in range(0, len(x), 102):
+            assembler.push(x[start : start + 102], stamps[start : start + 102], pulled_at=0.0, full=False)
+        late = [j for j in jobs[-20:] if j.reject_reason is None]
+        assert late and all(77 in j.bad_channels for j in late)  # the monitor's neighbour detector named it
+        window = late[-1].window  # (C, W) normalised
+        if rebuilt:
+            bad = np.zeros(192, dtype=bool)
+            bad[list(late[-1].bad_channels)] = True
+            nb = ChannelRepair(shipped.layout).weights(bad)[list(np.flatnonzero(bad)).index(77)]
+            np.testing.assert_allclose(window[77], nb @ window, rtol=1e-4, atol=1e-5)
+            assert np.abs(window[77]).max() > 0
+        else:
+            assert np.abs(window[77]).max() < 1e-3  # served as it came: a flat channel
