@@ -137,7 +137,7 @@ def test_serve_stops_within_a_second_telling_every_client_and_restarts_to_the_sa
         assert closes == [(1001, "The server is stopping.")], closes
         assert seen[-1]["kind"] == "status" and seen[-1]["event"] == "server_stopping"
     log = server.log.read_text()
-    assert "RoHDE server stopped." in log and "did not stop within" not in log, log[-2000:]
+    assert "RoHDE server stopped: every worker thread joined." in log and "did not stop within" not in log, log[-2000:]
     assert seconds < 2.0, f"the server took {seconds:.2f} s to stop"
     logger.info("rohde serve with 3 WebSocket clients and 1 stream: SIGTERM to exit %.3f s", seconds)
 
