@@ -23,9 +23,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rohde.core.alignment import AlignmentReference
-from rohde.core.errors import ModelMetadataError, ModelPackageError
+from rohde.core.errors import ConfigError, ModelMetadataError, ModelPackageError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.preprocessing import Normalization, PreprocessingConfig
+from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig
 
 SCHEMA_VERSION = 1
@@ -87,6 +88,17 @@ class ModelPackage:
     @property
     def name(self) -> str:
         return self.metadata.name
+
+
+def check_recording_fits(meta: ModelMetadata, rec: Recording) -> None:
+    """Refuse a recording a package cannot score or be tuned on: other channel count, rate or gesture names."""
+    where = f"{rec.subject}/{rec.session}/{rec.trial}"
+    if rec.n_channels != meta.n_channels or rec.fs_hz != meta.fs_hz:
+        raise ConfigError(f"Recording {where} has {rec.n_channels} channels at {rec.fs_hz} Hz; model {meta.name!r} "
+                          f"expects {meta.n_channels} at {meta.fs_hz} Hz.")
+    if list(rec.gesture_names) != list(meta.labels):
+        raise ConfigError(f"Recording {where} names gestures {list(rec.gesture_names)}; the model's labels are "
+                          f"{meta.labels}.")
 
 
 def sha256_of(path: Path) -> str:

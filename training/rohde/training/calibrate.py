@@ -36,7 +36,7 @@ from rohde.core.alignment import (
     estimate_shift,
 )
 from rohde.core.errors import ConfigError, ModelPackageError
-from rohde.core.model_package import ModelPackage, load_model_package, write_metadata
+from rohde.core.model_package import ModelPackage, check_recording_fits, load_model_package, write_metadata
 from rohde.core.preprocessing import filter_recording
 from rohde.core.recording import Recording
 from rohde.training.cnn import RohdeCNN
@@ -226,14 +226,7 @@ def calibrate_package(
     if not recordings:
         raise ConfigError("Calibration needs at least one labelled recording of the new session.")
     for rec in recordings:
-        if rec.n_channels != meta.n_channels or rec.fs_hz != meta.fs_hz:
-            raise ConfigError(
-                f"Recording {rec.trial!r} has {rec.n_channels} channels at {rec.fs_hz} Hz; package {package.name!r} "
-                f"expects {meta.n_channels} at {meta.fs_hz} Hz."
-            )
-        if list(rec.gesture_names) != list(meta.labels):
-            raise ConfigError(f"Recording {rec.trial!r} names gestures {list(rec.gesture_names)}; the package "
-                              f"labels are {meta.labels}.")  # fmt: skip
+        check_recording_fits(meta, rec)
     if align and meta.alignment is None:
         raise ConfigError(f"Package {package.name!r} has no alignment reference; calibrate without --align.")
     do_align = meta.alignment is not None if align is None else align

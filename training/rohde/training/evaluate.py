@@ -106,20 +106,12 @@ def evaluate_package(
     """Score an exported package on recordings with ONNX Runtime, through the shared preprocessing."""
     import onnxruntime as ort
 
-    from rohde.core.model_package import load_model_package
+    from rohde.core.model_package import check_recording_fits, load_model_package
 
     package = load_model_package(model_dir)
     meta = package.metadata
     for rec in recordings:
-        if rec.n_channels != meta.n_channels or rec.fs_hz != meta.fs_hz:
-            raise ConfigError(
-                f"Recording {rec.subject}/{rec.session}/{rec.trial} has {rec.n_channels} channels at "
-                f"{rec.fs_hz} Hz; model {meta.name!r} expects {meta.n_channels} at {meta.fs_hz} Hz."
-            )
-        if tuple(rec.gesture_names) != tuple(meta.labels):
-            raise ConfigError(
-                f"Recording gestures {list(rec.gesture_names)} differ from the model's labels {meta.labels}."
-            )
+        check_recording_fits(meta, rec)
     session = ort.InferenceSession(str(package.onnx_path), providers=list(providers))
 
     def run(x: np.ndarray) -> np.ndarray:
