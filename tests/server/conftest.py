@@ -236,3 +236,16 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.1):  # type: ign
             return value
         time.sleep(interval_s)
     raise TimeoutError(f"condition not met within {timeout_s} s")
+
+
+def wait_until_ready(base_url: str, timeout_s: float = 40.0) -> None:
+    """Wait for a started `rohde serve` to answer 200 on /ready."""
+    import httpx
+
+    def is_ready() -> bool:
+        try:
+            return httpx.get(f"{base_url}/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(is_ready, timeout_s, 0.2)

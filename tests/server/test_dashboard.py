@@ -22,7 +22,7 @@ from rohde.server.processes import Child, ChildGroup, free_port, unique_id
 from rohde.server.security import origin_allowed
 from rohde.server.settings import load_settings
 
-from .conftest import REPO_ROOT, ROHDE, RunningOutlet, wait_for
+from .conftest import REPO_ROOT, ROHDE, RunningOutlet, wait_for, wait_until_ready
 
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"  # screenshots of the browser test (ignored by git)
 READ_TOKEN = "dashboard-read-token"
@@ -83,13 +83,7 @@ def start_server(processes: ChildGroup, tmp_path: Path, stream_name: str) -> tup
                     extra_env={"ROHDE_RESOLVE_INTERVAL_S": "0.2", "ROHDE_READ_TOKEN": READ_TOKEN})
     base = f"http://127.0.0.1:{port}"
 
-    def is_ready() -> bool:
-        try:
-            return httpx.get(f"{base}/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(is_ready, 40, 0.2)
+    wait_until_ready(base)
     return base, server
 
 

@@ -19,7 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 from rohde.server.lsl_inlet import import_pylsl
 from rohde.server.processes import ChildGroup, free_port, unique_id
 
-from .conftest import LSL_CONFIG, ROHDE, ModelSet, RunningOutlet, wait_for
+from .conftest import LSL_CONFIG, ROHDE, ModelSet, RunningOutlet, wait_for, wait_until_ready
 
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(150)]
 logger = logging.getLogger(__name__)  # figures: run with --log-cli-level=INFO
@@ -33,13 +33,7 @@ def start_server(processes: ChildGroup, tmp_path: Path, model_set: ModelSet, str
         log=tmp_path / f"server-{port}.log", extra_env={"ROHDE_RESOLVE_INTERVAL_S": "0.2"})
     base = f"http://127.0.0.1:{port}"
 
-    def is_ready() -> bool:
-        try:
-            return httpx.get(f"{base}/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(is_ready, 40, 0.2)
+    wait_until_ready(base)
     return base
 
 
