@@ -32,6 +32,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  #
 
 from rohde.core.errors import ModelPackageError
 from rohde.core.version import VERSION
+from rohde.server.allocator import trim_heap_periodically
 from rohde.server.api_models import (
     ActiveModelInfo,
     ErrorResponse,
@@ -231,9 +232,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
             runtime.cues.start()
         logger.info("RoHDE server up: model %s, streams %s.", runtime.models.describe_active(),
                     runtime.streams.query.describe())
+        trimmer = asyncio.create_task(trim_heap_periodically(), name="rohde-heap-trim")
         try:
             yield
         finally:
+            trimmer.cancel()
             await announce_shutdown(app)  # done already when `rohde serve` stops (before uvicorn closes sockets)
             await asyncio.to_thread(runtime.streams.stop)
             await asyncio.to_thread(runtime.inference.stop)

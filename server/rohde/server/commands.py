@@ -110,7 +110,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from rohde.server.allocator import fix_mmap_threshold
+    from rohde.server.allocator import configure_allocator
     from rohde.server.app import create_app
     from rohde.server.inference import choose_providers
     from rohde.server.security import TokenRedactingFilter
@@ -128,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.require_gpu:
         # A build without CUDA is refused here; the start-up then checks the provider the real session runs on.
         choose_providers(settings.providers, require_gpu=True)
-    fix_mmap_threshold()  # resident memory flat over long runs (allocator.py)
+    configure_allocator()  # resident memory flat over long runs (allocator.py)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level="info",
                             lifespan="on", ws=_websocket_protocol(), ws_max_size=WS_MAX_MESSAGE_BYTES,
