@@ -20,7 +20,10 @@ and gain from a few seconds of *unlabelled* data of the new session, and undoes 
 - `estimate_shift(reference, activity, layout)`: the shift (and gain) that best carries the
   reference map onto the new map (correlation of log-MAV over the sites whose source lies on the
   grid, coarse grid search then a fractional refinement); `alignment_matrix` is its inverse, the
-  map that brings the new session's samples back onto the reference's electrodes.
+  map that brings the new session's samples back onto the reference's electrodes. A shift is kept
+  only when it raises the correlation over the unshifted map by `MIN_IMPROVEMENT`; otherwise the
+  estimate snaps to no shift (the gain alone), since two trials of one placement already differ by
+  fractions of a site.
 
 Pure numpy: the offline tools and the server share it.
 """
@@ -40,6 +43,13 @@ from rohde.core.layouts import NO_ELECTRODE, ElectrodeGrid, ElectrodeLayout
 # a 16 x 4 array moved by 4 rows and 2 columns keeps 0.375 of its sites.
 MIN_OVERLAP = 0.35
 _LOG_FLOOR = 1e-3  # keeps silent (or edge-filled zero) channels out of log(0)
+# How much a shift must raise the map correlation over the unshifted map to be applied. Chosen on
+# pairs of one placement (each flexemg Train trial against the rest of its session, 40 pairs, truth:
+# no shift): the best fractional shift raised the correlation by at most 0.034 there, while a moved
+# copy of a real map gains 0.04-0.11 for half a row and 0.17-0.41 for one row. 0.05 is 1.5 times the
+# largest no-shift gain. A move of one column (a quarter of the 4-column flexemg array's width) gains
+# only 0.02-0.07 and is mostly left alone: trial-to-trial variation looks the same.
+MIN_IMPROVEMENT = 0.05
 
 
 @dataclass(frozen=True)
@@ -212,12 +222,24 @@ class AlignmentReference:
 
 @dataclass(frozen=True)
 class ShiftEstimate:
-    shift: GridShift  # reference -> new session (gain included)
-    score: float  # correlation of log maps after the shift, over the valid sites
+    shift: GridShift  # reference -> new session (gain included): the one to apply
+    score: float  # correlation of log maps under `shift`, over the valid sites
     score_unshifted: float  # the same without any shift: how much the shift explains
+    best: GridShift | None = None  # the best-scoring translation searched (set when it was not applied)
+    best_score: float | None = None  # its correlation
+
+    @property
+    def moved(self) -> bool:
+        """True when a translation is applied (not the gain alone)."""
+        return self.shift.rows != 0.0 or self.shift.cols != 0.0 or self.shift.rotation_deg != 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shift": self.shift.to_dict(), "score": self.score, "score_unshifted": self.score_unshifted}
+        data: dict[str, Any] = {"shift": self.shift.to_dict(), "score": self.score,
+                                "score_unshifted": self.score_unshifted, "moved": self.moved}  # fmt: skip
+        if self.best is not None:
+            data["best"] = self.best.to_dict()
+            data["best_score"] = self.best_score
+        return data
 
 
 def _match(ref_log: np.ndarray, new_log: np.ndarray, matrix: np.ndarray, valid: np.ndarray) -> float:
@@ -242,6 +264,7 @@ def estimate_shift(
     max_cols: float | None = None,
     step: float = 0.25,
     min_overlap: float = MIN_OVERLAP,
+    min_improvement: float = MIN_IMPROVEMENT,
 ) -> ShiftEstimate:
     """The translation (sites, fractions of `step`) and gain carrying `reference` onto `activity` `(C,)`.
 
@@ -249,9 +272,13 @@ def estimate_shift(
     edge-limited axis, the whole circumference along a wrapping one) that keeps at least
     `min_overlap` of the sites reading from inside the grid: integer steps first, then `step`
     refinements around the best. Score: correlation of log-MAV over the sites whose source lies on
-    the grid (edge-filled sites carry no evidence). Gain: the median ratio of the new map to the
-    shifted reference over those sites.
+    the grid (edge-filled sites carry no evidence). The best translation is applied only when its
+    score beats the unshifted map's by `min_improvement`; otherwise the estimate is no shift
+    (`best` keeps what the search found). Gain: the median ratio of the new map to the
+    (shifted) reference over the valid sites.
     """
+    if not math.isfinite(min_improvement) or min_improvement < 0:
+        raise ConfigError(f"min_improvement must be a non-negative correlation difference, got {min_improvement}.")
     ref = np.asarray(reference.activity_uv, dtype=np.float64)
     new = np.asarray(activity, dtype=np.float64)
     if ref.shape != (layout.n_channels,) or new.shape != (layout.n_channels,):
@@ -289,16 +316,20 @@ def estimate_shift(
         if abs(best_r + a) <= limit_r and abs(best_c + b) <= limit_c
     ]
     best_score, best_r, best_c = max([(best_score, best_r, best_c), *fine])
-    shift = GridShift(rows=float(best_r), cols=float(best_c))
+    unshifted = _match(ref_log, new_log, np.eye(layout.n_channels), valid_sites(layout, GridShift()))
+    best = GridShift(rows=float(best_r) + 0.0, cols=float(best_c) + 0.0)
+    keep = best_score >= unshifted + min_improvement
+    shift = best if keep else GridShift()
     valid = valid_sites(layout, shift)
     predicted = resampling_matrix(layout, shift) @ ref
     ratio = new[valid] / np.maximum(predicted[valid], _LOG_FLOOR)
-    gain = float(np.median(ratio)) if ratio.size else 1.0
-    zero = GridShift()
+    gain = max(float(np.median(ratio)) if ratio.size else 1.0, 1e-6)
     return ShiftEstimate(
-        shift=GridShift(rows=shift.rows, cols=shift.cols, gain=max(gain, 1e-6)),
-        score=best_score,
-        score_unshifted=_match(ref_log, new_log, np.eye(layout.n_channels), valid_sites(layout, zero)),
+        shift=GridShift(rows=shift.rows, cols=shift.cols, gain=gain),
+        score=best_score if keep else unshifted,
+        score_unshifted=unshifted,
+        best=None if keep else best,
+        best_score=None if keep else best_score,
     )
 
 

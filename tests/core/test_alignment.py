@@ -181,3 +181,29 @@ def test_live_alignment_estimates_after_warmup_applies_and_restarts() -> None:
     flat = LiveAlignment(AlignmentReference(tuple(reference.tolist())), layout, fs_hz=100.0, warmup_s=0.5)
     flat.push(rng.standard_normal((60, 64)))  # no pattern at all: too uncertain to apply
     assert flat.state == "rejected" and flat.matrix is None
+
+
+def test_an_unmoved_map_snaps_to_no_shift_and_a_two_row_shift_is_still_found() -> None:
+    layout = flexemg_layout()
+    reference = _blob_map(layout, [(3.0, 1.0, 30.0), (9.0, 2.5, 20.0), (13.0, 0.5, 12.0)])
+    rng = np.random.default_rng(2)
+    # The same placement, another trial: another mix of gestures (one blob stronger, one weaker) and
+    # every channel a little off, as two trials of one session are.
+    same = 1.3 * _blob_map(layout, [(3.0, 1.0, 40.0), (9.0, 2.5, 14.0), (13.0, 0.5, 12.0)])
+    same *= np.exp(rng.normal(0, 0.1, size=reference.size))
+    estimate = estimate_shift(AlignmentReference(tuple(reference.tolist())), same, layout)
+    assert (estimate.shift.rows, estimate.shift.cols, estimate.shift.rotation_deg) == (0.0, 0.0, 0.0)
+    assert not estimate.moved and estimate.shift.gain == pytest.approx(1.3, rel=0.1)
+    assert estimate.score == estimate.score_unshifted and estimate.best is not None
+    assert np.allclose(alignment_matrix(layout, estimate, correct_gain=False), np.eye(layout.n_channels))
+    # Without the margin the search does find a (meaningless) fractional shift in it.
+    loose = estimate_shift(AlignmentReference(tuple(reference.tolist())), same, layout, min_improvement=0.0)
+    assert loose.moved and loose.score > estimate.score
+    assert estimate.best == GridShift(rows=loose.shift.rows, cols=loose.shift.cols)
+    moved = resampling_matrix(layout, GridShift(rows=2.0)) @ same
+    found = estimate_shift(AlignmentReference(tuple(reference.tolist())), moved, layout)
+    assert found.moved and found.best is None
+    assert found.shift.rows == pytest.approx(2.0, abs=0.26) and found.shift.cols == pytest.approx(0.0, abs=0.26)
+    assert found.score > found.score_unshifted + 0.05
+    with pytest.raises(ConfigError, match="min_improvement"):
+        estimate_shift(AlignmentReference(tuple(reference.tolist())), same, layout, min_improvement=-1.0)

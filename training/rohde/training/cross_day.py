@@ -36,7 +36,14 @@ import numpy as np
 import torch
 
 from rohde.classic.lda import LDA
-from rohde.core.alignment import AlignmentReference, ShiftEstimate, activity_map, alignment_matrix, estimate_shift
+from rohde.core.alignment import (
+    MIN_IMPROVEMENT,
+    AlignmentReference,
+    ShiftEstimate,
+    activity_map,
+    alignment_matrix,
+    estimate_shift,
+)
 from rohde.core.datasets import load_dataset
 from rohde.core.errors import ConfigError
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
@@ -134,6 +141,31 @@ def estimate_session_shift(
     """The shift from the reference to the unlabelled `recordings` of a new session."""
     filtered = np.concatenate([filter_recording(r.samples, preprocessing) for r in recordings])
     return estimate_shift(reference, activity_map(filtered), recordings[0].layout)
+
+
+def no_shift_check(recordings: list[Recording], preprocessing: PreprocessingConfig) -> dict[str, Any]:
+    """Each recording of one placement against the MAV map of the others (truth: no shift).
+
+    Returns the largest rise in map correlation any searched shift gave over the unshifted map
+    (`max_improvement`: what `MIN_IMPROVEMENT` must stay above) and how many of the estimates moved
+    (`moved`, of `pairs`) with the margin in place.
+    """
+    if len(recordings) < 2:
+        raise ConfigError("The no-shift check needs at least two recordings of one placement.")
+    filtered = [filter_recording(r.samples, preprocessing) for r in recordings]
+    sums = [np.abs(np.where(np.isfinite(f), f, 0.0)).sum(axis=0, dtype=np.float64) for f in filtered]
+    counts = [f.shape[0] for f in filtered]
+    improvements, moved = [], 0
+    for i, f in enumerate(filtered):
+        others = [j for j in range(len(filtered)) if j != i]
+        map_ = sum(sums[j] for j in others) / sum(counts[j] for j in others)
+        reference = AlignmentReference(activity_uv=tuple(float(v) for v in map_))
+        estimate = estimate_shift(reference, activity_map(f), recordings[0].layout)
+        improvements.append((estimate.best_score if estimate.best_score is not None else estimate.score)
+                            - estimate.score_unshifted)  # fmt: skip
+        moved += int(estimate.moved)
+    return {"pairs": len(filtered), "moved": moved, "max_improvement": float(max(improvements)),
+            "median_improvement": float(np.median(improvements))}  # fmt: skip
 
 
 def session_gain(
@@ -264,6 +296,7 @@ def run_direction(
 
     # Label-free alignment from the target's first trial(s), against the training data's map.
     reference = alignment_reference(train, ctx.preprocessing)
+    no_shift = _timed(seconds, "noshift_check", lambda: no_shift_check(source_train, ctx.preprocessing))
     estimate = _timed(seconds, "align_estimate", lambda: estimate_session_shift(reference, calibration,
                                                                                  ctx.preprocessing))  # fmt: skip
     gain = _timed(seconds, "renorm_estimate", lambda: session_gain(reference, calibration, ctx.preprocessing))
@@ -322,7 +355,8 @@ def run_direction(
         for label, model in models.items():
             export_with_reference(ctx, model, packages_dir / f"{subject}-{source}-{label}", train, reference)
     logger.info("%s %s->%s: %s", subject, source, target, {k: round(v, 3) for k, v in acc.items()})
-    shift = {**estimate.to_dict(), "within": within_estimate.shift.to_dict()}
+    shift = {**estimate.to_dict(), "within": within_estimate.shift.to_dict(), "no_shift": no_shift,
+             "within_estimate": within_estimate.to_dict()}  # fmt: skip
     return DirectionResult(subject, source, target, acc, seconds, shift)
 
 
@@ -405,6 +439,7 @@ METHODS = (
 )
 STEPS = (
     "features",
+    "noshift_check",
     "align_estimate",
     "renorm_estimate",
     "lda_train",
@@ -453,6 +488,15 @@ def render_markdown(results: list[DirectionResult], *, command: str, extra: str 
             where = f"; same placement: {same['rows']:+.2f} rows, {same['cols']:+.2f} cols, gain {same['gain']:.2f}"
         lines.append(f"- {head}: {s['rows']:+.2f} rows, {s['cols']:+.2f} cols, gain {s['gain']:.2f}; "
                      f"correlation {r.shift['score']:.2f} / {r.shift['score_unshifted']:.2f}{where}")  # fmt: skip
+    checks = [(head, r.shift["no_shift"]) for head, r in zip(heads, results, strict=True) if r.shift.get("no_shift")]
+    if checks:
+        lines += ["", f"A shift is applied only when it raises the map correlation by {MIN_IMPROVEMENT} over the "
+                  "unshifted map (`rohde.core.alignment.MIN_IMPROVEMENT`). No-shift check on the source session's "
+                  "Train trials, each against the map of the others (truth: no shift):", ""]  # fmt: skip
+        for head, c in checks:
+            lines.append(f"- {head} (source {head.split()[1][0]}): largest rise from a searched shift "
+                         f"{c['max_improvement']:.3f} (median {c['median_improvement']:.3f}); "
+                         f"shift applied in {c['moved']} of {c['pairs']}")  # fmt: skip
     lines += ["", "Time per step (s, wall clock on the machine that ran it):", "",
               "| step | " + " | ".join(heads) + " |",
               "| --- | " + " | ".join("---:" for _ in heads) + " |"]  # fmt: skip
