@@ -338,15 +338,29 @@ def alignment_matrix(layout: ElectrodeLayout, estimate: ShiftEstimate, *, correc
     return resampling_matrix(layout, estimate.shift.inverse(), include_gain=correct_gain)
 
 
+def normalized_matrix(matrix: np.ndarray, scale_uv: np.ndarray) -> np.ndarray:
+    """`(C, C)` map for windows already divided by per-channel scales `(C,)`: diag(1/s) M diag(s).
+
+    Normalisation is linear too, so moving normalised windows with this map equals moving the filtered
+    uV samples with `matrix` and normalising after (what the offline path does).
+    """
+    scale = np.asarray(scale_uv, dtype=np.float64)
+    if scale.shape != (matrix.shape[0],) or np.any(scale <= 0):
+        raise ConfigError(f"scale_uv must hold {matrix.shape[0]} positive values, got shape {scale.shape}.")
+    return matrix * (scale[None, :] / scale[:, None])
+
+
 class LiveAlignment:
     """A stream's alignment from its first `warmup_s` seconds: pure state, no threads (server-ready).
 
-    Feed it the filtered chunks `(n, C)` as they arrive; once `warmup_s` seconds are in, it estimates
-    the shift against the model's reference and from then on `matrix` moves every window back onto the
-    training grid (`align_window`). An estimate whose map correlation stays under `min_score` is not
-    applied (the identity stays): the first seconds did not mix enough movements, as 10 s of rest and
-    one gesture do not on the flexemg array, where one full cycle (about 25 s) does. `restart` forgets
-    everything and collects again (a re-estimate on request).
+    Feed it the filtered chunks `(n, C)` in uV as they arrive; once `warmup_s` seconds are in, it
+    estimates the shift against the model's reference and from then on `matrix` moves every window back
+    onto the training grid (`align_window`). With `scale_uv` (the model's `Normalization.scale_uv`) the
+    windows given to `align_window` are the normalised ones. An estimate whose map correlation stays
+    under `min_score` is not applied (the identity stays): the first seconds did not mix enough
+    movements, as 10 s of rest and one gesture do not on the flexemg array, where one full cycle (about
+    25 s) does. An estimate that snapped to no shift (`ShiftEstimate.moved` false) corrects the gain
+    alone. `restart` forgets everything and collects again (a re-estimate on request).
     """
 
     def __init__(
@@ -357,17 +371,21 @@ class LiveAlignment:
         *,
         warmup_s: float = 30.0,
         min_score: float = 0.9,
+        scale_uv: tuple[float, ...] | None = None,
     ) -> None:
         if len(reference.activity_uv) != layout.n_channels:
             raise ConfigError(f"The reference has {len(reference.activity_uv)} channels; layout {layout.name!r} "
                               f"has {layout.n_channels}.")  # fmt: skip
         if warmup_s <= 0 or fs_hz <= 0:
             raise ConfigError(f"warmup_s and fs_hz must be positive, got {warmup_s} and {fs_hz}.")
+        if scale_uv is not None and len(scale_uv) != layout.n_channels:
+            raise ConfigError(f"scale_uv has {len(scale_uv)} values; layout {layout.name!r} has {layout.n_channels}.")
         self.reference = reference
         self.layout = layout
         self.fs_hz = fs_hz
         self.warmup_s = warmup_s
         self.min_score = min_score
+        self.scale_uv = scale_uv
         self.restart()
 
     def restart(self) -> None:
@@ -400,11 +418,15 @@ class LiveAlignment:
             return None
         self.estimate = estimate_shift(self.reference, self._abs_sum / self._n, self.layout)
         if self.estimate.score >= self.min_score:
-            self.matrix = alignment_matrix(self.layout, self.estimate).astype(np.float32)
+            matrix = alignment_matrix(self.layout, self.estimate)
+            if self.scale_uv is not None:
+                matrix = normalized_matrix(matrix, np.asarray(self.scale_uv))
+            self.matrix = matrix.astype(np.float32)
         return self.estimate
 
     def align_window(self, window: np.ndarray) -> np.ndarray:
-        """A window `(C, W)` (or a batch `(B, C, W)`) moved onto the training grid; unchanged until aligned."""
+        """A window `(C, W)` (or a batch `(B, C, W)`; normalised when `scale_uv` was given) moved onto the
+        training grid; unchanged until aligned."""
         if self.matrix is None:
             return window
         return np.matmul(self.matrix, window).astype(np.float32, copy=False)

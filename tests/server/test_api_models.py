@@ -46,7 +46,8 @@ def test_every_route_documents_its_bodies(model_set: ModelSet) -> None:
     operations = {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()}
     assert set(operations) == {("/health", "get"), ("/ready", "get"), ("/models", "get"), ("/models/active", "get"),
                                ("/models/active", "put"), ("/streams", "get"), ("/metrics", "get"),
-                               ("/schema/messages", "get")}
+                               ("/schema/messages", "get"), ("/streams/{stream_id}/alignment", "get"),
+                               ("/streams/{stream_id}/alignment", "post"), ("/streams/{stream_id}/alignment", "delete")}
     for (path, method), op in operations.items():
         for status, response in op["responses"].items():
             schema = _schema(response)
@@ -55,13 +56,17 @@ def test_every_route_documents_its_bodies(model_set: ModelSet) -> None:
     assert refs == {("/health", "get"): "HealthResponse", ("/ready", "get"): "ReadyResponse",
                     ("/models", "get"): "ModelsResponse", ("/models/active", "get"): "ActiveModelInfo",
                     ("/models/active", "put"): "ActiveModelInfo", ("/streams", "get"): "StreamsResponse",
-                    ("/metrics", "get"): "", ("/schema/messages", "get"): "MessageSchemas"}
+                    ("/metrics", "get"): "", ("/schema/messages", "get"): "MessageSchemas",
+                    **{("/streams/{stream_id}/alignment", m): "StreamAlignmentReport" for m in ("get", "post", "delete")}}
     metrics_200 = operations["/metrics", "get"]["responses"]["200"]
     assert metrics_200["content"] == {"text/plain": {"schema": {"type": "string"}}}
     assert _schema(operations["/ready", "get"]["responses"]["503"])["$ref"].endswith("/ReadyResponse")
     assert _schema(operations["/models/active", "get"]["responses"]["404"])["$ref"].endswith("/ErrorResponse")
     assert {"401", "403", "422", "500"} <= set(operations["/models/active", "put"]["responses"])
-    for name in ("StreamSnapshot", "StreamQualityReport", "ChannelQualityReport", "ModelPackageSummary"):
+    for method in ("post", "delete"):
+        assert {"401", "403", "404"} <= set(operations["/streams/{stream_id}/alignment", method]["responses"])
+    for name in ("StreamSnapshot", "StreamQualityReport", "ChannelQualityReport", "ModelPackageSummary",
+                 "StreamAlignmentReport"):
         assert spec["components"]["schemas"][name]["properties"], name
 
 

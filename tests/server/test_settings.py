@@ -33,7 +33,8 @@ def test_every_ingestion_default_is_defined_once() -> None:
     # Each ingestion and quality knob the settings expose has the dataclass's default, under the same name.
     shared = {
         IngestConfig: {"inlet_buffer_s", "pull_interval_ms", "stale_after_s", "gap_tolerance_samples",
-                       "jitter_tolerance_ms", "reset_after_gap_ms", "max_abs_uv", "reject_bad_fraction", "lsl_config"},
+                       "jitter_tolerance_ms", "reset_after_gap_ms", "max_abs_uv", "reject_bad_fraction", "lsl_config",
+                       "alignment", "alignment_warmup_s", "alignment_min_score"},
         QualityThresholds: {"quality_window_s", "quality_interval_s", "flat_std_uv", "saturation_uv",
                             "powerline_ratio", "artifact_uv", "mains_hz"},
     }

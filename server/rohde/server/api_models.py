@@ -126,6 +126,29 @@ class ChannelMappingReport(_Body):
     summary: str  # one line of all the above
 
 
+class AlignmentShiftReport(_Body):
+    """Where the stream's activity pattern lies against the model's training grid."""
+
+    rows: float  # electrode sites the pattern moved along the rows (what row r showed in training, row r + rows shows)
+    cols: float  # ... along the columns
+    gain: float  # amplitude of the stream against the training data
+
+
+class StreamAlignmentReport(_Body):
+    """Label-free alignment of the stream to the model's training grid (`rohde.server.live_alignment`)."""
+
+    state: Literal["disabled", "unavailable", "collecting", "aligned", "rejected"]
+    reason: str  # why disabled, unavailable or rejected ("" otherwise)
+    collected_s: float  # seconds of accepted signal collected for the estimate
+    warmup_s: float  # seconds collected before the estimate is made
+    applied: Literal["shift", "gain_only", "none"] | None  # what corrects the windows; None before an estimate
+    shift: AlignmentShiftReport | None  # the estimate; rows = cols = 0 when the grid did not clearly move
+    score: float | None  # map correlation with the reference under the shift applied (after)
+    score_unshifted: float | None  # ... without any shift (before)
+    estimated_at: float | None  # Unix time of the estimate
+    model_generation: int  # the model whose reference it follows
+
+
 class StreamSnapshot(_Body):
     """One stream the server knows; the description fields are None before a stream was attached."""
 
@@ -150,6 +173,7 @@ class StreamSnapshot(_Body):
     time_correction_s: float | None
     model_generation: int  # generation of the model the windows are cut for (0 before the first)
     quality: StreamQualityReport | None  # None until the first quality estimate
+    alignment: StreamAlignmentReport  # label-free alignment to the model's training grid
 
 
 class StreamsResponse(_Body):

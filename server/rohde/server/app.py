@@ -32,6 +32,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  #
 
 from rohde.core.errors import ModelPackageError
 from rohde.core.version import VERSION
+from rohde.server.alignment_routes import add_alignment_routes
 from rohde.server.allocator import trim_heap_periodically
 from rohde.server.api_models import (
     ActiveModelInfo,
@@ -383,6 +384,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return StreamsResponse(query=runtime.streams.query.describe(),
                                streams=[StreamSnapshot.model_validate(w.snapshot())
                                         for w in list(runtime.streams.workers.values())])
+
+    disabled: dict[int | str, dict[str, Any]] = {
+        403: {"model": ErrorResponse, "description": "Changes are disabled (no ROHDE_ADMIN_TOKEN)."}}
+    add_alignment_routes(app, workers=lambda request: get_runtime(request).streams.workers, reading=reading,
+                         read_errors=read_errors, admin=[Depends(require_admin)],
+                         admin_errors={**unauthorized, **disabled})
 
     @app.get("/metrics", summary="Prometheus text exposition", response_class=PlainTextResponse,
              dependencies=reading,

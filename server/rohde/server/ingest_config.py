@@ -33,4 +33,9 @@ class IngestConfig:
     reject_bad_fraction: float = 0.5  # share of flat/saturated/non-finite channels that rejects a window
     open_timeout_s: float = 2.0  # how long to wait for an inlet to connect
     lsl_config: Path | None = None  # LSLAPICFG used when none is set; None leaves liblsl's own
+    # Label-free alignment of each stream to the model's training grid (`live_alignment.py`), for models whose
+    # package carries an alignment reference; a grid that did not move snaps to no shift (the gain alone).
+    alignment: bool = True
+    alignment_warmup_s: float = 30.0  # filtered signal collected before the estimate (one cycle of the gestures)
+    alignment_min_score: float = 0.9  # map correlation under which an estimate is not applied
     quality: QualityThresholds = field(default_factory=QualityThresholds)

@@ -90,6 +90,13 @@ class ServerSettings(BaseSettings):
     # |sample| above this (uV) is outside the input range: replaced before the filter, its windows rejected
     max_abs_uv: float = Field(default=IngestConfig.max_abs_uv, gt=0)
 
+    # Label-free alignment of each stream to the model's training grid, when the model carries a reference
+    alignment: bool = IngestConfig.alignment
+    # seconds of signal (rest and a few movements) collected before the shift and gain are estimated
+    alignment_warmup_s: float = Field(default=IngestConfig.alignment_warmup_s, gt=0, le=600)
+    # map correlation under which an estimate is not applied
+    alignment_min_score: float = Field(default=IngestConfig.alignment_min_score, ge=-1.0, le=1.0)
+
     # Decisions
     vote_k: int = Field(default=5, ge=1)  # majority vote over the last k windows
     confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # below: the decision is rejected

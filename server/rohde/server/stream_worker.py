@@ -30,6 +30,7 @@ from rohde.core.errors import StreamMismatchError
 from rohde.server.inference import ActiveModel, ModelManager
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import JobQueue
+from rohde.server.live_alignment import StreamAlignment
 from rohde.server.lsl_inlet import InletReader, StreamDescription, StreamQuery, check_stream_basics, map_stream_channels
 from rohde.server.messages import StatusEvent
 from rohde.server.metrics import ServerMetrics
@@ -63,7 +64,11 @@ class StreamWorker:
         self._models = models
         self._config = config
         self._announce = announce
-        self._assembler = WindowAssembler(stream_id, config=config, metrics=metrics, emit=jobs.offer)
+        # Label-free alignment moves each window onto the model's training grid before it is queued.
+        self.alignment = StreamAlignment(stream_id, enabled=config.alignment, warmup_s=config.alignment_warmup_s,
+                                         min_score=config.alignment_min_score)
+        self._assembler = WindowAssembler(stream_id, config=config, metrics=metrics,
+                                          emit=lambda job: jobs.offer(self.alignment.process(job)))
         self._lock = threading.Lock()
         self._thread = OwnedThread(self._run, name=f"rohde-stream-{stream_id}")
         self._stop = self._thread.stop_event
@@ -254,6 +259,7 @@ class StreamWorker:
         self.description = reader.description
         self._generation = active.generation
         self._assembler.use_model(active.package, active.generation, max_chunk=max_chunk)
+        self.alignment.use_model(active.package, active.generation)
         self._assembler.restart(reader.description.fs_hz)  # a new inlet starts a new sample count
         self.last_data_monotonic = time.monotonic()
         if recovered and self.state == StreamState.LOST:
@@ -315,6 +321,7 @@ class StreamWorker:
             reader.use_mapping(mapping)
         self._use_mapping(mapping)
         self._assembler.use_model(active.package, active.generation, max_chunk=self._max_chunk(active))
+        self.alignment.use_model(active.package, active.generation)
 
     def _refuse(self, reason: str) -> None:
         logger.error("%s", reason)
@@ -365,6 +372,7 @@ class StreamWorker:
             "last_lsl_time": self.last_lsl_time,
             "time_correction_s": None if np.isnan(self.time_correction_s) else self.time_correction_s,
             "model_generation": self._generation,
+            "alignment": self.alignment.snapshot(),
             "quality": None if quality is None else {
                 **quality.summary(),
                 "channels": [

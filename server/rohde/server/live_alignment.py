@@ -1,0 +1,184 @@
+"""Label-free alignment of one live stream to the model's training grid.
+
+A `StreamAlignment` sits between a stream's `WindowAssembler` and the inference queue. When the active
+model's package carries an alignment reference (`ModelMetadata.alignment`: the MAV map of its training
+data), it collects the first `warmup_s` seconds of the stream's filtered signal from the windows
+themselves (the newest hop of each accepted window, back in uV), estimates the grid's shift and gain
+against the reference (`rohde.core.alignment.LiveAlignment`, the estimator the offline tools use), and
+from then on moves every window back onto the training grid before it is queued: the same linear map
+as offline (`alignment_matrix`), taken into the normalised domain (`normalized_matrix`). A grid that
+did not move snaps to no shift, so only the gain is corrected.
+
+States (`/streams`, `GET /streams/{id}/alignment`): `disabled` (the server setting is off, or the
+stream was switched off by `DELETE`), `unavailable` (the model carries no reference; `reason` says
+so), `collecting`, `aligned` (an estimate is applied: `applied` says whether a shift or the gain only)
+and `rejected` (the estimate's map correlation is under `min_score`: nothing applied). `restart`
+(`POST`) collects again; a new model (hot swap) starts over with that model's reference.
+
+Pure state behind one lock: `process` runs on the stream's worker thread, `restart`, `disable` and
+`snapshot` on the API's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from rohde.core.alignment import AlignmentReference, GridShift, LiveAlignment, resampling_matrix
+from rohde.core.errors import ConfigError
+from rohde.core.model_package import ModelPackage
+from rohde.server.jobs import WindowJob
+
+logger = logging.getLogger(__name__)
+
+
+class AlignmentState(StrEnum):
+    DISABLED = "disabled"
+    UNAVAILABLE = "unavailable"
+    COLLECTING = "collecting"
+    ALIGNED = "aligned"
+    REJECTED = "rejected"
+
+
+def expected_reference(package: ModelPackage) -> AlignmentReference:
+    """The activity map the package's input expects: its training reference, moved by the shift a
+    calibration baked into the graph (`rohde calibrate` keeps the training reference in the metadata and
+    records the shift in `training_data["calibration"]["alignment"]`). Against it, the session the
+    package was calibrated on finds no shift again, and only a later move is corrected."""
+    meta = package.metadata
+    if meta.alignment is None:
+        raise ConfigError(f"Model {meta.name!r} carries no alignment reference.")
+    reference = AlignmentReference.from_dict(meta.alignment)
+    calibration = meta.training_data.get("calibration")
+    baked = calibration.get("alignment") if isinstance(calibration, dict) else None
+    if not baked:
+        return reference
+    try:
+        shift = GridShift.from_dict(baked["shift"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"Model {meta.name!r}: the calibration's alignment is malformed ({exc!r}).") from exc
+    moved = resampling_matrix(package.layout, shift, include_gain=True) @ np.asarray(reference.activity_uv)
+    return AlignmentReference(activity_uv=tuple(float(v) for v in moved), seconds=reference.seconds)
+
+
+class StreamAlignment:
+    """One stream's live alignment: `use_model`, `process` each window, `restart` / `disable` on request."""
+
+    def __init__(self, stream_id: str, *, enabled: bool, warmup_s: float, min_score: float) -> None:
+        if warmup_s <= 0:
+            raise ConfigError(f"alignment_warmup_s must be positive, got {warmup_s}.")
+        self.stream_id = stream_id
+        self._enabled = enabled
+        self._warmup_s = warmup_s
+        self._min_score = min_score
+        self._lock = threading.Lock()
+        self._live: LiveAlignment | None = None
+        self._hop = 1  # samples a window adds to the one before
+        self._scale = np.ones(0, dtype=np.float32)  # (C,) the model's normalisation, to get back to uV
+        self._generation = 0
+        self._reason = "no model yet"
+        self._estimated_at: float | None = None
+
+    def use_model(self, package: ModelPackage, generation: int) -> None:
+        """Follow model `generation`; a new one starts over with its own reference (or none)."""
+        with self._lock:
+            if generation == self._generation:
+                return
+            self._generation = generation
+            self._live = None
+            self._estimated_at = None
+            meta = package.metadata
+            self._hop = package.windows.hop_samples(meta.fs_hz)
+            self._scale = np.asarray(package.normalization.scale_uv, dtype=np.float32)
+            if meta.alignment is None:
+                self._reason = (f"model {meta.name!r} carries no alignment reference (a package exported with the "
+                                "training data's MAV map has one, e.g. by rohde cross-day --packages)")
+                return
+            try:
+                reference = expected_reference(package)
+                self._live = LiveAlignment(reference, package.layout, meta.fs_hz, warmup_s=self._warmup_s,
+                                           min_score=self._min_score, scale_uv=package.normalization.scale_uv)
+            except ConfigError as exc:
+                self._reason = f"model {meta.name!r}: {exc}"
+                return
+            self._reason = ""
+
+    def restart(self) -> None:
+        """Collect again from the next window on (and switch alignment on for this stream)."""
+        with self._lock:
+            self._enabled = True
+            self._estimated_at = None
+            if self._live is not None:
+                self._live.restart()
+        logger.info("Stream %s: alignment collects again.", self.stream_id)
+
+    def disable(self) -> None:
+        """No alignment for this stream until `restart`: windows pass unchanged."""
+        with self._lock:
+            self._enabled = False
+            self._estimated_at = None
+            if self._live is not None:
+                self._live.restart()
+        logger.info("Stream %s: alignment switched off.", self.stream_id)
+
+    def process(self, job: WindowJob) -> WindowJob:
+        """Take the window's newest samples while collecting; move it once an estimate is applied."""
+        with self._lock:
+            live = self._live
+            if not self._enabled or live is None:
+                return job
+            if live.estimate is None:
+                if job.reject_reason is None:  # disturbed windows stay out of the map
+                    newest = job.window[:, -self._hop:].T * self._scale  # (hop, C) filtered uV
+                    estimate = live.push(newest)
+                    if estimate is not None:
+                        self._estimated_at = time.time()
+                        s = estimate.shift
+                        logger.info("Stream %s: alignment %s, %+.2f rows, %+.2f cols, gain %.2f (map correlation "
+                                    "%.2f, unshifted %.2f).", self.stream_id, live.state, s.rows, s.cols, s.gain,
+                                    estimate.score, estimate.score_unshifted)  # fmt: skip
+                return job
+            matrix = live.matrix
+        if matrix is None:
+            return job
+        return dataclasses.replace(job, window=np.ascontiguousarray(matrix @ job.window, dtype=np.float32))
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `/streams` shows (`api_models.StreamAlignmentReport`)."""
+        with self._lock:
+            live = self._live
+            if not self._enabled:
+                state, reason = AlignmentState.DISABLED, "switched off"
+            elif live is None:
+                state, reason = AlignmentState.UNAVAILABLE, self._reason
+            elif live.estimate is None:
+                state, reason = AlignmentState.COLLECTING, ""
+            elif live.matrix is None:
+                state = AlignmentState.REJECTED
+                reason = (f"map correlation {live.estimate.score:.2f} is under {self._min_score:g}: the first "
+                          "seconds did not show the gestures' pattern clearly; nothing applied")
+            else:
+                state, reason = AlignmentState.ALIGNED, ""
+            estimate = live.estimate if live is not None and self._enabled else None
+            applied = None
+            if estimate is not None:
+                applied = "none" if state == AlignmentState.REJECTED else "shift" if estimate.moved else "gain_only"
+            return {
+                "state": state.value,
+                "reason": reason,
+                "collected_s": round(live.collected_s, 2) if live is not None and self._enabled else 0.0,
+                "warmup_s": self._warmup_s,
+                "applied": applied,
+                "shift": None if estimate is None else {"rows": estimate.shift.rows, "cols": estimate.shift.cols,
+                                                        "gain": estimate.shift.gain},
+                "score": None if estimate is None else estimate.score,
+                "score_unshifted": None if estimate is None else estimate.score_unshifted,
+                "estimated_at": self._estimated_at,
+                "model_generation": self._generation,
+            }
