@@ -112,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from rohde.server.allocator import configure_allocator
     from rohde.server.app import create_app
+    from rohde.server.blas_threads import limit_blas_threads
     from rohde.server.inference import choose_providers
     from rohde.server.security import TokenRedactingFilter
     from rohde.server.settings import load_settings
@@ -129,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
         # A build without CUDA is refused here; the start-up then checks the provider the real session runs on.
         choose_providers(settings.providers, require_gpu=True)
     configure_allocator()  # resident memory flat over long runs (allocator.py)
+    limit_blas_threads()  # no spinning BLAS workers beside the stream threads (blas_threads.py)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level="info",
                             lifespan="on", ws=_websocket_protocol(), ws_max_size=WS_MAX_MESSAGE_BYTES,
