@@ -124,6 +124,31 @@ def test_stream_alignment_collects_estimates_moves_windows_and_follows_the_model
     assert off.snapshot()["state"] == "disabled"
 
 
+def test_a_calibrated_package_is_aligned_against_its_calibration_placement(align_models: Path,
+                                                                          tmp_path: Path) -> None:
+    """`rohde calibrate` bakes the calibration session's shift into the graph and keeps the training reference:
+    on that session the live estimate must find no further shift (else the shift would be undone twice)."""
+    import shutil
+
+    shutil.copytree(align_models / "ref", tmp_path / "cal")
+    meta = load_model_package(tmp_path / "cal").metadata
+    baked = ShiftEstimate(GridShift(rows=2.0), 0.99, 0.2).to_dict()
+    write_metadata(tmp_path / "cal", meta.model_copy(update={
+        "training_data": {**meta.training_data, "calibration": {"alignment": baked}}}))  # fmt: skip
+    package = load_model_package(tmp_path / "cal")
+    stream = _moved(_recording(seed=1, cycles=1), 2.0)
+    filtered = package.normalization.apply(filter_recording(stream.samples, package.preprocessing))
+    alignment = StreamAlignment("s", enabled=True, warmup_s=WARMUP_S - 0.5, min_score=0.9)
+    alignment.use_model(package, 1)
+    for end in range(200, len(filtered) + 1, package.windows.hop_samples(1000.0)):
+        alignment.process(WindowJob(stream_id="s", generation=1, window=np.ascontiguousarray(filtered[end - 200:end].T),
+                                    end_index=end, lsl_time=0.0, pulled_at=0.0, bad_channels=(), reject_reason=None,
+                                    flags=()))  # fmt: skip
+    report = alignment.snapshot()
+    assert report["state"] == "aligned" and report["applied"] == "gain_only", report
+    assert (report["shift"]["rows"], report["shift"]["cols"]) == (0.0, 0.0)
+
+
 # ----------------------------------------------------------------------------------------- live
 @contextmanager
 def _outlet(recording: Recording, name: str) -> Iterator[LslAmplifier]:
