@@ -39,6 +39,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                        help="windows waiting for inference before the oldest are shed (default 256)")
     serve.add_argument("--no-marker-outlet", action="store_true", help="do not publish decisions on LSL")
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
+    serve.add_argument("--no-alignment", action="store_true",
+                       help="no label-free alignment of the streams to the model's training grid (ROHDE_ALIGNMENT)")
+    serve.add_argument("--alignment-warmup-s", type=float,
+                       help="seconds of each stream collected before its alignment is estimated (default 30)")
     serve.add_argument("--require-gpu", action="store_true", default=None,
                        help="refuse to start unless the model's ONNX Runtime session really runs on CUDA")
     # Tokens come from ROHDE_ADMIN_TOKEN / ROHDE_READ_TOKEN or the config file, never from flags, which any
@@ -125,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
         ws_queue_size=args.ws_queue_size, inference_queue_size=args.inference_queue_size,
         marker_outlet=False if args.no_marker_outlet else None, allowed_origins=args.allowed_origins,
         max_request_bytes=args.max_request_bytes, require_gpu=args.require_gpu,
+        alignment=False if args.no_alignment else None, alignment_warmup_s=args.alignment_warmup_s,
     )
     if settings.require_gpu:
         # A build without CUDA is refused here; the start-up then checks the provider the real session runs on.
