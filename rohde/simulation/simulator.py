@@ -34,11 +34,30 @@ from rohde.simulation.emg_model import (
     synergy_matrix,
 )
 from rohde.simulation.gesture_timeline import CuedTimeline, GestureTimeline
+from rohde.simulation.placement import SHAPES, Placement
 
 logger = logging.getLogger(__name__)
 
 _CONDITION_CODES = {"clean": 0, "CA": 1, "LC": 2, "powerline": 3, "dropout": 4}
 BLOCK_S = 0.25  # the generator's internal block: reads of any size are served from these blocks
+MOVE_S = 5.0  # a placed live disturbance ("CA@any") jumps to other electrodes this often
+MOVING_SEVERITY = (0.05, 0.15)  # ... covering this fraction of the electrodes each time
+
+
+def parse_live_condition(entry: str) -> tuple[str, Placement | None]:
+    """A live schedule entry: a condition ("clean", "CA", ...) as the recordings have, or `KIND@SHAPE`
+    ("CA@any", "LC@patch"), the disturbance placed at random electrodes of that shape (see
+    `rohde.simulation.placement`) and moved to new ones every `MOVE_S`."""
+    condition, at, shape = entry.partition("@")
+    split_condition(condition)
+    if condition not in CONDITIONS:
+        raise ConfigError(f"Live schedule condition {condition!r} must be one of {CONDITIONS}.")
+    if not at:
+        return condition, None
+    if condition == "clean" or shape not in SHAPES:
+        raise ConfigError(f"Live schedule entry {entry!r}: a placed disturbance is KIND@SHAPE with a kind other "
+                          f"than clean and a shape of {list(SHAPES)}, e.g. 'CA@any'.")
+    return condition, Placement(shape, MOVING_SEVERITY)
 
 
 @dataclass(frozen=True)
@@ -306,8 +325,9 @@ def simulate_dataset(out_dir: str | Path, *, preset: str = "default", seed: int 
 class SimChunk:
     """A chunk of the live stream.
 
-    `condition` is the condition of the chunk's *first* sample; `condition_index` gives it per
-    sample as an index into `rohde.core.gestures.CONDITIONS` (a chunk may straddle a change).
+    `condition` is the schedule entry of the chunk's *first* sample ("CA", or "CA@any" when placed);
+    `condition_index` gives the condition per sample as an index into `rohde.core.gestures.CONDITIONS`
+    (a chunk may straddle a change).
     """
 
     samples: np.ndarray  # (n, n_channels) float32 uV
@@ -319,7 +339,8 @@ class SimChunk:
 
 
 class LiveSimulator:
-    """Endless simulated amplifier: cycles gestures and, every `condition_s`, the disturbance schedule.
+    """Endless simulated amplifier: cycles gestures and, every `condition_s`, the disturbance schedule
+    (entries as `parse_live_condition` reads them; a placed one moves every `move_s` within its turn).
 
     Samples are generated in fixed internal blocks, so the stream does not depend on how it is
     read: `read(1000)` once equals `read(1)` a thousand times.
@@ -334,22 +355,23 @@ class LiveSimulator:
         seed: int = 0,
         schedule: Sequence[str] = ("clean", "CA", "LC"),
         condition_s: float = 30.0,
+        move_s: float = MOVE_S,
     ) -> None:
         self.config = config or SimulatorConfig()
         if not schedule:
             raise ConfigError("schedule must name at least one condition, e.g. ('clean',).")
-        for cond in schedule:
-            split_condition(cond)
-            if cond not in CONDITIONS:
-                raise ConfigError(f"Live schedule condition {cond!r} must be one of {CONDITIONS}.")
-        if condition_s <= 0:
-            raise ConfigError(f"condition_s must be positive, got {condition_s}.")
+        parsed = [parse_live_condition(entry) for entry in schedule]
+        if condition_s <= 0 or move_s <= 0:
+            raise ConfigError(f"condition_s and move_s must be positive, got {condition_s} and {move_s}.")
         self._layout = self.config.electrode_layout()
         self._seed = seed
         self._subject = subject
         self._session = session
-        self._schedule = tuple(schedule)
+        self._schedule = tuple(schedule)  # entries as given: what `condition_at` and the truth markers say
+        self._kinds = tuple(condition for condition, _ in parsed)  # what `condition_index` codes
+        self._placements = tuple(placement for _, placement in parsed)
         self._condition_n = max(1, int(round(condition_s * self.config.fs_hz)))
+        self._move_n = min(self._condition_n, max(1, int(round(move_s * self.config.fs_hz))))
         self._block = max(1, int(round(BLOCK_S * self.config.fs_hz)))
         self._generator = _make_generator(self.config, self._layout, seed=seed, subject=subject, session=session)
         self._rng = np.random.default_rng([seed, 5, subject, session])
@@ -360,7 +382,7 @@ class LiveSimulator:
         self._served = 0  # samples handed out by read()
         self._buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
-        self._segment: tuple[int, DisturbanceField] | None = None
+        self._segment: tuple[tuple[int, int], DisturbanceField] | None = None  # (segment, piece) -> its field
 
     @property
     def fs_hz(self) -> float:
@@ -406,21 +428,29 @@ class LiveSimulator:
         """Condition scheduled at stream sample `sample`."""
         return self._schedule[(sample // self._condition_n) % len(self._schedule)]
 
-    def _field(self, segment: int) -> DisturbanceField | None:
-        condition = self._schedule[segment % len(self._schedule)]
+    def _piece_n(self, segment: int) -> int:
+        """Samples per piece of `segment`: a placed disturbance is drawn anew for each piece."""
+        placed = self._placements[segment % len(self._schedule)] is not None
+        return self._move_n if placed else self._condition_n
+
+    def _field(self, segment: int, piece: int) -> DisturbanceField | None:
+        index = segment % len(self._schedule)
+        condition, placement = self._kinds[index], self._placements[index]
         if condition == "clean":
             return None
-        if self._segment is None or self._segment[0] != segment:
-            rng = np.random.default_rng([self._seed, 7, self._subject, self._session, segment])
+        if self._segment is None or self._segment[0] != (segment, piece):
+            seed = [self._seed, 7, self._subject, self._session, segment]
+            rng = np.random.default_rng(seed if placement is None else [*seed, piece, 11])
             built = disturbance_field(
-                self._condition_n,
+                self._piece_n(segment),
                 fs_hz=self.fs_hz,
                 layout=self._layout,
                 condition=condition,
                 rng=rng,
                 powerline_hz=self.config.powerline_hz,
+                placement=placement,
             )
-            self._segment = (segment, built)
+            self._segment = ((segment, piece), built)
         return self._segment[1]
 
     def _generate_block(self) -> None:
@@ -431,12 +461,16 @@ class LiveSimulator:
         pos = start
         while pos < start + n:
             segment = pos // self._condition_n
-            seg_end = min(start + n, (segment + 1) * self._condition_n)
-            built = self._field(segment)
+            offset = pos - segment * self._condition_n
+            piece_n = self._piece_n(segment)
+            piece = offset // piece_n
+            piece_end = segment * self._condition_n + min(self._condition_n, (piece + 1) * piece_n)
+            end = min(start + n, piece_end)
+            built = self._field(segment, piece)
             if built is not None:
-                sl = slice(pos - start, seg_end - start)
-                built.apply(samples[sl], mask[sl], start=pos - segment * self._condition_n)
-            pos = seg_end
+                sl = slice(pos - start, end - start)
+                built.apply(samples[sl], mask[sl], start=offset - piece * piece_n)
+            pos = end
         self._buffer.append((samples, labels, mask))
         self._buffered += n
         self._generated += n
@@ -456,7 +490,7 @@ class LiveSimulator:
         start = self._served
         self._served += n_samples
         idx = np.arange(start, start + n_samples) // self._condition_n % len(self._schedule)
-        codes = np.array([CONDITIONS.index(c) for c in self._schedule], dtype=np.int16)[idx]
+        codes = np.array([CONDITIONS.index(c) for c in self._kinds], dtype=np.int16)[idx]
         return SimChunk(
             samples=samples[:n_samples],
             labels=labels[:n_samples],

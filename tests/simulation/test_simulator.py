@@ -355,6 +355,26 @@ def test_live_stream_cycles_conditions_and_gestures() -> None:
     assert live.condition_at(9 * fs) == "CA"
 
 
+def test_placed_live_disturbance_moves_across_the_grid() -> None:
+    cfg = SimulatorConfig(rest_s=0.5, gesture_s=0.5, ramp_s=0.1)
+    live = LiveSimulator(cfg, seed=3, schedule=("clean", "LC@any"), condition_s=2.0, move_s=0.5)
+    fs = int(live.fs_hz)
+    chunk = live.read(4 * fs + 7)  # clean, then four placements of LC, chunk sizes irrelevant as before
+    assert not chunk.mask[: 2 * fs].any()
+    assert [CONDITIONS[int(c)] for c in chunk.condition_index[[0, 2 * fs]]] == ["clean", "LC"]
+    sites = [frozenset(np.flatnonzero(chunk.mask[2 * fs + k * fs // 2 : 2 * fs + (k + 1) * fs // 2].any(axis=0)))
+             for k in range(4)]
+    assert all(0 < len(s) <= 0.15 * live.n_channels + 1 for s in sites)  # MOVING_SEVERITY of 192 electrodes
+    assert len(set(sites)) == 4  # a new place every move_s
+    again = LiveSimulator(cfg, seed=3, schedule=("clean", "LC@any"), condition_s=2.0, move_s=0.5)
+    np.testing.assert_array_equal(np.concatenate([again.read(1000).mask for _ in range(9)])[: chunk.mask.shape[0]],
+                                  chunk.mask)
+    with pytest.raises(ConfigError, match="KIND@SHAPE"):
+        LiveSimulator(cfg, schedule=("CA@somewhere",))
+    with pytest.raises(ConfigError, match="KIND@SHAPE"):
+        LiveSimulator(cfg, schedule=("clean@any",))
+
+
 def test_live_speed_is_reported() -> None:
     live = LiveSimulator(seed=2, schedule=("clean", "CA", "LC"), condition_s=1.0)
     live.read(256)

@@ -135,11 +135,12 @@ class SimulatorSource:
 
     @classmethod
     def create(cls, *, subject: int = 0, session: int = 0, seed: int = 0,
-               schedule: Sequence[str] = ("clean", "CA", "LC"), condition_s: float = 30.0) -> SimulatorSource:
+               schedule: Sequence[str] = ("clean", "CA", "LC"), condition_s: float = 30.0,
+               move_s: float = 5.0) -> SimulatorSource:
         from rohde.simulation.simulator import LiveSimulator  # the simulator is only needed by this source
 
         return cls(LiveSimulator(subject=subject, session=session, seed=seed, schedule=tuple(schedule),
-                                 condition_s=condition_s))
+                                 condition_s=condition_s, move_s=move_s))
 
     @property
     def fs_hz(self) -> float:

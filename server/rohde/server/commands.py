@@ -73,8 +73,13 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
             p.add_argument("--session", type=int, default=3,
                            help="simulated session (default 3: a day the shipped model never saw)")
             p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-            p.add_argument("--schedule", default="clean,CA,LC", help="conditions in turn (default clean,CA,LC)")
+            p.add_argument("--schedule", default="clean,CA,LC",
+                           help="conditions in turn (default clean,CA,LC); KIND@SHAPE (e.g. CA@any, LC@patch) places "
+                                "the disturbance on random electrodes of that shape and moves it every --move-s")
             p.add_argument("--condition-s", type=float, default=30.0, help="seconds per condition (default 30)")
+            p.add_argument("--move-s", type=float, default=5.0,
+                           help="seconds before a placed disturbance (KIND@SHAPE) moves to other electrodes "
+                                "(default 5)")
             p.add_argument("--follow-cues", nargs="?", const="RoHDE-Cues", default=None, metavar="NAME",
                            help="hold the gesture the latest cue of the cue stream NAME asks for (default "
                                 "RoHDE-Cues, as `rohde record` publishes) instead of cycling gestures")
@@ -98,7 +103,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     demo.add_argument("--models-dir", default=None, help="folder of model packages (default: the shipped models)")
     demo.add_argument("--model", default="rohde-default", help="model package (default rohde-default)")
     demo.add_argument("--condition-s", type=float, default=None,
-                      help="seconds per condition (default: a third of --duration, else 30)")
+                      help="seconds per condition (default: --duration shared by the conditions, else 30)")
     demo.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="only print the summary")
     demo.add_argument("--personal", action="store_true",
@@ -233,7 +238,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     source = SimulatorSource.create(subject=args.subject, session=args.session, seed=args.seed,
                                     schedule=[s.strip() for s in args.schedule.split(",") if s.strip()],
-                                    condition_s=args.condition_s)
+                                    condition_s=args.condition_s, move_s=args.move_s)
     amplifier = LslAmplifier(source, name=args.name, source_id=args.source_id or f"{args.name}-{args.seed}",
                              stream_type=args.type, chunk_ms=args.chunk_ms, markers=not args.no_markers,
                              lsl_config=default_lsl_config(), **_outlet_options(args))

@@ -3,9 +3,9 @@
 Starts `rohde simulate` and `rohde serve` as child processes (both on this process's LSL configuration:
 the shipped loopback one unless `LSLAPICFG` names another), subscribes to the server's WebSocket and
 to the simulator's truth markers, prints live decisions with a running accuracy per condition
-(clean, then CA, then LC), and on Ctrl-C or after `--duration` stops everything and prints a
-summary: accuracy per condition, decisions per second, processing latency median and p99. Exits
-non-zero if no decision arrived.
+(clean, CA, LC, then CA and LC on random electrodes that move across the grid), and on Ctrl-C or
+after `--duration` stops everything and prints a summary: accuracy per condition, decisions per
+second, processing latency median and p99. Exits non-zero if no decision arrived.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from rohde.server.settings import default_lsl_config, default_models_dir
 
 logger = logging.getLogger(__name__)
 
-SCHEDULE = ("clean", "CA", "LC")
+# The disturbances the model was trained with, then the same kinds on random electrodes that move every 5 s.
+SCHEDULE = ("clean", "CA", "LC", "CA@any", "LC@any")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class DemoOptions:
     duration_s: float | None = None  # None: until Ctrl-C
     models_dir: str | None = None
     model: str = "rohde-default"
-    condition_s: float | None = None  # None: a third of the duration, else 30 s
+    condition_s: float | None = None  # None: the duration shared by the schedule, else 30 s
     seed: int = 0
     quiet: bool = False
 
@@ -218,7 +219,7 @@ def _live_line(message: dict[str, Any], truth: TruthTracker, tally: Tally, elaps
     accs = " ".join(f"{c}={s.accuracy * 100:5.1f}%" if s.accepted else f"{c}=  -  "
                     for c, s in tally.per_condition.items())
     mark = "REJ" if message["rejected"] else ("ok " if message["gesture"] == true_gesture else "-- ")
-    return (f"{elapsed_s:6.1f}s [{condition:>5}] truth {true_gesture:<16} decided {message['gesture']:<16} "
+    return (f"{elapsed_s:6.1f}s [{condition:>6}] truth {true_gesture:<16} decided {message['gesture']:<16} "
             f"{mark} conf {message['confidence']:.2f} bad ch {len(message['bad_channels']):3d} | {accs}")
 
 
@@ -232,11 +233,11 @@ def _summary(tally: Tally) -> int:
     rate = (tally.n_predictions - 1) / span if span > 0 else float("nan")
     for condition, score in tally.per_condition.items():
         if score.decisions == 0:
-            _write(f"  {condition:>5}: no scored decisions")
+            _write(f"  {condition:>6}: no scored decisions")
             continue
         rejected = 1 - score.accepted / score.decisions
         window_accuracy = score.window_correct / score.decisions
-        _write(f"  {condition:>5}: accuracy {score.accuracy * 100:5.1f}% of {score.accepted} accepted decisions "
+        _write(f"  {condition:>6}: accuracy {score.accuracy * 100:5.1f}% of {score.accepted} accepted decisions "
                f"(rejected {rejected * 100:4.1f}%), window accuracy {window_accuracy * 100:5.1f}%")
     latencies = np.asarray(tally.latencies_ms)
     _write(f"  decisions: {tally.n_predictions} ({rate:.1f} per second)")
