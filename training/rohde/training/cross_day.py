@@ -488,6 +488,13 @@ def render_markdown(results: list[DirectionResult], *, command: str, extra: str 
             where = f"; same placement: {same['rows']:+.2f} rows, {same['cols']:+.2f} cols, gain {same['gain']:.2f}"
         lines.append(f"- {head}: {s['rows']:+.2f} rows, {s['cols']:+.2f} cols, gain {s['gain']:.2f}; "
                      f"correlation {r.shift['score']:.2f} / {r.shift['score_unshifted']:.2f}{where}")  # fmt: skip
+    lines += ["", "Same placement: the source session's first Test trial against the training map. Applied when "
+              "the shift clearly improves the match, else the gain alone (see below); when applied:", ""]  # fmt: skip
+    for head, r in zip(heads, results, strict=True):
+        w = r.shift.get("within_estimate")
+        if w and w.get("moved"):
+            lines.append(f"- {head}: {w['shift']['rows']:+.2f} rows, {w['shift']['cols']:+.2f} cols applied "
+                         f"(correlation {w['score']:.2f} / {w['score_unshifted']:.2f})")  # fmt: skip
     checks = [(head, r.shift["no_shift"]) for head, r in zip(heads, results, strict=True) if r.shift.get("no_shift")]
     if checks:
         lines += ["", f"A shift is applied only when it raises the map correlation by {MIN_IMPROVEMENT} over the "
@@ -497,6 +504,8 @@ def render_markdown(results: list[DirectionResult], *, command: str, extra: str 
             lines.append(f"- {head} (source {head.split()[1][0]}): largest rise from a searched shift "
                          f"{c['max_improvement']:.3f} (median {c['median_improvement']:.3f}); "
                          f"shift applied in {c['moved']} of {c['pairs']}")  # fmt: skip
+    lines += ["", "The server runs the same estimator live on each stream's first seconds and shows it in "
+              "`/streams` (README, Server API: label-free alignment)."]  # fmt: skip
     lines += ["", "Time per step (s, wall clock on the machine that ran it):", "",
               "| step | " + " | ".join(heads) + " |",
               "| --- | " + " | ".join("---:" for _ in heads) + " |"]  # fmt: skip
@@ -523,8 +532,9 @@ def render_targets(results: list[DirectionResult], simulated: SimulatedShiftResu
     A summary of the table, not a model choice: which method ships is decided before the test data.
     """
     lines = ["## Against the targets", "",
-             "The best-scoring method per target (a summary of the table above, not a model choice).", "",
-             "| target | best method (mean) | mean | worst direction | met |",
+             "The best-scoring method per target by mean (a summary of the table above, not a model choice). A "
+             "target holds for every subject and direction, so it is met only when the worst direction meets it.",
+             "", "| target | best method (mean) | mean | worst direction | met |",
              "| --- | --- | ---: | ---: | --- |"]  # fmt: skip
     for what, keys, target in TARGETS:
         means = {k: float(np.mean([r.accuracy[k] for r in results if k in r.accuracy])) for k in keys
@@ -533,15 +543,20 @@ def render_targets(results: list[DirectionResult], simulated: SimulatedShiftResu
             continue
         best = max(means, key=lambda k: means[k])
         worst = min(r.accuracy[best] for r in results if best in r.accuracy)
-        met = "yes" if 100 * means[best] >= target else "no"
+        met = "yes" if 100 * worst >= target else "mean only" if 100 * means[best] >= target else "no"
         lines.append(f"| {what} >= {target:.0f} % | `{best}` | {100 * means[best]:.1f} | {100 * worst:.1f} | {met} |")
-    for model in ("robust", "gain"):
-        drops = [100 * (r.accuracy["cnn/within"] - r.accuracy[f"{model}/within"]) for r in results
-                 if f"{model}/within" in r.accuracy and "cnn/within" in r.accuracy]  # fmt: skip
+    drops_of = (
+        [(f"same-placement drop of `{m}` vs `cnn` <= 0.5 points", "cnn/within", f"{m}/within")
+         for m in ("robust", "gain")]
+        + [(f"same-placement drop of `{m}` from alignment <= 0.5 points", f"{m}/within", f"{m}/within+align")
+           for m in ("cnn", "robust", "gain")]
+    )  # fmt: skip
+    for what, before, after in drops_of:
+        drops = [100 * (r.accuracy[before] - r.accuracy[after]) for r in results
+                 if before in r.accuracy and after in r.accuracy]  # fmt: skip
         if drops:
             met = "yes" if max(drops) <= 0.5 else "no"
-            lines.append(f"| same-placement drop of `{model}` vs `cnn` <= 0.5 points | | {np.mean(drops):+.1f} "
-                         f"(as a drop) | {max(drops):+.1f} | {met} |")  # fmt: skip
+            lines.append(f"| {what} | | {np.mean(drops):+.1f} (as a drop) | {max(drops):+.1f} | {met} |")
     if simulated is not None:
         value = 100 * simulated.accuracy["robust/shifted"]
         met = "yes" if value >= 97.0 else "no"
