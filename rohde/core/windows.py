@@ -99,5 +99,9 @@ class StreamWindower:
         self._total += len(chunk)
 
     def _read(self, end: int) -> np.ndarray:
+        """The window ending at stream sample `end`, `(n_channels, window)`, in one copy when it does not wrap."""
+        start = (end - self.window) % self.capacity
+        if start + self.window <= self.capacity:
+            return np.ascontiguousarray(self._buffer[start : start + self.window].T)
         idx = np.arange(end - self.window, end) % self.capacity
         return np.ascontiguousarray(self._buffer[idx].T)

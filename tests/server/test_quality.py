@@ -58,3 +58,32 @@ def test_the_neighbour_detector_flags_what_amplitude_tests_miss() -> None:
     assert "neighbour" in {f for ch in monitor.channels if ch.channel == 100 for f in ch.flags}
     assert not {100, 101} & set(plain.bad_channels)  # without the layout the monitor cannot see it
     assert len(monitor.bad_channels) <= 6
+
+
+def test_quality_statistics_match_their_definitions() -> None:
+    """The estimate's RMS, mains share and 1-20 Hz RMS are those of the plain formulas (float32 rounding)."""
+    fs, c = 2048.0, 12
+    thresholds = QualityThresholds()
+    n = int(thresholds.quality_window_s * fs)
+    rng = np.random.default_rng(3)
+    t = np.arange(3 * n)[:, None] / fs
+    data = (_emg(rng, 3 * n, c, fs) + 30 * np.sin(2 * np.pi * 50 * t) * rng.random(c)
+            + 80 * np.sin(2 * np.pi * 6 * t) * rng.random(c)).astype(np.float32)
+    monitor = QualityMonitor(c, fs, thresholds)
+    for start in range(0, len(data) - 37, 37):  # pulls that do not divide the ring: the window wraps
+        monitor.push(data[start : start + 37])
+    last = data[: monitor._written - monitor._since_estimate][-n:].astype(np.float64)  # the latest estimate's
+    centred = last - last.mean(axis=0)
+    power = np.abs(np.fft.rfft(centred * np.hanning(n)[:, None], axis=0)) ** 2
+    freqs = np.fft.rfftfreq(n, 1 / fs)
+    above = freqs >= 20
+    mains = np.zeros_like(above)
+    for k in range(1, int(fs / 2 / 50) + 1):
+        mains |= np.abs(freqs - 50 * k) <= 2
+    low = (freqs >= 1) & (freqs < 20)
+    scale = 2.0 / (n * np.sum(np.hanning(n) ** 2))
+    expected = {0: centred.std(axis=0), 1: power[mains & above].sum(0) / power[above].sum(0),
+                2: np.sqrt(power[low].sum(0) * scale)}
+    got = {ch.channel: (ch.rms_uv, ch.powerline_share, ch.lowband_uv) for ch in monitor.channels}
+    for i, values in expected.items():
+        np.testing.assert_allclose([got[ch][i] for ch in range(c)], values, rtol=2e-4)
