@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     p.add_argument("--label", default="", help="key of this run in results.json (default cpu or gpu)")
     p.add_argument("--merge", action="store_true",
                    help="replace only the measured sections of the stored run with this label (re-measure one part)")
+    p.add_argument("--compare-to", default="",
+                   help="label of the stored run that RESULTS.md shows side by side with this one (default cpu)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke configuration (seconds, not minutes)")
     p.set_defaults(handler=run_bench_command)
 
@@ -50,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         step_s=args.step_s, soak_s=args.soak_s, soak_streams=args.soak_streams, ingest_s=args.ingest_s,
         ingest_kinds=tuple(k.strip() for k in args.ingest_kinds.split(",") if k.strip()),
         chunk_ms=args.chunk_ms, inference_s=args.inference_s, gpu=args.gpu, label=args.label, merge=args.merge,
+        compare_to=args.compare_to,
         pull_interval_ms=args.pull_interval_ms, quality_interval_s=args.quality_interval_s,
         command=_command_line(),
     )

@@ -40,6 +40,7 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
     counter = {"samples": 0}
     threads: list[threading.Thread] = []
     if kind == "ours":
+        from rohde.server.blas_threads import limit_blas_threads
         from rohde.server.inference import ModelManager
         from rohde.server.ingest_config import IngestConfig
         from rohde.server.jobs import JobQueue
@@ -47,6 +48,8 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
         from rohde.server.metrics import ServerMetrics
         from rohde.server.quality import QualityThresholds
         from rohde.server.stream_worker import StreamState, StreamWorker
+
+        limit_blas_threads()  # as `rohde serve` does
 
         ingest = IngestConfig(lsl_config=LSL_CONFIG)
         if pull_interval_ms is not None:

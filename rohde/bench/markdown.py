@@ -27,8 +27,9 @@ def render_markdown(all_results: dict[str, Any]) -> str:
         lines += [f"- Re-measured {', '.join(r['sections'])} on {r['date_utc']}: `{r['command']}`"
                   for r in meta.get("remeasured", [])]
         lines += [""]
-        if key != "cpu" and all_results.get("cpu"):
-            lines += _md_compare(all_results["cpu"], res, key)
+        base = meta.get("compare_to") or "cpu"
+        if key != base and all_results.get(base):
+            lines += _md_compare(all_results[base], res, base, key)
         lines += _md_latency(res.get("latency"))
         lines += _md_soak(res.get("soak"))
         lines += _md_inference(res.get("inference"))
@@ -39,6 +40,12 @@ def render_markdown(all_results: dict[str, Any]) -> str:
 def _g(value: float | None) -> str:
     """A count or figure for a table; results.json stores what could not be measured as null."""
     return "n/a" if value is None else f"{value:g}"
+
+
+def _load(step: dict[str, Any]) -> str:
+    """The 1-minute load average when a step's measurement began and ended (not recorded by older runs)."""
+    start, end = step.get("load_avg_start"), step.get("load_avg_end")
+    return "n/a" if not start or not end else f"{start[0]:g} / {end[0]:g}"
 
 
 def _md_latency(lat: dict[str, Any] | None) -> list[str]:
@@ -54,13 +61,15 @@ def _md_latency(lat: dict[str, Any] | None) -> list[str]:
              "preprocessing, queue, inference). Delivery = decision built -> client receipt (serialisation, hub, "
              "send, receive). The rest of end-to-end is push -> pull.", "",
              "| streams | e2e p50 | e2e p95 | e2e p99 | e2e max | server proc p50 / p99 | delivery p50 / p99 | "
-             "server CPU (cores) | RSS end (MB) | lost samples / gaps / overflows / tail / ws drops | real time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "server CPU (cores) | outlets CPU (cores) | load avg 1 min start / end | RSS end (MB) | "
+             "lost samples / gaps / overflows / tail / ws drops | real time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in lat["steps"]:
         e, p, d, lost = s["e2e_latency_ms"], s["server_processing_ms"], s["delivery_ms"], s["lost"]
         lines.append(
             f"| {s['n_streams']} | {e['p50']} | {e['p95']} | {e['p99']} | {e['max']} | {p['p50']} / {p['p99']} | "
-            f"{d['p50']} / {d['p99']} | {s['server_cpu_cores']} | {s['server_rss_mb']['end']} | "
+            f"{d['p50']} / {d['p99']} | {s['server_cpu_cores']} | {_g(s.get('outlets_cpu_cores'))} | "
+            f"{_load(s)} | {s['server_rss_mb']['end']} | "
             f"{_g(lost['missing_samples'])} / {_g(lost['gaps'])} / {_g(lost['overflows'])} / "
             f"{_g(lost['tail_samples_not_pulled'])} / {_g(lost['ws_dropped_messages'])} | "
             f"{'yes' if s['realtime_ok'] else 'no'} |")
@@ -79,15 +88,17 @@ def _md_latency(lat: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _md_compare(before: dict[str, Any], after: dict[str, Any], label: str) -> list[str]:
-    """Before (`cpu`) and after (`label`) side by side, stream count by stream count."""
-    lines = [f"### Before (`cpu`) and after (`{label}`)", ""]
+def _md_compare(before: dict[str, Any], after: dict[str, Any], base: str, label: str) -> list[str]:
+    """Before (`base`) and after (`label`) side by side, stream count by stream count."""
+    lines = [f"### Before (`{base}`) and after (`{label}`)", ""]
     b_lat, a_lat = before.get("latency"), after.get("latency")
     if b_lat and a_lat:
         lines += ["| streams | e2e p50 before / after | e2e p99 before / after | server proc p99 before / after | "
-                  "server CPU cores before / after | real time before / after |", "|---|---|---|---|---|---|"]
+                  "server CPU cores before / after | outlets CPU cores before / after | "
+                  "load avg 1 min (start / end) before; after | real time before / after |",
+                  "|---|---|---|---|---|---|---|---|"]
         b_steps = {s["n_streams"]: s for s in b_lat["steps"]}
-        for s in a_lat["steps"]:
+        for s in sorted(a_lat["steps"], key=lambda step: step["n_streams"]):
             b = b_steps.get(s["n_streams"])
             if b is None:
                 continue
@@ -96,9 +107,10 @@ def _md_compare(before: dict[str, Any], after: dict[str, Any], label: str) -> li
                 f"{b['e2e_latency_ms']['p99']} / {s['e2e_latency_ms']['p99']} | "
                 f"{b['server_processing_ms']['p99']} / {s['server_processing_ms']['p99']} | "
                 f"{b['server_cpu_cores']} / {s['server_cpu_cores']} | "
+                f"{_g(b.get('outlets_cpu_cores'))} / {_g(s.get('outlets_cpu_cores'))} | {_load(b)}; {_load(s)} | "
                 f"{'yes' if b['realtime_ok'] else 'no'} / {'yes' if s['realtime_ok'] else 'no'} |")
-        lines += ["", f"Capacity before / after: {b_lat['capacity_streams']} / {a_lat['capacity_streams']} streams.",
-                  ""]
+        lines += ["", f"Capacity before / after: {b_lat['capacity_streams']} / {a_lat['capacity_streams']} streams "
+                  f"(tried {b_lat['capacity_tried']} / {a_lat['capacity_tried']}).", ""]
     b_ing, a_ing = before.get("ingestion"), after.get("ingestion")
     if b_ing and a_ing:
         lines += [f"Ingestion ours / MNE-LSL before / after: {b_ing['ratio_ours_over_mne_lsl']} / "

@@ -32,6 +32,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         results["meta"] = {
             "date_utc": datetime.now(UTC).isoformat(timespec="seconds"), "command": config.command,
             "machine": machine_description(), "model_source": source, "gpu": config.gpu, "label": config.label,
+            "compare_to": config.compare_to,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         }
         if "inference" in config.sections:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from rohde.bench.collectors import Received, collect_decisions
 from rohde.bench.config import P99_LIMIT_MS, BenchConfig, server_overrides
-from rohde.bench.machine import proc_rss_mb
+from rohde.bench.machine import proc_cpu_s, proc_rss_mb
 from rohde.bench.outlets import OutletGroup, outlet_group, stop_outlets
 from rohde.bench.server import http_json, http_text, parse_metrics, running_server, wait_connected
 from rohde.core.errors import RohdeError
@@ -42,8 +43,13 @@ def run_streams(config: BenchConfig, *, model: Path, meta: ModelMetadata, n_stre
             running_server(model=model, stream_name=group.name, max_streams=n_streams, workdir=workdir,
                            overrides=server_overrides(config)) as server:
         ids = wait_connected(server, group.source_ids, timeout_s=30.0 + n_streams)
+        load_start = list(os.getloadavg())
+        outlets_cpu = _children_cpu_s(group)
+        outlets_t = time.monotonic()
         records, mem, client_errors = asyncio.run(collect_decisions(
             server.ws_url, list(ids.values()), duration_s + config.warmup_s, server.child.pid, sample_every_s))
+        outlet_cores = (_children_cpu_s(group) - outlets_cpu) / max(time.monotonic() - outlets_t, 1e-9)
+        load_end = list(os.getloadavg())
         pushes = stop_outlets(group)
         time.sleep(0.3)  # let the server pull and window what was pushed last
         rss_end = proc_rss_mb(server.child.pid)
@@ -56,9 +62,25 @@ def run_streams(config: BenchConfig, *, model: Path, meta: ModelMetadata, n_stre
     step = summarize_step(config, group=group, ids=ids, records=records, pushes=pushes, streams=streams,
                           metrics=metrics, mem=mem, rss_end=rss_end, meta=meta, health=health)
     step["client_errors"] = client_errors
+    # What else ran: the machine's load (1, 5, 15 min) when the measurement began and ended, and the outlets'
+    # own CPU, which shares the machine with the server.
+    step["load_avg_start"] = [round(v, 2) for v in load_start]
+    step["load_avg_end"] = [round(v, 2) for v in load_end]
+    step["outlets_cpu_cores"] = round(outlet_cores, 3)
     if client_errors:
         step["realtime_ok"] = False
     return step
+
+
+def _children_cpu_s(group: OutletGroup) -> float:
+    """CPU seconds used so far by the outlet processes of `group` (0 for one that already ended)."""
+    total = 0.0
+    for child in group.children:
+        try:
+            total += proc_cpu_s(child.pid)
+        except OSError:
+            continue
+    return total
 
 
 def run_step(config: BenchConfig, *, model: Path, meta: ModelMetadata, n_streams: int, duration_s: float,

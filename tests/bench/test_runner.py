@@ -39,6 +39,7 @@ def test_bench_harness_writes_results(tmp_path: Path) -> None:
     assert first["decisions_received"] > 0
     assert first["e2e_latency_ms"]["n"] > 0 and first["e2e_latency_ms"]["p50"] > 0
     assert first["unmatched_decisions"] == 0
+    assert len(first["load_avg_start"]) == len(first["load_avg_end"]) == 3 and first["outlets_cpu_cores"] >= 0
     assert first["provider"] == cpu["latency"]["stage_costs"]["inference_provider"] == "CPUExecutionProvider"
     assert cpu["latency"]["capacity_streams"] in (0, 1)
     assert cpu["soak"]["memory_samples"]
