@@ -42,7 +42,9 @@ pytestmark = pytest.mark.timeout(240)
 ADMIN = "fuzz-admin-token"
 MAX_EXAMPLES = 25  # per operation and generation mode
 OPERATIONS = [("GET", "/health"), ("GET", "/ready"), ("GET", "/models"), ("GET", "/models/active"),
-              ("PUT", "/models/active"), ("GET", "/streams"), ("GET", "/metrics"), ("GET", "/schema/messages")]
+              ("PUT", "/models/active"), ("GET", "/streams"), ("GET", "/metrics"), ("GET", "/schema/messages"),
+              ("GET", "/streams/{stream_id}/alignment"), ("POST", "/streams/{stream_id}/alignment"),
+              ("DELETE", "/streams/{stream_id}/alignment")]
 # Random strings never name a package; a share of the PUT bodies name a real one, valid or broken.
 PACKAGES = ("good", "good2", "broken", "latin1", "nested")
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
@@ -87,9 +89,11 @@ def test_the_document_lists_the_fuzzed_operations(target: FuzzTarget) -> None:
     assert listed == set(OPERATIONS)
 
 
-# GET routes take no parameters, so only the PUT has invalid requests to generate.
+# The plain GET routes take no parameters, so only the PUT and the alignment routes (a path parameter) have
+# invalid requests to generate.
 CASES = [(method, path, GenerationMode.POSITIVE) for method, path in OPERATIONS] + [
-    ("PUT", "/models/active", GenerationMode.NEGATIVE)]
+    ("PUT", "/models/active", GenerationMode.NEGATIVE),
+    *[(method, path, GenerationMode.NEGATIVE) for method, path in OPERATIONS if "{stream_id}" in path]]
 
 
 @pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[f"{m} {p} {g.value}" for m, p, g in CASES])
