@@ -34,3 +34,21 @@ def test_names_with_quotes_resolve_only_their_stream() -> None:
         assert resolve(StreamQuery(name=f"x' or name!='{tag}"), timeout_s=1.0, lsl_config=LSL_CONFIG) == []
     finally:
         del outlets
+
+
+def test_several_source_ids_select_a_set_of_streams() -> None:
+    query = StreamQuery(name="amp", type=("EMG", "ExG"), source_id="a, b's")
+    assert query.source_ids == ("a", "b's")
+    predicate = query.predicate()
+    assert predicate.startswith("name='amp' and (") and predicate.endswith("(source_id='a' or source_id=\"b's\")")
+    assert query.describe().startswith("name='amp' and type in EMG, ExG and source_id in 'a', \"b's\"")
+    pylsl = import_pylsl(LSL_CONFIG)
+    tag = uuid.uuid4().hex[:8]
+    infos = [pylsl.StreamInfo(f"amp {tag}", "EMG", 2, 100.0, pylsl.cf_float32, f"{tag}-{i}") for i in range(3)]
+    outlets = [pylsl.StreamOutlet(info) for info in infos]
+    try:
+        found = resolve(StreamQuery(name=f"amp {tag}", source_id=f"{tag}-0,{tag}-2"), timeout_s=2.0,
+                        lsl_config=LSL_CONFIG)
+        assert sorted(info.source_id() for info in found) == [f"{tag}-0", f"{tag}-2"]
+    finally:
+        del outlets

@@ -29,7 +29,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     serve.add_argument("--stream-name", help="serve LSL streams with this name")
     serve.add_argument("--stream-type", help="serve LSL streams of these types, comma-separated, any case "
                                              "(default EMG,ExG,EEG)")
-    serve.add_argument("--stream-source-id", help="serve the LSL stream with this source_id")
+    serve.add_argument("--stream-source-id",
+                       help="serve the LSL stream with this source_id, or those with any of several (comma-separated)")
     serve.add_argument("--channels", help=CHANNELS_HELP)
     serve.add_argument("--max-streams", type=int, help="streams served at once (default 4)")
     serve.add_argument("--vote-k", type=int, help="majority vote over the last k windows (default 5)")

@@ -49,7 +49,8 @@ def import_pylsl(default_config: Path | None = None) -> ModuleType:
 @dataclass(frozen=True)
 class StreamQuery:
     """Which streams to serve (every given property must match; `type` is one type or a list of accepted
-    ones, compared without case) and, optionally, which of their channels (`channels`, see
+    ones, compared without case; `source_id` one source_id or several separated by commas, any of which
+    matches) and, optionally, which of their channels (`channels`, see
     `rohde.core.channel_map.parse_selection`)."""
 
     name: str | None = None
@@ -68,9 +69,17 @@ class StreamQuery:
     def types(self) -> tuple[str, ...]:
         return self.type if isinstance(self.type, tuple) else ()
 
+    @property
+    def source_ids(self) -> tuple[str, ...]:
+        """The accepted source_ids (empty: any); several let one server own a set of streams."""
+        return tuple(v.strip() for v in (self.source_id or "").split(",") if v.strip())
+
     def predicate(self) -> str:
-        parts = [f"{key}={xpath_literal(value)}" for key, value in (("name", self.name), ("source_id", self.source_id))
-                 if value]
+        parts = [f"name={xpath_literal(self.name)}"] if self.name else []
+        ids = self.source_ids
+        if ids:
+            any_id = " or ".join(f"source_id={xpath_literal(v)}" for v in ids)
+            parts.append(f"({any_id})" if len(ids) > 1 else any_id)
         if self.types:
             any_type = " or ".join(f"{_UPPER.format(field='type')}={xpath_literal(t.upper())}" for t in self.types)
             parts.insert(1 if self.name else 0, f"({any_type})" if len(self.types) > 1 else any_type)
@@ -78,7 +87,10 @@ class StreamQuery:
 
     def describe(self) -> str:
         """Readable: `name='amp' and type in EMG, ExG, EEG; channels 0-63`."""
-        parts = [f"{key}={value!r}" for key, value in (("name", self.name), ("source_id", self.source_id)) if value]
+        parts = [f"name={self.name!r}"] if self.name else []
+        ids = self.source_ids
+        if ids:
+            parts.append(f"source_id={ids[0]!r}" if len(ids) == 1 else f"source_id in {', '.join(map(repr, ids))}")
         if self.types:
             parts.insert(1 if self.name else 0, f"type in {', '.join(self.types)}")
         text = " and ".join(parts) if parts else "any stream"
