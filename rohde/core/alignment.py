@@ -131,30 +131,30 @@ def resampling_matrix(layout: ElectrodeLayout, shift: GridShift, *, include_gain
     mapped = np.zeros(n, dtype=bool)
     for grid in layout.grids:
         index = grid.index_array()
+        present = index != NO_ELECTRODE
+        out = index[present]  # (S,) output channels, their sites in row-major order
+        mapped[out] = True
         src_r, src_c = _source_positions(grid, shift)
-        r0, c0 = np.floor(src_r), np.floor(src_c)
-        fr, fc = src_r - r0, src_c - c0
+        r0, c0 = np.floor(src_r[present]), np.floor(src_c[present])
+        fr, fc = src_r[present] - r0, src_c[present] - c0
         wrap_r, wrap_c = grid.wraps
-        for (r, c), out_ch in np.ndenumerate(index):
-            if out_ch == NO_ELECTRODE:
-                continue
-            mapped[out_ch] = True
-            weights: dict[int, float] = {}
-            for dr, wr in ((0, 1.0 - fr[r, c]), (1, fr[r, c])):
-                for dc, wc in ((0, 1.0 - fc[r, c]), (1, fc[r, c])):
-                    w = wr * wc
-                    if w <= 1e-12:
-                        continue
-                    rr = int(_resolve_index(np.array(r0[r, c] + dr, dtype=np.int64), grid.rows, wrap_r))
-                    cc = int(_resolve_index(np.array(c0[r, c] + dc, dtype=np.int64), grid.cols, wrap_c))
-                    in_ch = int(index[rr, cc])
-                    if in_ch != NO_ELECTRODE:
-                        weights[in_ch] = weights.get(in_ch, 0.0) + w
-            if not weights:  # every neighbour is an absent electrode: read the nearest present one
-                weights[_nearest_present(index, float(src_r[r, c]), float(src_c[r, c]))] = 1.0
-            total = sum(weights.values())
-            for in_ch, w in weights.items():
-                matrix[out_ch, in_ch] = w / total
+        block = np.zeros((out.size, n), dtype=np.float64)  # the four bilinear neighbours of every site at once
+        rows = np.arange(out.size)
+        for dr, wr in ((0, 1.0 - fr), (1, fr)):
+            for dc, wc in ((0, 1.0 - fc), (1, fc)):
+                w = wr * wc
+                rr = _resolve_index((r0 + dr).astype(np.int64), grid.rows, wrap_r)
+                cc = _resolve_index((c0 + dc).astype(np.int64), grid.cols, wrap_c)
+                in_ch = index[rr, cc]
+                use = (w > 1e-12) & (in_ch != NO_ELECTRODE)
+                np.add.at(block, (rows[use], in_ch[use]), w[use])
+        total = block.sum(axis=1)
+        # Every neighbour an absent electrode: read the nearest present one.
+        for k in np.flatnonzero(total <= 0):
+            site = np.argwhere(present)[k]
+            block[k, _nearest_present(index, float(src_r[site[0], site[1]]), float(src_c[site[0], site[1]]))] = 1.0
+            total[k] = 1.0
+        matrix[out] = block / total[:, None]
     unmapped = np.flatnonzero(~mapped)
     matrix[unmapped, unmapped] = 1.0
     if include_gain:
