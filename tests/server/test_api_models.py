@@ -57,7 +57,8 @@ def test_every_route_documents_its_bodies(model_set: ModelSet) -> None:
                     ("/models", "get"): "ModelsResponse", ("/models/active", "get"): "ActiveModelInfo",
                     ("/models/active", "put"): "ActiveModelInfo", ("/streams", "get"): "StreamsResponse",
                     ("/metrics", "get"): "", ("/schema/messages", "get"): "MessageSchemas",
-                    **{("/streams/{stream_id}/alignment", m): "StreamAlignmentReport" for m in ("get", "post", "delete")}}
+                    **{("/streams/{stream_id}/alignment", m): "StreamAlignmentReport"
+                       for m in ("get", "post", "delete")}}
     metrics_200 = operations["/metrics", "get"]["responses"]["200"]
     assert metrics_200["content"] == {"text/plain": {"schema": {"type": "string"}}}
     assert _schema(operations["/ready", "get"]["responses"]["503"])["$ref"].endswith("/ReadyResponse")
