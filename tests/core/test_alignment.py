@@ -207,3 +207,17 @@ def test_an_unmoved_map_snaps_to_no_shift_and_a_two_row_shift_is_still_found() -
     assert found.score > found.score_unshifted + 0.05
     with pytest.raises(ConfigError, match="min_improvement"):
         estimate_shift(AlignmentReference(tuple(reference.tolist())), same, layout, min_improvement=-1.0)
+
+
+def test_normalised_windows_move_as_the_filtered_uv_samples_do() -> None:
+    from rohde.core.alignment import normalized_matrix
+
+    layout = _ramp_layout()
+    rng = np.random.default_rng(5)
+    matrix = resampling_matrix(layout, GridShift(rows=1.5, cols=-0.5, gain=1.4), include_gain=True)
+    scale = rng.uniform(5.0, 30.0, layout.n_channels)
+    window = rng.standard_normal((layout.n_channels, 40))  # (C, W) filtered uV
+    moved_then_normalised = (matrix @ window) / scale[:, None]
+    np.testing.assert_allclose(normalized_matrix(matrix, scale) @ (window / scale[:, None]), moved_then_normalised)
+    with pytest.raises(ConfigError, match="scale_uv"):
+        normalized_matrix(matrix, np.zeros(layout.n_channels))
