@@ -123,7 +123,13 @@ def get_runtime(request: Request) -> ServerRuntime:
     return runtime
 
 
-Runtime = Annotated[ServerRuntime, Depends(get_runtime)]
+async def _runtime_dependency(request: Request) -> ServerRuntime:
+    # Dependencies and routes that only read in-memory state are async: a sync one costs a thread-pool hop
+    # per request, which caps the request rate a probe or dashboard can have next to the streams.
+    return get_runtime(request)
+
+
+Runtime = Annotated[ServerRuntime, Depends(_runtime_dependency)]
 
 # How clients present tokens; declared so /openapi.json and the docs' "Authorize" know them.
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer",
@@ -268,13 +274,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     _add_docs(app)
     add_dashboard(app)
 
-    def require_reader(bearer: Bearer, query_token: Annotated[str | None, Security(query_token_scheme)]) -> None:
+    async def require_reader(bearer: Bearer, query_token: Annotated[str | None, Security(query_token_scheme)]) -> None:
         refusal = read_refusal(bearer.credentials if bearer else query_token, read_token=settings.read_token,
                                admin_token=settings.admin_token)
         if refusal:
             raise HTTPException(401, detail=refusal, headers={"WWW-Authenticate": "Bearer"})
 
-    def require_admin(bearer: Bearer) -> None:
+    async def require_admin(bearer: Bearer) -> None:
         if not settings.admin_token:
             raise HTTPException(403, detail="Model changes are disabled: the server has no ROHDE_ADMIN_TOKEN.")
         if not token_matches(bearer.credentials if bearer else None, settings.admin_token):
@@ -296,7 +302,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
              response_model=HealthResponse,
              responses={503: {"model": HealthResponse,
                               "description": "Degraded: a thread is down or a worker reported an error (`errors`)."}})
-    def health(runtime: Runtime) -> JSONResponse:
+    async def health(runtime: Runtime) -> JSONResponse:
         errors = {}
         if runtime.inference.error:
             errors["inference"] = runtime.inference.error
@@ -327,7 +333,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.get("/ready", summary="200 when a model is active and the pipeline runs, else 503 with the reason",
              response_model=ReadyResponse,
              responses={503: {"model": ReadyResponse, "description": "Not ready: `reason` says why."}})
-    def ready(runtime: Runtime) -> JSONResponse:
+    async def ready(runtime: Runtime) -> JSONResponse:
         reason = runtime.not_ready_reason()
         info = runtime.model_info()
         body = ReadyResponse(ready=reason is None, reason=reason, provider=runtime.models.active_provider,
@@ -380,7 +386,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.get("/streams", summary="Every stream the server knows: state, reason, counters, per-channel quality",
              dependencies=reading, responses={**read_errors})
-    def streams(runtime: Runtime) -> StreamsResponse:
+    async def streams(runtime: Runtime) -> StreamsResponse:
         return StreamsResponse(query=runtime.streams.query.describe(),
                                streams=[StreamSnapshot.model_validate(w.snapshot())
                                         for w in list(runtime.streams.workers.values())])
@@ -394,7 +400,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.get("/metrics", summary="Prometheus text exposition", response_class=PlainTextResponse,
              dependencies=reading,
              responses={**metrics_read_errors, 200: {"description": "Prometheus text format 0.0.4."}})
-    def metrics(runtime: Runtime) -> PlainTextResponse:
+    async def metrics(runtime: Runtime) -> PlainTextResponse:
         return PlainTextResponse(runtime.metrics.render(runtime.streams.states()),
                                  media_type="text/plain; version=0.0.4")
 
