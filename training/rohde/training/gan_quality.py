@@ -15,6 +15,7 @@ segments are compared after removing each segment's per-channel mean, as the GAN
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,16 @@ METRICS: dict[str, tuple[str, str]] = {
     "max_xcorr": ("max over lags of |normalised cross-correlation| of random single-channel pairs", "closer to real"),
     "channel_corr_distance": ("mean |difference| of the mean channel-by-channel correlation matrices", "lower"),
     "psd_distance_db": ("mean |10 log10 ratio| of the mean Welch power spectra", "lower"),
+    "psd_distance_floored_db": (
+        "the same with every bin floored at 60 dB below the reference's peak bin (the "
+        "shape where the power is; noise-free disturbances leave bins near zero)",
+        "lower",
+    ),
     "amplitude_wasserstein_uv": ("Wasserstein-1 distance of the sample-value distributions", "lower"),
     "rms_wasserstein_uv": ("Wasserstein-1 distance of per-(segment, channel) RMS distributions", "lower"),
 }
 CANDIDATES = ("gan", "naive", "real")
+_PSD_RANGE_DB = 60.0  # dynamic range of psd_distance_floored_db
 
 
 def naive_segments(reference: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,6 +94,8 @@ def _compare(cand: np.ndarray, ref: np.ndarray, *, fs_hz: float, pairs: np.ndarr
     _, psd_r = _mean_psd(ref, fs_hz)
     tiny = 1e-12
     psd_db = float(np.mean(np.abs(10.0 * np.log10((psd_c + tiny) / (psd_r + tiny)))))
+    floor = max(float(psd_r.max()) * 10 ** (-_PSD_RANGE_DB / 10), tiny)
+    psd_floored_db = float(np.mean(np.abs(10.0 * np.log10(np.maximum(psd_c, floor) / np.maximum(psd_r, floor)))))
     vals_c, vals_r = cand.ravel(), ref.ravel()
     if vals_c.size > max_values:
         vals_c = rng.choice(vals_c, max_values, replace=False)
@@ -99,6 +108,7 @@ def _compare(cand: np.ndarray, ref: np.ndarray, *, fs_hz: float, pairs: np.ndarr
         "max_xcorr": float(np.mean(xcorr)),
         "channel_corr_distance": corr_dist,
         "psd_distance_db": psd_db,
+        "psd_distance_floored_db": psd_floored_db,
         "amplitude_wasserstein_uv": float(stats.wasserstein_distance(vals_c, vals_r)),
         "rms_wasserstein_uv": float(stats.wasserstein_distance(rms_c, rms_r)),
     }
@@ -112,6 +122,52 @@ def _check_held_out(gan: DisturbanceGAN, condition: str, real: np.ndarray) -> No
         raise ConfigError(
             f"held_out[{condition!r}] must be (N >= 4, {expected[0]}, {expected[1]}) segments, got {real.shape}."
         )
+
+
+def compare_to_real(
+    real: np.ndarray,
+    candidates: dict[str, Callable[[int, np.random.Generator], np.ndarray]],
+    *,
+    fs_hz: float,
+    rng: np.random.Generator,
+    n_pairs: int = 32,
+    max_segments: int = 256,
+    max_values: int = 200_000,
+) -> dict[str, Any]:
+    """Every metric of `METRICS` for each candidate set and for `naive` and `real`, against half A of `real`.
+
+    `real` is `(N >= 4, R, T)` uV held-out segments; its per-segment channel means are removed and it is
+    split at random into halves A and B. Each candidate is a function `(n, rng) -> (n, R, T)` uV asked for
+    as many segments as B holds; `naive` (noise with B's spectrum) and `real` (B itself) are added.
+    Returns `{metric: {candidate: value}}` plus `n_segments`.
+    """
+    if fs_hz <= 0:
+        raise ConfigError(f"fs_hz must be positive, got {fs_hz}.")
+    if real.ndim != 3 or real.shape[0] < 4:
+        raise ConfigError(f"real must be (N >= 4, R, T) segments, got shape {real.shape}.")
+    clash = sorted(set(candidates) & {"naive", "real"})
+    if clash:
+        raise ConfigError(f"Candidate names {clash} are taken by the references; name them otherwise.")
+    real = remove_segment_mean(np.asarray(real, dtype=np.float32))
+    order = rng.permutation(real.shape[0])
+    half = real.shape[0] // 2
+    part_a = real[order[:half][:max_segments]]
+    part_b = real[order[half:][:max_segments]]
+    sets = {name: make(len(part_b), rng) for name, make in candidates.items()}
+    for name, cand in sets.items():
+        if cand.shape != part_b.shape:
+            raise ConfigError(f"Candidate {name!r} gave shape {cand.shape}; expected {part_b.shape}.")
+    sets["naive"] = naive_segments(part_b, len(part_b), rng)
+    sets["real"] = part_b
+    pairs = np.stack([rng.integers(len(part_b), size=n_pairs), rng.integers(len(part_a), size=n_pairs),
+                      rng.integers(real.shape[1], size=n_pairs)], axis=1)  # fmt: skip
+    per_candidate = {
+        name: _compare(cand, part_a, fs_hz=fs_hz, pairs=pairs, max_values=max_values, rng=rng)
+        for name, cand in sets.items()
+    }
+    report: dict[str, Any] = {metric: {name: per_candidate[name][metric] for name in sets} for metric in METRICS}
+    report["n_segments"] = {"reference_a": int(len(part_a)), "candidates": int(len(part_b))}
+    return report
 
 
 def gan_quality_report(
@@ -136,24 +192,12 @@ def gan_quality_report(
     for condition in sorted(held_out):
         real = np.asarray(held_out[condition], dtype=np.float32)
         _check_held_out(gan, condition, real)
-        real = remove_segment_mean(real)
-        order = rng.permutation(real.shape[0])
-        half = real.shape[0] // 2
-        part_a = real[order[:half][:max_segments]]
-        part_b = real[order[half:][:max_segments]]
-        sets = {
-            "gan": gan.sample(condition, len(part_b), rng),
-            "naive": naive_segments(part_b, len(part_b), rng),
-            "real": part_b,
-        }
-        pairs = np.stack([rng.integers(len(part_b), size=n_pairs), rng.integers(len(part_a), size=n_pairs),
-                          rng.integers(real.shape[1], size=n_pairs)], axis=1)  # fmt: skip
-        per_candidate = {
-            name: _compare(cand, part_a, fs_hz=fs_hz, pairs=pairs, max_values=max_values, rng=rng)
-            for name, cand in sets.items()
-        }
-        report[condition] = {metric: {name: per_candidate[name][metric] for name in CANDIDATES} for metric in METRICS}
-        report[condition]["n_segments"] = {"reference_a": int(len(part_a)), "candidates": int(len(part_b))}
+
+        def generated(n: int, r: np.random.Generator, condition: str = condition) -> np.ndarray:
+            return gan.sample(condition, n, r)
+
+        report[condition] = compare_to_real(real, {"gan": generated}, fs_hz=fs_hz, rng=rng, n_pairs=n_pairs,
+                                            max_segments=max_segments, max_values=max_values)  # fmt: skip
     return report
 
 
