@@ -1,4 +1,4 @@
-"""`rohde study robustness`: the multi-seed severity study (torch loads inside the handler)."""
+"""`rohde study robustness` and `rohde study gan-patches` (torch loads inside the handlers)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,21 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     robustness.add_argument("--docs", type=Path, default=None, help="also write the markdown here (docs/robustness.md)")
     robustness.set_defaults(handler=_robustness)
 
+    patches = study_sub.add_parser(
+        "gan-patches",
+        help="the patch GAN against the naive and the untrained generator, per disturbance kind, over seeds",
+        description="Simulate disturbed trials (every trainable kind at random positions), cut patches of "
+        "neighbouring electrodes where the ground-truth mask is set, train the conditional patch WGAN-GP on "
+        "session 1 and compare it with the naive and the untrained generator on held-out session-2 patches on "
+        "every quality metric. Writes gan_patches.json and gan_patches.md: see rohde/training/gan_patch_study.py.",
+    )
+    patches.add_argument("--out", type=Path, required=True, help="folder for the report")
+    patches.add_argument("--seeds", type=int, default=3, help="independent GAN trainings (default 3)")
+    patches.add_argument("--steps", type=int, default=None, help="generator steps per training (default: the study's)")
+    patches.add_argument("--kinds", default=None, help="comma-separated kinds (default: every generated kind)")
+    patches.add_argument("--docs", type=Path, default=None, help="also write the markdown here (docs/gan_quality.md)")
+    patches.set_defaults(handler=_gan_patches)
+
 
 def _robustness(args: argparse.Namespace) -> int:
     from rohde.training.robustness_study import STUDY_KINDS, StudyConfig, run_study, write_report
@@ -39,4 +54,20 @@ def _robustness(args: argparse.Namespace) -> int:
                          severities=tuple(float(s) for s in args.severities.split(",")))  # fmt: skip
     result = run_study(args.out, config, progress=lambda m: logger.info("%s", m))
     write_report(result, args.out, docs=args.docs)
+    return 0
+
+
+def _gan_patches(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from rohde.training.gan_patch_study import PatchStudyConfig, run_patch_study, write_report
+
+    config = PatchStudyConfig(seeds=args.seeds)
+    if args.kinds:
+        config = replace(config, kinds=tuple(args.kinds.split(",")))
+    if args.steps is not None:
+        config = replace(config, gan=replace(config.gan, steps=args.steps))
+    result = run_patch_study(args.out, config, progress=lambda m: logger.info("%s", m))
+    path = write_report(result, args.out, docs=args.docs)
+    logger.info("Wrote %s", path)
     return 0
