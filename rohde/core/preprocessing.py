@@ -11,6 +11,7 @@ Arrays are `(n_samples, n_channels)`, as LSL delivers them and as recordings are
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -132,9 +133,13 @@ class Normalization:
         scale = max(float(np.median(rms)), floor_uv)
         return cls(scale_uv=tuple([scale] * filtered.shape[1]))
 
+    @cached_property
+    def _scale(self) -> np.ndarray:
+        return np.asarray(self.scale_uv, dtype=np.float32)  # (n_channels,), built once (apply runs per window)
+
     def apply(self, filtered: np.ndarray) -> np.ndarray:
         """Scale `(..., n_channels)` filtered data; float32."""
-        scale = np.asarray(self.scale_uv, dtype=np.float32)
+        scale = self._scale
         if filtered.shape[-1] != scale.size:
             raise ConfigError(f"Data has {filtered.shape[-1]} channels, normalisation has {scale.size}.")
         return (filtered / scale).astype(np.float32, copy=False)

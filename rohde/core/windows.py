@@ -45,6 +45,15 @@ def extract_windows(filtered: np.ndarray, ends: np.ndarray, window: int) -> np.n
     return np.ascontiguousarray(filtered[idx].transpose(0, 2, 1), dtype=np.float32)
 
 
+def ring_write(ring: np.ndarray, index: int, values: np.ndarray) -> None:
+    """Write `values` (at most `len(ring)` rows) into `ring` so that row i lands at `(index + i) % len(ring)`:
+    two slice copies, no index array."""
+    pos = index % len(ring)
+    first = min(len(values), len(ring) - pos)
+    ring[pos : pos + first] = values[:first]
+    ring[: len(values) - first] = values[first:]
+
+
 class StreamWindower:
     """Ring buffer of filtered samples that emits a window every `hop` samples.
 
@@ -92,10 +101,7 @@ class StreamWindower:
         return ready
 
     def _write(self, chunk: np.ndarray) -> None:
-        pos = self._total % self.capacity
-        first = min(len(chunk), self.capacity - pos)
-        self._buffer[pos : pos + first] = chunk[:first]
-        self._buffer[: len(chunk) - first] = chunk[first:]
+        ring_write(self._buffer, self._total, chunk)
         self._total += len(chunk)
 
     def _read(self, end: int) -> np.ndarray:

@@ -43,3 +43,17 @@ def test_stream_windower_matches_offline_windows(seed: int) -> None:
     ends = window_ends(len(x), window, hop)
     assert [e for e, _ in got] == ends.tolist()
     np.testing.assert_array_equal(np.stack([w for _, w in got]), extract_windows(x, ends, window))
+
+
+def test_ring_write_wraps_like_modulo_indexing() -> None:
+    from rohde.core.windows import ring_write
+
+    rng = np.random.default_rng(0)
+    ring, expected = np.zeros((7, 2)), np.zeros((7, 2))
+    index = 0
+    for n in [3, 7, 1, 5, 6, 0, 2]:
+        values = rng.normal(size=(n, 2))
+        ring_write(ring, index, values)
+        expected[(index + np.arange(n)) % 7] = values
+        index += n
+        np.testing.assert_array_equal(ring, expected)

@@ -34,6 +34,7 @@ from scipy import fft as sp_fft
 from rohde.core.channel_quality import ChannelQualityDetector
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import ElectrodeLayout
+from rohde.core.windows import ring_write
 
 FLAGS = ("flat", "saturated", "powerline", "artifact", "nonfinite", "neighbour")
 _HARD = [FLAGS.index(f) for f in ("flat", "saturated", "nonfinite")]  # no usable EMG at all
@@ -117,8 +118,7 @@ class QualityMonitor:
             self._nonfinite_until[nonfinite_channels] = self._written + n + self._n
         # Ring buffer: row (i % window) holds sample i, so no copy of the history per chunk.
         tail = raw[-self._n :]
-        idx = (self._written + n - len(tail) + np.arange(len(tail))) % self._n
-        self._raw[idx] = tail
+        ring_write(self._raw, self._written + n - len(tail), tail)
         self._written += n
         self._since_estimate += n
         if self._since_estimate >= self._interval and self._written >= self._n:

@@ -56,7 +56,7 @@ import numpy as np
 from rohde.core.channel_repair import QUALITY_MASKING_KEY, ChannelRepair
 from rohde.core.model_package import ModelPackage
 from rohde.core.preprocessing import Normalization, StreamFilter
-from rohde.core.windows import StreamWindower
+from rohde.core.windows import StreamWindower, ring_write
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import WindowJob
 from rohde.server.metrics import ServerMetrics, StreamCounter
@@ -245,8 +245,7 @@ class WindowAssembler:
             if sig.hard_fault_until <= sig.total:  # the last mark covers no window of this run: a new fault
                 sig.hard_fault_from = sig.total + first
             sig.hard_fault_until = sig.total + last + sig.window + sig.settle
-        idx = (sig.total + np.arange(n)) % sig.ts_capacity
-        sig.timestamps[idx] = stamps
+        ring_write(sig.timestamps, sig.total, stamps)
         sig.total += n
         ready = sig.windower.push(filtered)
         if not ready:
@@ -314,11 +313,14 @@ class WindowAssembler:
         channel's last good sample and count them. Returns the samples, the `(n_channels,)` mask of
         channels that had bad ones (None when none had), and the index in the run of its last
         non-finite sample and of its last out-of-range one (-1: none)."""
-        # NaN compares False, so `good` is False for non-finite samples too.
-        good = np.abs(samples) <= np.float32(self._config.max_abs_uv)
-        if good.all():
+        limit = np.float32(self._config.max_abs_uv)
+        # The common case in two reductions and no temporary: max and min are NaN when any sample is, which
+        # fails both comparisons.
+        if samples.max() <= limit and samples.min() >= -limit:
             sig.last_good = samples[-1].copy()
             return samples, None, -1, -1
+        # NaN compares False, so `good` is False for non-finite samples too.
+        good = np.abs(samples) <= limit
         finite = np.isfinite(samples)
         out_of_range = ~good & finite
         last_nonfinite = last_out_of_range = -1
