@@ -39,7 +39,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     p.add_argument("--merge", action="store_true",
                    help="replace only the measured sections of the stored run with this label (re-measure one part)")
     p.add_argument("--compare-to", default="",
-                   help="label of the stored run that RESULTS.md shows side by side with this one (default cpu)")
+                   help="label of the stored run that RESULTS.md shows side by side with this one (default cpu; "
+                        "none: no comparison)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke configuration (seconds, not minutes)")
     p.set_defaults(handler=run_bench_command)
 

@@ -41,7 +41,7 @@ class BenchConfig:
     quality_interval_s: float | None = None  # server setting for the latency runs; None = the server default
     label: str = ""  # key of this run in results.json; default "cpu" or "gpu"
     merge: bool = False  # replace only the measured sections of the stored run with this label
-    compare_to: str = ""  # label of the stored run RESULTS.md puts beside this one (default "cpu")
+    compare_to: str = ""  # label of the stored run RESULTS.md puts beside this one (default "cpu"; "none": no other)
     command: str = ""  # the command line, recorded with the figures
 
     def __post_init__(self) -> None:

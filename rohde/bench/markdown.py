@@ -28,7 +28,7 @@ def render_markdown(all_results: dict[str, Any]) -> str:
                   for r in meta.get("remeasured", [])]
         lines += [""]
         base = meta.get("compare_to") or "cpu"
-        if key != base and all_results.get(base):
+        if key != base and base != "none" and all_results.get(base):
             lines += _md_compare(all_results[base], res, base, key)
         lines += _md_latency(res.get("latency"))
         lines += _md_soak(res.get("soak"))
