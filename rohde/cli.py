@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rohde.core.errors import RohdeError
+from rohde.core.prompt_exit import exit_now
 from rohde.core.version import VERSION
 
 Handler = Callable[[argparse.Namespace], int]
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; as the program itself (`argv` None), a command registered with
+    `prompt_exit=True` (a streaming one) ends its process at once when done (`rohde.core.prompt_exit`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -47,12 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
     except RohdeError as exc:
         logging.getLogger("rohde").error("%s", exc)
-        return 2
+        code = 2
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    if argv is None and getattr(args, "prompt_exit", False):
+        exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from rohde.bench.commands import register, run_bench_command
 from rohde.bench.config import INGEST_KINDS, REPO_ROOT
 from rohde.bench.gpu_check import PARITY_TOLERANCE
 from rohde.core.errors import RohdeError
+from rohde.core.prompt_exit import exit_now
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_outlets(name=args.name, source_ids=args.source_ids.split(","), n_channels=args.n_channels,
                     fs_hz=args.fs_hz, chunk_ms=args.chunk_ms, ready_file=Path(args.ready_file),
                     log_file=Path(args.log_file), seed=args.seed)
+        if argv is None:  # the benchmark's child, stopped by SIGTERM: its outlets are closed, so end at once
+            exit_now(0)
     else:
         from rohde.bench.ingestion import run_ingest_consumer
 

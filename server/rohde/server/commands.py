@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                             "more (default: pages from loopback hosts; clients without an Origin always pass)")
     serve.add_argument("--max-request-bytes", type=int,
                        help="refuse request bodies larger than this with 413 (default 65536)")
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=_serve, prompt_exit=True)
 
     for name, help_text in (("simulate", "LSL outlet playing the embedded simulator in real time"),
                             ("replay", "LSL outlet replaying a recording (.rohde.npz, .xdf, flexemg .mat)")):
@@ -97,7 +97,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                        help="publish the channels in a random order (labels and desc layout follow them)")
         p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
         p.add_argument("--no-markers", action="store_true", help="no truth marker stream")
-        p.set_defaults(handler=_simulate if name == "simulate" else _replay)
+        p.set_defaults(handler=_simulate if name == "simulate" else _replay, prompt_exit=True)
 
     demo = subparsers.add_parser("demo", help="simulated amplifier + server + live decisions against the truth")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds and summarise")
@@ -113,7 +113,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                            "scored, default 30)")
     demo.add_argument("--work-dir", type=Path, default=None, help="--personal: keep its files (logs, recording, "
                                                                   "models) here instead of a temporary folder")
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, prompt_exit=True)
     register_record(subparsers)
 
 
