@@ -44,8 +44,10 @@ from rohde.core.layouts import NO_ELECTRODE, ElectrodeGrid, ElectrodeLayout
 MIN_OVERLAP = 0.35
 _LOG_FLOOR = 1e-3  # keeps silent (or edge-filled zero) channels out of log(0)
 # How much a shift must raise the map correlation over the unshifted map to be applied. Chosen on
-# pairs of one placement (each flexemg Train trial against the rest of its session, 40 pairs, truth:
-# no shift): the best fractional shift raised the correlation by at most 0.034 there, while a moved
+# pairs of one placement (each trial of a flexemg Train folder against the map of that folder's first
+# eight trials but itself; 2 subjects x 2 sessions x 10 trials, truth: no shift; `rohde cross-day`
+# repeats the check against all other trials): the best fractional shift raised the correlation by at
+# most 0.034 there, while a moved
 # copy of a real map gains 0.04-0.11 for half a row and 0.17-0.41 for one row. 0.05 is 1.5 times the
 # largest no-shift gain. A move of one column (a quarter of the 4-column flexemg array's width) gains
 # only 0.02-0.07 and is mostly left alone: trial-to-trial variation looks the same.
