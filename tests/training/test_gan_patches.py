@@ -48,11 +48,9 @@ def _psd_distances(steps: int, seed: int) -> tuple[float, float]:
                                     seed=seed)  # fmt: skip
     finally:
         torch.set_num_threads(previous)
-    report = compare_to_real(
-        held,
-        {"trained": lambda n, r: trained.sample("hum", n, r), "untrained": lambda n, r: untrained.sample("hum", n, r)},
-        fs_hz=TOY_FS_HZ, rng=np.random.default_rng(0), n_pairs=4,
-    )  # fmt: skip
+    candidates = {name: (lambda i, r, gan=gan: gan.sample("hum", len(i), r))
+                  for name, gan in (("trained", trained), ("untrained", untrained))}  # fmt: skip
+    report = compare_to_real(held, candidates, fs_hz=TOY_FS_HZ, rng=np.random.default_rng(0), n_pairs=4)
     return report["psd_distance_db"]["trained"], report["psd_distance_db"]["untrained"]
 
 

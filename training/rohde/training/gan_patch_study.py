@@ -34,12 +34,19 @@ from rohde.simulation.disturbances import apply_disturbance, ensure_trainable
 from rohde.simulation.placement import Placement
 from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 from rohde.training.gan_models import GANConfig
-from rohde.training.gan_patches import PATCH_KINDS, PatchGAN, PatchShape, extract_patches, train_patch_gan
+from rohde.training.gan_patches import (
+    PATCH_KINDS,
+    REPLACING_KINDS,
+    PatchGAN,
+    PatchShape,
+    patch_sources,
+    train_patch_gan,
+)
 from rohde.training.gan_quality import METRICS, compare_to_real
 
 logger = logging.getLogger(__name__)
 
-REFERENCES = ("gan", "untrained", "naive", "real")
+REFERENCES = ("gan", "untrained", "clean", "naive", "real")
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,10 @@ def _disturbed(config: PatchStudyConfig, clean: list[Recording], session: int, k
     return pairs
 
 
-def collect_patches(config: PatchStudyConfig, session: int, trials: int) -> tuple[dict[str, np.ndarray], float]:
-    """`{kind: (N, rows * cols, T) uV}` patches of one session's disturbed trials, and the sampling rate."""
+def collect_patches(config: PatchStudyConfig, session: int, trials: int
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], float]:  # fmt: skip
+    """`{kind: {"target", "recorded", "clean"}}` aligned `(N, rows * cols, T)` uV patches of one session's
+    disturbed trials (`rohde.training.gan_patches.patch_sources`), and the sampling rate."""
     shape = PatchShape(config.patch_rows, config.patch_cols)
     fs_hz = config.simulator.fs_hz
     seg = config.gan.segment_samples(fs_hz)
@@ -94,14 +103,15 @@ def collect_patches(config: PatchStudyConfig, session: int, trials: int) -> tupl
              for t in range(1, trials + 1)]  # fmt: skip
     out = {}
     for k, kind in enumerate(config.kinds):
-        parts = [extract_patches(d, kind, shape=shape, segment_samples=seg, hop_samples=hop, clean=c)
+        parts = [patch_sources(d, kind, shape=shape, segment_samples=seg, hop_samples=hop, clean=c)
                  for d, c in _disturbed(config, clean, session, k, kind)]  # fmt: skip
-        patches = np.concatenate(parts)
-        rng = np.random.default_rng([session, k])
-        if len(patches) > config.max_patches:
-            patches = patches[np.sort(rng.choice(len(patches), config.max_patches, replace=False))]
+        patches = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        n = len(patches["target"])
+        if n > config.max_patches:
+            keep = np.sort(np.random.default_rng([session, k]).choice(n, config.max_patches, replace=False))
+            patches = {name: x[keep] for name, x in patches.items()}
         out[kind] = patches
-        logger.info("Session %s %s: %s patches", session, kind, len(patches))
+        logger.info("Session %s %s: %s patches", session, kind, len(patches["target"]))
     return out, fs_hz
 
 
@@ -114,13 +124,15 @@ def run_patch_study(
     started = time.perf_counter()
     say = progress or (lambda _m: None)
     shape = PatchShape(config.patch_rows, config.patch_cols)
-    train, fs_hz = collect_patches(config, 1, config.train_trials)
+    train_sources, fs_hz = collect_patches(config, 1, config.train_trials)
+    train = {kind: sources["target"] for kind, sources in train_sources.items()}
     held, _ = collect_patches(config, 2, config.val_trials)
     for kind in config.kinds:
-        if len(train[kind]) < config.gan.batch_size or len(held[kind]) < 8:
-            raise ConfigError(f"Too few {kind!r} patches ({len(train[kind])} train, {len(held[kind])} held out); "
-                               "raise severity or copies.")  # fmt: skip
-    say(f"patches: { ({k: (len(train[k]), len(held[k])) for k in config.kinds}) }")
+        if len(train[kind]) < config.gan.batch_size or len(held[kind]["target"]) < 8:
+            n_held = len(held[kind]["target"])
+            raise ConfigError(f"Too few {kind!r} patches ({len(train[kind])} train, {n_held} held out); "
+                              "raise severity or copies.")  # fmt: skip
+    say(f"patches: { ({k: (len(train[k]), len(held[k]['target'])) for k in config.kinds}) }")
     per_seed: list[dict[str, Any]] = []
     train_s: list[float] = []
     threads = torch.get_num_threads()
@@ -135,7 +147,7 @@ def run_patch_study(
                     for metric in METRICS} for kind in config.kinds}  # fmt: skip
     result = {
         "config": _config_dict(config),
-        "patches": {k: {"train": int(len(train[k])), "held_out": int(len(held[k]))} for k in config.kinds},
+        "patches": {k: {"train": int(len(train[k])), "held_out": int(len(held[k]["target"]))} for k in config.kinds},
         "per_seed": per_seed,
         "table": table,
         "train_s": train_s,
@@ -146,17 +158,29 @@ def run_patch_study(
     return result
 
 
-def _score(gan: PatchGAN, untrained: PatchGAN, held: dict[str, np.ndarray], *, fs_hz: float, seed: int
+def _score(gan: PatchGAN, untrained: PatchGAN, held: dict[str, dict[str, np.ndarray]], *, fs_hz: float, seed: int
            ) -> dict[str, Any]:  # fmt: skip
+    """Every metric per kind against held-out recorded patches; generated patches spliced as `splice` would.
+
+    An additive kind's candidates are the clean EMG under the held-out patches plus generated patches; a
+    replacing kind's are the generated patches alone.
+    """
     scores = {}
     for k, kind in enumerate(sorted(held)):
         rng = np.random.default_rng([seed, 77, k])
+        clean = held[kind]["clean"]
 
-        def make(model: PatchGAN, kind: str = kind) -> Callable[[int, np.random.Generator], np.ndarray]:
-            return lambda n, r: model.sample(kind, n, r)
+        def make(model: PatchGAN, kind: str = kind, clean: np.ndarray = clean
+                 ) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:  # fmt: skip
+            if kind in REPLACING_KINDS:
+                return lambda index, r: model.sample(kind, len(index), r)
+            return lambda index, r: clean[index] + model.sample(kind, len(index), r)
 
-        scores[kind] = compare_to_real(held[kind], {"gan": make(gan), "untrained": make(untrained)}, fs_hz=fs_hz,
-                                       rng=rng)  # fmt: skip
+        def under(index: np.ndarray, _rng: np.random.Generator, clean: np.ndarray = clean) -> np.ndarray:
+            return clean[index]
+
+        candidates = {"gan": make(gan), "untrained": make(untrained), "clean": under}
+        scores[kind] = compare_to_real(held[kind]["recorded"], candidates, fs_hz=fs_hz, rng=rng)
     return scores
 
 
@@ -171,7 +195,7 @@ def _config_dict(config: PatchStudyConfig) -> dict[str, Any]:
 
 
 def beats(metric: str, row: dict[str, list[float]], a: str, b: str) -> bool:
-    """Whether candidate `a` is better than `b` on `metric` (lower, or closer to real for max_xcorr)."""
+    """Whether candidate `a` is better than `b` on `metric` (lower, or closer to real where `METRICS` says so)."""
     if METRICS[metric][1] == "closer to real":
         real = row["real"][0]
         return abs(row[a][0] - real) < abs(row[b][0] - real)
@@ -197,11 +221,14 @@ def format_report(result: dict[str, Any], *, explanations: dict[str, str] | None
         "minus clean) and added when spliced; LC and saturation as the recorded signal, which replaces the "
         "clean one (`rohde/training/gan_patches.py`).",
         "",
-        "Every figure compares a candidate with half A of the held-out patches (mean ± standard deviation "
-        "over seeds): `gan` the trained patch GAN, `untrained` the same generator before training, `naive` "
-        "Gaussian noise with the spectrum of held-out half B (its spectrum and RMS come from held-out data, so "
-        "on `psd_distance_db` it sits at the real-vs-real floor by construction), `real` half B itself. "
-        "Lower is better, except `max_xcorr`, where closer to `real` is better. **bold**: the GAN beats naive.",
+        "Every figure compares a candidate with half A of the held-out **recorded** disturbed patches (mean ± "
+        "standard deviation over seeds); the candidates stand for half B: `gan` the trained patch GAN, spliced as "
+        "`PatchGAN.splice` does (an additive kind's patches added to the clean EMG under half B's patches, a "
+        "replacing kind's alone), `untrained` the same generator before training, spliced alike, `clean` the "
+        "clean EMG under half B with no disturbance (what the GAN adds to it, for additive kinds), `naive` "
+        "Gaussian noise with the spectrum of half B (spectrum and RMS taken from held-out data: on the spectral "
+        "metrics it starts near the real-vs-real floor), `real` half B itself. `dtw_per_sample_uv` and "
+        "`max_xcorr` are better closer to `real`, every other metric lower. **bold**: the GAN beats naive.",
         "",
         "| kind | patches (train / held out) | GAN beats naive | GAN beats untrained |",
         "| --- | ---: | ---: | ---: |",
@@ -218,8 +245,8 @@ def format_report(result: dict[str, Any], *, explanations: dict[str, str] | None
             "",
             f"### {kind}",
             "",
-            "| metric | gan | untrained | naive | real |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| metric | gan | untrained | clean | naive | real |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for metric in METRICS:
             row = rows[metric]

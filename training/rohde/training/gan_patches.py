@@ -88,46 +88,65 @@ def extract_patches(
     hop_samples: int,
     clean: Recording | None = None,
 ) -> np.ndarray:
-    """Patches `(N, rows * cols, segment_samples)` float32 uV where `disturbed`'s mask says `kind` acts.
+    """Training patches `(N, rows * cols, segment_samples)` float32 uV where `disturbed`'s mask says `kind` acts.
 
     A block qualifies when all its sites are in the disturbed set (channels masked at any time); a
     window (every `hop_samples`) when any of the block's sites is masked in it. Replacing kinds give
     the recorded signal; additive ones the disturbance alone, `disturbed - clean`, so they need the
-    `clean` twin (same EMG, same length).
+    `clean` twin (same EMG, same length). `patch_sources` gives the recorded and clean patches too.
+    """
+    return patch_sources(disturbed, kind, shape=shape, segment_samples=segment_samples, hop_samples=hop_samples,
+                         clean=clean)["target"]  # fmt: skip
+
+
+def patch_sources(
+    disturbed: Recording,
+    kind: str,
+    *,
+    shape: PatchShape,
+    segment_samples: int,
+    hop_samples: int,
+    clean: Recording | None = None,
+) -> dict[str, np.ndarray]:
+    """`{"target", "recorded", "clean"}`: aligned `(N, rows * cols, T)` patches at the places `extract_patches` cuts.
+
+    `target` is what the GAN learns (see `extract_patches`), `recorded` the disturbed signal, `clean` the
+    clean twin's signal (zeros without one).
     """
     ensure_trainable(kind)
     if disturbed.disturbance_mask is None:
         raise ConfigError("The disturbed recording has no disturbance_mask; patches are cut where the mask is set.")
     if segment_samples < 1 or hop_samples < 1:
         raise ConfigError(f"segment_samples and hop_samples must be >= 1, got {segment_samples}, {hop_samples}.")
-    signal = disturbed.samples
-    if kind not in REPLACING_KINDS:
-        if clean is None or clean.samples.shape != disturbed.samples.shape:
-            raise ConfigError(
-                f"Kind {kind!r} is added to the EMG, so its patches are disturbed minus clean: give the clean twin "
-                "of the disturbed recording (same shape) as clean=."
-            )
-        signal = disturbed.samples - clean.samples
+    if clean is not None and clean.samples.shape != disturbed.samples.shape:
+        raise ConfigError(f"clean has shape {clean.samples.shape}; its disturbed twin {disturbed.samples.shape}.")
+    if kind not in REPLACING_KINDS and clean is None:
+        raise ConfigError(
+            f"Kind {kind!r} is added to the EMG, so its patches are disturbed minus clean: give the clean twin "
+            "of the disturbed recording (same shape) as clean=."
+        )
+    clean_samples = clean.samples if clean is not None else np.zeros_like(disturbed.samples)
+    sources = {"recorded": disturbed.samples, "clean": clean_samples}
+    sources["target"] = disturbed.samples if kind in REPLACING_KINDS else disturbed.samples - clean_samples
     mask = disturbed.disturbance_mask
     touched: np.ndarray = np.asarray(mask.any(axis=0))  # (C,)
     blocks = grid_blocks(disturbed.layout, shape)
     blocks = blocks[touched[blocks].all(axis=1)]
-    n = disturbed.n_samples
-    starts = np.arange(0, n - segment_samples + 1, hop_samples)
-    if blocks.size == 0 or starts.size == 0:
-        return np.zeros((0, shape.n_sites, segment_samples), dtype=np.float32)
-    # Masked samples per (window, channel) from a cumulative sum over time.
-    counts = np.concatenate([np.zeros((1, mask.shape[1]), dtype=np.int64), np.cumsum(mask, axis=0)])
-    active = (counts[starts + segment_samples] - counts[starts]) > 0  # (W, C)
-    parts = []
-    for block in blocks:
-        rows = starts[active[:, block].any(axis=1)]
-        if rows.size:
-            idx = rows[:, None] + np.arange(segment_samples)[None, :]  # (N, T)
-            parts.append(signal[idx][:, :, block].transpose(0, 2, 1))  # (N, S, T)
-    if not parts:
-        return np.zeros((0, shape.n_sites, segment_samples), dtype=np.float32)
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    starts = np.arange(0, disturbed.n_samples - segment_samples + 1, hop_samples)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in sources}
+    if blocks.size and starts.size:
+        # Masked samples per (window, channel) from a cumulative sum over time.
+        counts = np.concatenate([np.zeros((1, mask.shape[1]), dtype=np.int64), np.cumsum(mask, axis=0)])
+        active = (counts[starts + segment_samples] - counts[starts]) > 0  # (W, C)
+        for block in blocks:
+            rows = starts[active[:, block].any(axis=1)]
+            if rows.size:
+                idx = rows[:, None] + np.arange(segment_samples)[None, :]  # (N, T)
+                for name, x in sources.items():
+                    parts[name].append(x[idx][:, :, block].transpose(0, 2, 1))  # (N, S, T)
+    empty = np.zeros((0, shape.n_sites, segment_samples), dtype=np.float32)
+    return {name: np.ascontiguousarray(np.concatenate(p), dtype=np.float32) if p else empty
+            for name, p in parts.items()}  # fmt: skip
 
 
 class PatchGAN:

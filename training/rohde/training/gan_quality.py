@@ -15,7 +15,7 @@ segments are compared after removing each segment's per-channel mean, as the GAN
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,11 @@ from rohde.training.gan_models import remove_segment_mean
 
 # name -> (what it measures, which direction is better)
 METRICS: dict[str, tuple[str, str]] = {
-    "dtw_per_sample_uv": ("fastdtw distance of random single-channel segment pairs / segment length", "lower"),
+    "dtw_per_sample_uv": (
+        "fastdtw distance of random single-channel segment pairs / segment length (independent "
+        "real pairs are not at 0: smaller signals score lower than real)",
+        "closer to real",
+    ),
     "max_xcorr": ("max over lags of |normalised cross-correlation| of random single-channel pairs", "closer to real"),
     "channel_corr_distance": ("mean |difference| of the mean channel-by-channel correlation matrices", "lower"),
     "psd_distance_db": ("mean |10 log10 ratio| of the mean Welch power spectra", "lower"),
@@ -126,7 +130,7 @@ def _check_held_out(gan: DisturbanceGAN, condition: str, real: np.ndarray) -> No
 
 def compare_to_real(
     real: np.ndarray,
-    candidates: dict[str, Callable[[int, np.random.Generator], np.ndarray]],
+    candidates: Mapping[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]],
     *,
     fs_hz: float,
     rng: np.random.Generator,
@@ -136,10 +140,11 @@ def compare_to_real(
 ) -> dict[str, Any]:
     """Every metric of `METRICS` for each candidate set and for `naive` and `real`, against half A of `real`.
 
-    `real` is `(N >= 4, R, T)` uV held-out segments; its per-segment channel means are removed and it is
-    split at random into halves A and B. Each candidate is a function `(n, rng) -> (n, R, T)` uV asked for
-    as many segments as B holds; `naive` (noise with B's spectrum) and `real` (B itself) are added.
-    Returns `{metric: {candidate: value}}` plus `n_segments`.
+    `real` is `(N >= 4, R, T)` uV held-out segments; it is split at random into halves A and B. Each
+    candidate is a function `(indices, rng) -> (len(indices), R, T)` uV, called with the indices into
+    `real` of half B (a candidate may use what lies under those segments, or only their count);
+    `naive` (noise with B's spectrum) and `real` (B itself) are added. Every set loses its per-segment
+    channel means first. Returns `{metric: {candidate: value}}` plus `n_segments`.
     """
     if fs_hz <= 0:
         raise ConfigError(f"fs_hz must be positive, got {fs_hz}.")
@@ -152,8 +157,9 @@ def compare_to_real(
     order = rng.permutation(real.shape[0])
     half = real.shape[0] // 2
     part_a = real[order[:half][:max_segments]]
-    part_b = real[order[half:][:max_segments]]
-    sets = {name: make(len(part_b), rng) for name, make in candidates.items()}
+    index_b = order[half:][:max_segments]
+    part_b = real[index_b]
+    sets = {name: remove_segment_mean(np.asarray(make(index_b, rng))) for name, make in candidates.items()}
     for name, cand in sets.items():
         if cand.shape != part_b.shape:
             raise ConfigError(f"Candidate {name!r} gave shape {cand.shape}; expected {part_b.shape}.")
@@ -193,8 +199,8 @@ def gan_quality_report(
         real = np.asarray(held_out[condition], dtype=np.float32)
         _check_held_out(gan, condition, real)
 
-        def generated(n: int, r: np.random.Generator, condition: str = condition) -> np.ndarray:
-            return gan.sample(condition, n, r)
+        def generated(index: np.ndarray, r: np.random.Generator, condition: str = condition) -> np.ndarray:
+            return gan.sample(condition, len(index), r)
 
         report[condition] = compare_to_real(real, {"gan": generated}, fs_hz=fs_hz, rng=rng, n_pairs=n_pairs,
                                             max_segments=max_segments, max_values=max_values)  # fmt: skip
