@@ -202,7 +202,7 @@ def beats(metric: str, row: dict[str, list[float]], a: str, b: str) -> bool:
     return row[a][0] < row[b][0]
 
 
-def format_report(result: dict[str, Any], *, explanations: dict[str, str] | None = None) -> str:
+def format_report(result: dict[str, Any]) -> str:
     """The markdown report: protocol, one table per kind, the win count against the naive generator."""
     cfg = result["config"]
     gan = cfg["gan"]
@@ -254,19 +254,32 @@ def format_report(result: dict[str, Any], *, explanations: dict[str, str] | None
             if beats(metric, row, "gan", "naive"):
                 cells[0] = f"**{cells[0]}**"
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    if explanations:
-        lines += ["", "## Where the GAN loses to the naive generator, and why", ""]
-        lines += [f"- **{kind}**: {text}" for kind, text in explanations.items()]
+    losses = {
+        kind: [m for m in METRICS if not beats(m, rows[m], "gan", "naive")] for kind, rows in result["table"].items()
+    }
+    lines += ["", "## Where the GAN does not beat the naive generator", ""]
+    lines += [
+        f"- {kind}: " + (", ".join(f"`{m}`" for m in lost) if lost else "nowhere") for kind, lost in losses.items()
+    ]
     lines += ["", "Metrics: " + "; ".join(f"`{m}` {d}" for m, (d, _) in METRICS.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
-def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = None,
-                 explanations: dict[str, str] | None = None) -> Path:  # fmt: skip
-    text = format_report(result, explanations=explanations)
+WHY_HEADING = "## Why"  # a hand-written section of the docs copy from this heading on is kept by write_report
+
+
+def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = None) -> Path:
+    """`out_dir/gan_patches.md`, and the same at `docs`, where a section from `WHY_HEADING` on (the reasons,
+    written by hand after reading the figures) is carried over from the file already there."""
+    text = format_report(result)
     path = out_dir / "gan_patches.md"
     path.write_text(text)
     if docs is not None:
+        kept = ""
+        if docs.is_file():
+            old = docs.read_text()
+            at = old.find("\n" + WHY_HEADING)
+            kept = old[at:] if at >= 0 else ""
         docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(text)
+        docs.write_text(text + kept)
     return path
