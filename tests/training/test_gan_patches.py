@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,29 @@ def test_splice_adds_or_replaces_on_the_drawn_electrodes_of_any_layout(tiny_patc
         tiny_patch_gan.splice(clean, layout, "bridge", np.random.default_rng(0))
     with pytest.raises(ConfigError, match="not 'pop'"):
         tiny_patch_gan.splice(clean, layout, "pop", np.random.default_rng(0))
+
+
+# ----------------------------------------------------------------------------- the study's report
+
+
+def test_study_report_counts_wins_and_keeps_the_hand_written_reasons(tmp_path: Path) -> None:
+    from rohde.training.gan_patch_study import REFERENCES, WHY_HEADING, PatchStudyConfig, _config_dict, write_report
+    from rohde.training.gan_quality import METRICS
+
+    with pytest.raises(HeldOutDisturbanceError):
+        PatchStudyConfig(kinds=("bridge",))
+    with pytest.raises(ConfigError, match="dead"):
+        PatchStudyConfig(kinds=("dead",))
+    values = {"gan": 1.0, "untrained": 3.0, "clean": 4.0, "naive": 2.0, "real": 0.5}
+    rows = {m: {n: [values[n], 0.1] for n in REFERENCES} for m in METRICS}
+    rows["max_xcorr"]["gan"] = [5.0, 0.0]  # farther from real than naive: a loss
+    result = {"config": _config_dict(PatchStudyConfig()), "patches": {"hum": {"train": 10, "held_out": 8}},
+              "per_seed": [{}], "table": {"hum": rows}, "train_s": [1.0], "elapsed_s": 2.0}  # fmt: skip
+    docs = tmp_path / "gan_quality.md"
+    docs.write_text(f"old tables\n{WHY_HEADING}\n\nreasons written by hand\n")
+    write_report(result, tmp_path, docs=docs)
+    text = docs.read_text()
+    n = len(METRICS)
+    assert f"| hum | 10 / 8 | {n - 1} of {n} | {n - 1} of {n} |" in text  # max_xcorr is lost to both
+    assert "- hum: `max_xcorr`" in text
+    assert "old tables" not in text and text.endswith(f"{WHY_HEADING}\n\nreasons written by hand\n")
