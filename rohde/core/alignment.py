@@ -409,16 +409,35 @@ class LiveAlignment:
 
     def push(self, filtered: np.ndarray) -> ShiftEstimate | None:
         """Take a filtered chunk `(n, C)`; returns the estimate when this chunk completes the warm-up."""
-        if self.estimate is not None or filtered.shape[0] == 0:
+        if not self.collect(filtered):
             return None
+        return self.accept(self.estimate_from(self.activity()))
+
+    def collect(self, filtered: np.ndarray) -> bool:
+        """Add a filtered chunk `(n, C)` to the map; True once `warmup_s` seconds are in (nothing estimated
+        yet: `push` does both, a caller that estimates elsewhere calls `estimate_from` and `accept`)."""
+        if self.estimate is not None or filtered.shape[0] == 0:
+            return False
         if filtered.ndim != 2 or filtered.shape[1] != self.layout.n_channels:
             raise ConfigError(f"Expected chunks (n, {self.layout.n_channels}), got {filtered.shape}.")
+        if self.collected_s >= self.warmup_s:
+            return True
         finite = np.where(np.isfinite(filtered), filtered, 0.0)
         self._abs_sum += np.abs(finite.astype(np.float64)).sum(axis=0)
         self._n += filtered.shape[0]
-        if self.collected_s < self.warmup_s:
-            return None
-        self.estimate = estimate_shift(self.reference, self._abs_sum / self._n, self.layout)
+        return self.collected_s >= self.warmup_s
+
+    def activity(self) -> np.ndarray:
+        """The mean absolute value `(C,)` of what was collected."""
+        return self._abs_sum / max(self._n, 1)
+
+    def estimate_from(self, activity: np.ndarray) -> ShiftEstimate:
+        """The estimate for an activity map `(C,)` (no state changes: safe to run off the owner's thread)."""
+        return estimate_shift(self.reference, activity, self.layout)
+
+    def accept(self, estimate: ShiftEstimate) -> ShiftEstimate:
+        """Adopt `estimate`: its correction is applied when its score reaches `min_score`."""
+        self.estimate = estimate
         if self.estimate.score >= self.min_score:
             matrix = alignment_matrix(self.layout, self.estimate)
             if self.scale_uv is not None:

@@ -17,8 +17,8 @@ and `rejected` (the estimate's map correlation is under `min_score`: nothing app
 
 Pure state behind one lock: `process` runs on the stream's worker thread, `restart`, `disable` and
 `snapshot` on the API's. The estimate itself runs once, on the worker thread, in the call that completes
-the warm-up: 0.15 s for 64 channels, 0.22 s for 192 (three 8 x 8 grids) on a busy 2-core machine, by
-which the windows of that moment come late once.
+the warm-up, outside the lock: 0.15 s for 64 channels, 0.22 s for 192 (three 8 x 8 grids) on a busy
+2-core machine, by which the windows of that moment come late once.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class StreamAlignment:
         self._generation = 0
         self._reason = "no model yet"
         self._estimated_at: float | None = None
+        self._token = 0  # bumped by every restart, switch-off and model: an estimate made before is dropped
 
     def use_model(self, package: ModelPackage, generation: int) -> None:
         """Follow model `generation`; a new one starts over with its own reference (or none)."""
@@ -93,6 +94,7 @@ class StreamAlignment:
             if generation == self._generation:
                 return
             self._generation = generation
+            self._token += 1
             self._live = None
             self._estimated_at = None
             meta = package.metadata
@@ -115,6 +117,7 @@ class StreamAlignment:
         """Collect again from the next window on (and switch alignment on for this stream)."""
         with self._lock:
             self._enabled = True
+            self._token += 1
             self._estimated_at = None
             if self._live is not None:
                 self._live.restart()
@@ -124,6 +127,7 @@ class StreamAlignment:
         """No alignment for this stream until `restart`: windows pass unchanged."""
         with self._lock:
             self._enabled = False
+            self._token += 1
             self._estimated_at = None
             if self._live is not None:
                 self._live.restart()
@@ -136,20 +140,29 @@ class StreamAlignment:
             if not self._enabled or live is None:
                 return job
             if live.estimate is None:
-                if job.reject_reason is None:  # disturbed windows stay out of the map
-                    newest = job.window[:, -self._hop:].T * self._scale  # (hop, C) filtered uV
-                    estimate = live.push(newest)
-                    if estimate is not None:
-                        self._estimated_at = time.time()
-                        s = estimate.shift
-                        logger.info("Stream %s: alignment %s, %+.2f rows, %+.2f cols, gain %.2f (map correlation "
-                                    "%.2f, unshifted %.2f).", self.stream_id, live.state, s.rows, s.cols, s.gain,
-                                    estimate.score, estimate.score_unshifted)  # fmt: skip
-                return job
-            matrix = live.matrix
-        if matrix is None:
-            return job
-        return dataclasses.replace(job, window=np.ascontiguousarray(matrix @ job.window, dtype=np.float32))
+                # Disturbed windows stay out of the map.
+                if job.reject_reason is None and live.collect(job.window[:, -self._hop:].T * self._scale):
+                    activity, token = live.activity(), self._token
+                else:
+                    return job
+            else:
+                matrix = live.matrix
+                if matrix is None:
+                    return job
+                return dataclasses.replace(job, window=np.ascontiguousarray(matrix @ job.window, dtype=np.float32))
+        # The warm-up is complete: the search runs outside the lock, so /streams never waits for it.
+        estimate = live.estimate_from(activity)
+        with self._lock:
+            if token != self._token or live is not self._live or live.estimate is not None:
+                return job  # restarted, switched off or another model meanwhile: this estimate is stale
+            live.accept(estimate)
+            self._estimated_at = time.time()
+            state = live.state
+        s = estimate.shift
+        logger.info("Stream %s: alignment %s, %+.2f rows, %+.2f cols, gain %.2f (map correlation %.2f, unshifted "
+                    "%.2f).", self.stream_id, state, s.rows, s.cols, s.gain, estimate.score,
+                    estimate.score_unshifted)  # fmt: skip
+        return job
 
     def snapshot(self) -> dict[str, Any]:
         """What `/streams` shows (`api_models.StreamAlignmentReport`)."""
