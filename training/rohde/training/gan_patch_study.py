@@ -209,7 +209,9 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         "# Patch GAN quality per disturbance kind",
         "",
-        f"Written by `rohde study gan-patches` (`run_patch_study`, `format_report`) in {result['elapsed_s']:.0f} s "
+        f"Written by `rohde study gan-patches --seeds {cfg['seeds']} --steps {gan['steps']}"
+        + (f" --kinds {','.join(cfg['kinds'])}" if tuple(cfg["kinds"]) != PATCH_KINDS else "")
+        + f"` (`run_patch_study`, `format_report`) in {result['elapsed_s']:.0f} s "
         f"({len(result['per_seed'])} seeds; GAN training {np.mean(result['train_s']):.0f} s per seed). **Reduced "
         f"protocol** (2 CPU cores): one simulated subject (3 x 8 x 8, 2048 Hz); training patches from "
         f"{cfg['train_trials']} session-1 trials, held-out patches from {cfg['val_trials']} session-2 trial(s), "
