@@ -62,7 +62,7 @@ class PatchStudyConfig:
     hop_ms: float = 31.25  # time between extracted patches
     max_patches: int = 1500  # per kind and split, drawn at random from all extracted ones
     # The GAN: 62.5 ms patches, the region GAN's networks at a CPU-sized width.
-    gan: GANConfig = GANConfig(segment_ms=62.5, latent_dim=16, batch_size=32, steps=600, g_width=16, c_width=16,
+    gan: GANConfig = GANConfig(segment_ms=62.5, latent_dim=16, batch_size=32, steps=400, g_width=16, c_width=16,
                                n_up=4, n_down=4, lr=5e-4, progress=False, log_interval=50,
                                checkpoint_interval=10_000)  # fmt: skip
     simulator: SimulatorConfig = SimulatorConfig(rest_s=0.5, gesture_s=1.0, ramp_s=0.3, repetitions=1)
