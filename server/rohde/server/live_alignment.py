@@ -146,10 +146,9 @@ class StreamAlignment:
                 else:
                     return job
             else:
-                matrix = live.matrix
-                if matrix is None:
+                if live.matrix is None:
                     return job
-                return dataclasses.replace(job, window=np.ascontiguousarray(matrix @ job.window, dtype=np.float32))
+                return dataclasses.replace(job, window=np.ascontiguousarray(live.align_window(job.window)))
         # The warm-up is complete: the search runs outside the lock, so /streams never waits for it.
         estimate = live.estimate_from(activity)
         with self._lock:
