@@ -25,8 +25,9 @@ TOKEN = "test-token"
 
 
 @contextmanager
-def outlet(recording: Recording, name: str) -> Iterator[LslAmplifier]:
-    amp = LslAmplifier(RecordingSource(recording), name=name, source_id=name, lsl_config=LSL_CONFIG)
+def outlet(recording: Recording, name: str, **options: Any) -> Iterator[LslAmplifier]:
+    """`recording` looped on an LSL outlet named `name` (`options`: further `LslAmplifier` settings)."""
+    amp = LslAmplifier(RecordingSource(recording), name=name, source_id=name, lsl_config=LSL_CONFIG, **options)
     thread = threading.Thread(target=amp.run, daemon=True)
     thread.start()
     try:

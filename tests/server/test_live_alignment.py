@@ -4,7 +4,6 @@ against the offline aligned path on the same samples."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,6 @@ from rohde.core.layouts import grid_layout
 from rohde.core.model_package import load_model_package, write_metadata
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording
-from rohde.server.amplifier import LslAmplifier, RecordingSource
 from rohde.server.app import create_app
 from rohde.server.jobs import WindowJob
 from rohde.server.live_alignment import StreamAlignment
@@ -28,6 +26,7 @@ from rohde.server.processes import unique_id
 from rohde.server.settings import load_settings
 
 from .conftest import LSL_CONFIG, build_package, fit_softmax, log_power, wait_for, windows_and_labels
+from .test_live import outlet
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "align-token"
@@ -151,19 +150,6 @@ def test_a_calibrated_package_is_aligned_against_its_calibration_placement(align
 
 # ----------------------------------------------------------------------------------------- live
 @contextmanager
-def _outlet(recording: Recording, name: str) -> Iterator[LslAmplifier]:
-    amp = LslAmplifier(RecordingSource(recording), name=name, source_id=name, lsl_config=LSL_CONFIG,
-                       marker_repeat_s=0.5)
-    thread = threading.Thread(target=amp.run, daemon=True)
-    thread.start()
-    try:
-        yield amp
-    finally:
-        amp.stop()
-        thread.join(5)
-
-
-@contextmanager
 def _server(models: Path, stream_name: str, **overrides: Any) -> Iterator[TestClient]:
     values: dict[str, Any] = {"models_dir": models, "model": "ref", "stream_name": stream_name,
                               "resolve_interval_s": 0.2, "admin_token": TOKEN, "marker_outlet": False,
@@ -182,7 +168,7 @@ def test_a_grid_moved_by_two_rows_is_found_corrected_and_decided_as_offline(alig
     name = unique_id("align")
     stream = _moved(_recording(seed=1, cycles=4), 2.0)
     pylsl = import_pylsl(LSL_CONFIG)
-    with _outlet(stream, name), _server(align_models, name) as client:
+    with outlet(stream, name, marker_repeat_s=0.5), _server(align_models, name) as client:
         (truth_info,) = wait_for(lambda: pylsl.resolve_byprop("name", f"{name}-truth", 1, 1.0), 10)
         truth = pylsl.StreamInlet(truth_info, processing_flags=pylsl.proc_clocksync)
         truth.open_stream(timeout=5)
@@ -242,7 +228,7 @@ def _decisions(client: TestClient, stream_id: str, n: int) -> list[dict[str, Any
 @pytest.mark.lsl
 def test_an_unmoved_grid_gets_the_gain_only_and_a_model_without_reference_none(align_models: Path) -> None:
     name = unique_id("align")
-    with _outlet(_recording(seed=2, cycles=4), name), _server(align_models, name) as client:
+    with outlet(_recording(seed=2, cycles=4), name, marker_repeat_s=0.5), _server(align_models, name) as client:
         report = wait_for(lambda: (a := _alignment(client)) and a["state"] not in ("collecting", "unavailable") and a,
                           WARMUP_S + 8)  # fmt: skip
         assert report["state"] == "aligned" and report["applied"] == "gain_only", report
