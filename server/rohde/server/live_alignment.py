@@ -115,23 +115,22 @@ class StreamAlignment:
 
     def restart(self) -> None:
         """Collect again from the next window on (and switch alignment on for this stream)."""
-        with self._lock:
-            self._enabled = True
-            self._token += 1
-            self._estimated_at = None
-            if self._live is not None:
-                self._live.restart()
+        self._reset(enabled=True)
         logger.info("Stream %s: alignment collects again.", self.stream_id)
 
     def disable(self) -> None:
         """No alignment for this stream until `restart`: windows pass unchanged."""
+        self._reset(enabled=False)
+        logger.info("Stream %s: alignment switched off.", self.stream_id)
+
+    def _reset(self, *, enabled: bool) -> None:
+        # A new token drops any estimate still running for the previous collection.
         with self._lock:
-            self._enabled = False
+            self._enabled = enabled
             self._token += 1
             self._estimated_at = None
             if self._live is not None:
                 self._live.restart()
-        logger.info("Stream %s: alignment switched off.", self.stream_id)
 
     def process(self, job: WindowJob) -> WindowJob:
         """Take the window's newest samples while collecting; move it once an estimate is applied."""
