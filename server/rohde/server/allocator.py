@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 
@@ -26,6 +27,7 @@ MMAP_THRESHOLD_BYTES = 1 << 20  # 1 MiB: one 192-channel window is 0.3 MB, a bat
 TRIM_INTERVAL_S = 30.0
 
 
+@functools.cache  # find_library runs ldconfig: once per process, not on every trim
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
