@@ -23,6 +23,7 @@ from .conftest import LSL_CONFIG, ROHDE, ModelSet, RunningOutlet, wait_for, wait
 
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(150)]
 logger = logging.getLogger(__name__)  # figures: run with --log-cli-level=INFO
+MARKER_TOLERANCE_S = 0.025  # how far from a gesture change a marker may place a window on the other side
 
 
 def start_server(processes: ChildGroup, tmp_path: Path, model_set: ModelSet, stream_name: str, *extra: str) -> str:
@@ -113,7 +114,15 @@ def compare_with_offline(predictions: list[dict[str, Any]], markers: list[list[s
     from_markers = [markers[order[i]][0] for i in latest]
     source = [names[t] if t >= 0 else "pause" for t in truth]
     same = np.array([a == b for a, b in zip(from_markers, source, strict=True)])
-    assert same[scored].mean() >= 0.99, [(a, b) for a, b, ok in zip(from_markers, source, same, strict=True) if not ok]
+    # Marker and sample stamps are each clock-corrected by their own inlet's running estimate, which moves
+    # by milliseconds on a loaded machine: only a window ending that close to a change may read the
+    # neighbouring label.
+    changes = np.nonzero(np.diff(labels[: ends.max()]))[0] + 1
+    to_change = np.min(np.abs((ends - 1)[:, None] - changes[None, :]), axis=1) if len(changes) else ends
+    wrong = scored & ~same
+    assert (to_change[wrong] <= MARKER_TOLERANCE_S * fs_hz).all(), [
+        (a, b, int(d)) for a, b, d, w in zip(from_markers, source, to_change, wrong, strict=True) if w]
+    assert same[scored].mean() >= 0.95
     return live_accuracy, offline_accuracy, agreement
 
 
