@@ -30,7 +30,7 @@ browser:
 	else echo "Chromium is missing; the browser test needs it: sudo apt-get install -y chromium" >&2; fi
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25  # the slowest tests, to keep the suite within its time budget
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
