@@ -96,6 +96,7 @@ def stage_costs(model: Path, *, chunk_ms: float, seconds: float = 1.0,
     data = (np.random.default_rng(0).standard_normal((int(meta.fs_hz * 2), meta.n_channels)) * 20).astype(np.float32)
     filt = StreamFilter(package.preprocessing, meta.n_channels)
     windower = StreamWindower(meta.n_channels, meta.window_samples, hop)
+    scale = np.asarray(package.normalization.scale_uv, dtype=np.float32)
     n_windows, t_pre = 0, 0.0
     pos = 0
     windows: list[np.ndarray] = []
@@ -104,9 +105,8 @@ def stage_costs(model: Path, *, chunk_ms: float, seconds: float = 1.0,
         block = data[pos % (len(data) - chunk) : pos % (len(data) - chunk) + chunk]
         pos += chunk
         t = time.perf_counter()
-        ready = windower.push(filt.process(block))
-        for _, window in ready:
-            windows.append(np.ascontiguousarray(package.normalization.apply(window.T).T, dtype=np.float32))
+        ready = windower.push(filt.process(block), scale=scale)  # normalised as the server's windows are
+        windows.extend(window for _, window in ready)
         t_pre += time.perf_counter() - t
         n_windows += len(ready)
     engine = InferenceEngine(package, providers=providers, require_gpu=require_gpu)

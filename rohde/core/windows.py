@@ -68,7 +68,9 @@ class StreamWindower:
         self.window = window
         self.hop = hop
         self.capacity = capacity or 4 * window + hop
-        self._buffer = np.zeros((self.capacity, n_channels), dtype=np.float32)
+        # Channel-major: a hop's samples are written transposed once, and each window (`window` samples, several
+        # hops) is read as `n_channels` contiguous rows, the layout the model takes.
+        self._buffer = np.zeros((n_channels, self.capacity), dtype=np.float32)
         self._total = 0  # samples ever written
         self._next_end = window  # stream sample index at which the next window ends
 
@@ -85,8 +87,10 @@ class StreamWindower:
         self._total = 0
         self._next_end = self.window
 
-    def push(self, filtered: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Append `(n_samples, n_channels)`; return (end index, `(n_channels, window)`) per ready window."""
+    def push(self, filtered: np.ndarray, *, scale: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
+        """Append `(n_samples, n_channels)`; return (end index, `(n_channels, window)`) per ready window, each
+        divided by the `(n_channels,)` float32 `scale` when given (the same float32 division as
+        `Normalization.apply` on the samples, fused into the window's one copy)."""
         ready: list[tuple[int, np.ndarray]] = []
         start = 0
         n = filtered.shape[0]
@@ -96,18 +100,26 @@ class StreamWindower:
             self._write(filtered[start : start + take])
             start += take
             while self._total >= self._next_end:
-                ready.append((self._next_end, self._read(self._next_end)))
+                ready.append((self._next_end, self._read(self._next_end, scale)))
                 self._next_end += self.hop
         return ready
 
     def _write(self, chunk: np.ndarray) -> None:
-        ring_write(self._buffer, self._total, chunk)
+        ring_write(self._buffer.T, self._total, chunk)
         self._total += len(chunk)
 
-    def _read(self, end: int) -> np.ndarray:
-        """The window ending at stream sample `end`, `(n_channels, window)`, in one copy when it does not wrap."""
+    def _read(self, end: int, scale: np.ndarray | None) -> np.ndarray:
+        """The window ending at stream sample `end`, `(n_channels, window)` float32, divided by `scale`
+        `(n_channels,)` when given, in one pass over the ring (two slices when it wraps)."""
         start = (end - self.window) % self.capacity
-        if start + self.window <= self.capacity:
-            return np.ascontiguousarray(self._buffer[start : start + self.window].T)
-        idx = np.arange(end - self.window, end) % self.capacity
-        return np.ascontiguousarray(self._buffer[idx].T)
+        first = min(self.window, self.capacity - start)  # samples before the ring wraps
+        out = np.empty((self.n_channels, self.window), dtype=np.float32)
+        for dst, src in ((out[:, :first], self._buffer[:, start : start + first]),
+                         (out[:, first:], self._buffer[:, : self.window - first])):
+            if dst.shape[1] == 0:
+                continue
+            if scale is None:
+                np.copyto(dst, src)
+            else:
+                np.divide(src, scale[:, None], out=dst)
+        return out

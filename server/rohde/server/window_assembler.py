@@ -55,7 +55,7 @@ import numpy as np
 
 from rohde.core.channel_repair import QUALITY_MASKING_KEY, ChannelRepair
 from rohde.core.model_package import ModelPackage
-from rohde.core.preprocessing import Normalization, StreamFilter
+from rohde.core.preprocessing import StreamFilter
 from rohde.core.windows import StreamWindower, ring_write
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import WindowJob
@@ -137,7 +137,7 @@ class WindowAssembler:
         self._signal: _SignalState | None = None
         self._quality: QualityMonitor | None = None
         self._repair: ChannelRepair | None = None  # set by use_model for models trained with quality masking
-        self._normalization: Normalization | None = None
+        self._scale: np.ndarray | None = None  # (n_channels,) float32: the normalisation's divisor per channel
         self._generation = 0
         self._fs_hz: float | None = None  # the stream's nominal rate, for the gap check
         self._prev_pull_full = False  # the last pull filled the pull buffer: we were behind
@@ -170,7 +170,7 @@ class WindowAssembler:
         # A model trained to expect it gets its windows' bad channels rebuilt from their neighbours.
         wants_repair = bool(package.metadata.training_data.get(QUALITY_MASKING_KEY, False))
         self._repair = ChannelRepair(package.layout) if wants_repair else None
-        self._normalization = package.normalization
+        self._scale = np.asarray(package.normalization.scale_uv, dtype=np.float32)
         self._generation = generation
 
     def restart(self, fs_hz: float) -> None:
@@ -216,8 +216,8 @@ class WindowAssembler:
         return list(zip(bounds[:-1], bounds[1:], strict=True))
 
     def _push_run(self, samples: np.ndarray, stamps: np.ndarray, pulled_at: float, fs_hz: float) -> None:
-        sig, quality, normalization = self._signal, self._quality, self._normalization
-        if sig is None or quality is None or normalization is None:
+        sig, quality, scale = self._signal, self._quality, self._scale
+        if sig is None or quality is None or scale is None:
             raise RuntimeError(f"Stream {self.stream_id}: call use_model before pushing samples.")
         n = len(stamps)
         self._check_gap(stamps, sig, fs_hz)
@@ -247,7 +247,8 @@ class WindowAssembler:
             sig.hard_fault_until = sig.total + last + sig.window + sig.settle
         ring_write(sig.timestamps, sig.total, stamps)
         sig.total += n
-        ready = sig.windower.push(filtered)
+        # Each window comes normalised (filtered uV / scale, as `Normalization.apply`) in one copy from the ring.
+        ready = sig.windower.push(filtered, scale=scale)
         if not ready:
             quality.push(samples, replaced_channels)
             return
@@ -268,12 +269,12 @@ class WindowAssembler:
                 reason = "bad_channels"
             # The estimate may not know the faulty channels yet: the window names those the check found.
             window_bad = tuple(sorted({*bad, *sig.hard_fault_channels})) if in_hard_fault else bad
-            normalized = normalization.apply(window.T).T  # (C, W)
+            normalized = window  # (C, W) float32, C-contiguous, a fresh array
             if self._repair is not None and window_bad and reason is None:
-                normalized = self._repair.rebuild_channels(normalized, window_bad)
+                normalized = np.ascontiguousarray(self._repair.rebuild_channels(normalized, window_bad),
+                                                  dtype=np.float32)
             self._emit(WindowJob(
-                stream_id=self.stream_id, generation=self._generation,
-                window=np.ascontiguousarray(normalized, dtype=np.float32), end_index=end,
+                stream_id=self.stream_id, generation=self._generation, window=normalized, end_index=end,
                 lsl_time=float(sig.timestamps[(end - 1) % sig.ts_capacity]), pulled_at=pulled_at,
                 bad_channels=window_bad, reject_reason=reason, flags=tuple(flags),
             ))
