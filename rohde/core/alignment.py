@@ -17,6 +17,8 @@ and gain from a few seconds of *unlabelled* data of the new session, and undoes 
 - `AlignmentReference`: the training data's spatial signature, stored in the model package
   (`ModelMetadata.alignment`): the per-channel mean absolute value (MAV) of the filtered
   training data, all gestures and rest mixed, as a new session's first seconds mix them too.
+  `AlignmentReference.from_recordings` makes it: `rohde train` stores it in every package it
+  writes, and the offline tools (`rohde calibrate`, `rohde cross-day`) compute it the same way.
 - `estimate_shift(reference, activity, layout)`: the shift (and gain) that best carries the
   reference map onto the new map (correlation of log-MAV over the sites whose source lies on the
   grid, coarse grid search then a fractional refinement); `alignment_matrix` is its inverse, the
@@ -31,14 +33,19 @@ Pure numpy: the offline tools and the server share it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.sparse import csr_array
 
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import NO_ELECTRODE, ElectrodeGrid, ElectrodeLayout
+from rohde.core.preprocessing import PreprocessingConfig, filter_recording
+
+if TYPE_CHECKING:
+    from rohde.core.recording import Recording
 
 # A candidate shift must leave at least this share of a grid's sites reading from inside the grid:
 # a 16 x 4 array moved by 4 rows and 2 columns keeps 0.375 of its sites.
@@ -221,6 +228,23 @@ class AlignmentReference:
     @classmethod
     def from_filtered(cls, filtered: np.ndarray, fs_hz: float) -> AlignmentReference:
         return cls(activity_uv=tuple(activity_map(filtered).tolist()), seconds=filtered.shape[0] / fs_hz)
+
+    @classmethod
+    def from_recordings(cls, recordings: Sequence[Recording], preprocessing: PreprocessingConfig) -> AlignmentReference:
+        """The MAV map of the recordings (a model's training data), each filtered from a zero state as
+        the model's input is, every sample (rest, gestures, transitions) mixed: the map of all of them
+        concatenated, computed one recording at a time."""
+        if not recordings:
+            raise ConfigError("An alignment reference needs at least one recording.")
+        total = np.zeros(recordings[0].n_channels, dtype=np.float64)
+        n_samples = 0
+        for rec in recordings:
+            if rec.fs_hz != preprocessing.fs_hz or rec.n_channels != total.size:
+                raise ConfigError(f"Recording {rec.subject}/{rec.session}/{rec.trial} has {rec.n_channels} channels "
+                                  f"at {rec.fs_hz} Hz; the reference is of {total.size} at {preprocessing.fs_hz} Hz.")
+            total += activity_map(filter_recording(rec.samples, preprocessing)) * rec.n_samples
+            n_samples += rec.n_samples
+        return cls(activity_uv=tuple((total / n_samples).tolist()), seconds=n_samples / preprocessing.fs_hz)
 
 
 @dataclass(frozen=True)

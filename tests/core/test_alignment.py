@@ -20,6 +20,8 @@ from rohde.core.alignment import (
 )
 from rohde.core.errors import ConfigError, LayoutError
 from rohde.core.layouts import ElectrodeGrid, ElectrodeLayout, flexemg_layout, grid_layout
+from rohde.core.preprocessing import PreprocessingConfig, filter_recording
+from rohde.core.recording import Recording
 
 
 def _ramp_layout(rows: int = 6, cols: int = 4, wraps: tuple[bool, bool] = (False, False)) -> ElectrodeLayout:
@@ -124,6 +126,25 @@ def test_reference_round_trip_and_bad_input() -> None:
         GridShift(gain=0.0)
     with pytest.raises(ConfigError):
         activity_map(np.zeros((0, 4)))
+
+
+def test_reference_of_recordings_is_the_map_of_all_their_filtered_samples() -> None:
+    """What `rohde train` stores: each recording filtered from a zero state, every sample of all of them mixed."""
+    layout = grid_layout(1, 2, 2)
+    rng = np.random.default_rng(0)
+    recordings = [Recording(samples=(rng.standard_normal((n, 4)) * [1.0, 2.0, 3.0, 4.0]).astype(np.float32),
+                            fs_hz=1000.0, layout=layout, labels=np.zeros(n, dtype=np.int16), gesture_names=("a", "b"))
+                  for n in (1500, 700)]  # fmt: skip
+    preprocessing = PreprocessingConfig(fs_hz=1000.0)
+    reference = AlignmentReference.from_recordings(recordings, preprocessing)
+    filtered = np.concatenate([filter_recording(r.samples, preprocessing) for r in recordings])
+    expected = AlignmentReference.from_filtered(filtered, 1000.0)
+    np.testing.assert_allclose(reference.activity_uv, expected.activity_uv, rtol=1e-12)
+    assert reference.seconds == expected.seconds == 2.2
+    with pytest.raises(ConfigError):
+        AlignmentReference.from_recordings([], preprocessing)
+    with pytest.raises(ConfigError, match="2000.0 Hz"):
+        AlignmentReference.from_recordings(recordings, PreprocessingConfig(fs_hz=2000.0))
 
 
 def test_layout_wraps_round_trip_is_backward_compatible() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +12,25 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from rohde.cli import main
 from rohde.core.alignment import GridShift
 from rohde.core.errors import ConfigError, ModelPackageError
 from rohde.core.layouts import flexemg_layout
-from rohde.core.model_package import load_model_package
+from rohde.core.model_package import load_model_package, write_metadata
 from rohde.core.preprocessing import PreprocessingConfig
 from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig
 from rohde.simulation.electrode_shift import shift_recording
-from rohde.training.calibrate import calibrate_package, model_from_package, with_alignment_reference
+from rohde.training.calibrate import (
+    calibrate_package,
+    model_from_package,
+    training_recordings,
+    with_alignment_reference,
+)
 from rohde.training.cnn import RohdeCNN
 from rohde.training.config import CNNConfig, TrainerConfig
 from rohde.training.export import export_package
+from rohde.training.split import recording_id
 from rohde.training.trainer import train_classifier
 from rohde.training.windows_dataset import build_window_set, fit_normalization
 
@@ -130,3 +139,30 @@ def test_calibration_refuses_a_mismatched_recording(package_dir: Path, tmp_path:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelPackageError):
         calibrate_package(tmp_path / "empty", [rec], tmp_path / "x")
+
+
+def test_a_package_made_without_a_reference_gets_it_from_its_training_recordings(package_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """`rohde reference`: the package's training trials found again by their ids, checked against its normalisation."""
+    shutil.copytree(package_dir, tmp_path / "pkg")
+    meta = load_model_package(tmp_path / "pkg").metadata
+    with pytest.raises(ConfigError, match="names no training recordings"):
+        training_recordings(load_model_package(tmp_path / "pkg"), tmp_path)
+    write_metadata(tmp_path / "pkg", meta.model_copy(update={
+        "alignment": None, "training_data": {"split": {"train": [recording_id(_recording(1))]}}}))  # fmt: skip
+    package = load_model_package(tmp_path / "pkg")
+    for folder, seed in (("same", 1), ("other", 7)):
+        (tmp_path / folder).mkdir()
+        replace(_recording(seed), trial="1").save(tmp_path / folder / "train")  # the training trial's id
+        _recording(2).save(tmp_path / folder / "val")
+    with pytest.raises(ConfigError, match="not those"):
+        training_recordings(package, tmp_path / "other")
+    (tmp_path / "none").mkdir()
+    _recording(2).save(tmp_path / "none" / "val")
+    with pytest.raises(ConfigError, match="1 of the 1 training recordings"):
+        training_recordings(package, tmp_path / "none")
+    assert main(["reference", "--model", str(tmp_path / "pkg"), "--data", str(tmp_path / "same")]) == 0
+    stored = load_model_package(tmp_path / "pkg")
+    assert stored.metadata.alignment == meta.alignment  # the map `with_alignment_reference` made of the same trial
+    assert stored.metadata.onnx_sha256 == meta.onnx_sha256
+    assert stored.metadata.training_data == package.metadata.training_data

@@ -21,6 +21,7 @@ from rohde.cli import main
 from rohde.core.datasets import load_xdf_recording
 from rohde.core.errors import ConfigError
 from rohde.core.gestures import UNUSABLE
+from rohde.core.model_package import load_model_package
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording, load_recording
 from rohde.core.xdf import XdfStream, emg_desc, write_xdf
@@ -179,6 +180,12 @@ def test_record_train_and_switch_a_running_server_to_the_personal_model(tmp_path
         _wait(lambda: httpx.get(f"{base}/ready", timeout=1).status_code == 200, 20)
         _wait(lambda: any(m["kind"] == "prediction" and m["model_name"] == "mine" and m["stream_id"] == name
                           for m in list(messages)), 30)
+        # The trained package carries its training data's MAV map, so the stream aligns to it (label-free).
+        reference = load_model_package(models / "mine").metadata.alignment
+        assert reference is not None and len(reference["activity_uv"]) == 192
+        assert reference["seconds"] > 0
+        (stream,) = [s for s in httpx.get(f"{base}/streams", timeout=5).json()["streams"] if s["stream_id"] == name]
+        assert stream["alignment"]["state"] == "collecting", stream["alignment"]  # 30 s warm-up by default
         stop.set()
         listener.join(5)
 

@@ -101,8 +101,8 @@ class StreamAlignment:
             self._hop = package.windows.hop_samples(meta.fs_hz)
             self._scale = np.asarray(package.normalization.scale_uv, dtype=np.float32)
             if meta.alignment is None:
-                self._reason = (f"model {meta.name!r} carries no alignment reference (a package exported with the "
-                                "training data's MAV map has one, e.g. by rohde cross-day --packages)")
+                self._reason = (f"model {meta.name!r} carries no alignment reference (rohde train stores one in every "
+                                "package; rohde reference adds it to an older package)")
                 return
             try:
                 reference = expected_reference(package)

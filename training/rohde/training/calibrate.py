@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4  # max abs difference of probabilities, rebuilt PyTorch model vs ONNX Runtime
 REMAP_NAME = "channel_remap"
+# How closely the normalisation refitted on a package's training recordings must match the stored one for
+# them to count as the data it was trained on (rohde-default on its data set made again: 1.4e-10 relative; on
+# the clean trials of that set's test session instead: 2.7e-2).
+NORMALIZATION_RTOL = 1e-6
 
 
 class RemappedCNN(RohdeCNN):
@@ -286,10 +290,9 @@ def calibrate_package(
             },
         },
         metrics=meta.metrics,
+        # The training reference is kept: a later session aligns against it again.
+        alignment=AlignmentReference.from_dict(meta.alignment) if meta.alignment is not None else None,
     )
-    if meta.alignment is not None:  # keep the training reference: a later session aligns against it again
-        write_metadata(exported.path, exported.metadata.model_copy(update={"alignment": meta.alignment}))
-        exported = load_model_package(exported.path)
     seconds["export"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     logger.info("Calibrated %s on %d windows: accuracy %.3f -> %.3f in %.1f s", meta.name, len(labels), before, after,
@@ -318,9 +321,45 @@ def _first_windows(recording: Recording, package: ModelPackage, n: int = 8) -> n
 
 
 def with_alignment_reference(package_dir: str | Path, recordings: list[Recording]) -> ModelPackage:
-    """Store the MAV map of `recordings` (the model's training data) as the package's alignment reference."""
+    """Store the MAV map of `recordings` (the model's training data) as the package's alignment reference,
+    as `rohde train` stores it; the weights and `model.onnx` are left as they are."""
     package = load_model_package(package_dir)
-    filtered = np.concatenate([filter_recording(r.samples, package.preprocessing) for r in recordings])
-    reference = AlignmentReference.from_filtered(filtered, package.preprocessing.fs_hz)
+    reference = AlignmentReference.from_recordings(recordings, package.preprocessing)
     write_metadata(package.path, package.metadata.model_copy(update={"alignment": reference.to_dict()}))
     return load_model_package(package.path)
+
+
+def training_recordings(package: ModelPackage, data_dir: str | Path) -> list[Recording]:
+    """The clean training trials of a package `rohde train` wrote (`training_data["split"]["train"]`), found
+    among the recordings under `data_dir` (the data set it was trained on, made again by the same command).
+
+    Refuses a folder that lacks any of them, and one whose trials are not those the model saw: the
+    normalisation fitted on them again must equal the package's (relative `NORMALIZATION_RTOL`).
+    """
+    from rohde.core.datasets import find_recordings, load_any
+    from rohde.training.split import recording_id
+    from rohde.training.windows_dataset import fit_normalization
+
+    split = package.metadata.training_data.get("split")
+    wanted = split.get("train") if isinstance(split, dict) else None
+    if not wanted or not all(isinstance(w, str) for w in wanted):
+        raise ConfigError(f"Package {package.name!r} names no training recordings (training_data.split.train, "
+                          "written by rohde train); pass its training recordings to rohde calibrate --reference-data.")
+    found: dict[str, Recording] = {}
+    for path in find_recordings(data_dir):  # one at a time: only the training trials stay in memory
+        rec = load_any(path)
+        if recording_id(rec) in wanted:
+            found[recording_id(rec)] = rec
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        raise ConfigError(f"{len(missing)} of the {len(wanted)} training recordings of {package.name!r} are not under "
+                          f"{str(data_dir)!r} (first: {missing[0]}); make the data set again with the command in "
+                          "the package's report.")
+    recordings = [found[w] for w in wanted]
+    refit = np.asarray(fit_normalization(recordings, package.preprocessing).scale_uv)
+    stored = np.asarray(package.normalization.scale_uv)
+    if not np.allclose(refit, stored, rtol=NORMALIZATION_RTOL, atol=0.0):
+        raise ConfigError(f"The recordings under {str(data_dir)!r} are not those {package.name!r} was trained on: "
+                          f"their normalisation scale is {refit[0]:.6g} uV, the package's {stored[0]:.6g} uV. Make "
+                          "the data set again with the command in the package's report.")
+    return recordings

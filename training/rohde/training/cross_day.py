@@ -129,12 +129,6 @@ def make_context(config: PipelineConfig, train: list[Recording], work_dir: Path)
     )
 
 
-def alignment_reference(recordings: list[Recording], preprocessing: PreprocessingConfig) -> AlignmentReference:
-    """The MAV map of the filtered recordings, every sample (rest, gestures, transitions) mixed."""
-    filtered = np.concatenate([filter_recording(r.samples, preprocessing) for r in recordings])
-    return AlignmentReference.from_filtered(filtered, recordings[0].fs_hz)
-
-
 def estimate_session_shift(
     reference: AlignmentReference, recordings: list[Recording], preprocessing: PreprocessingConfig
 ) -> ShiftEstimate:
@@ -295,7 +289,7 @@ def run_direction(
     })  # fmt: skip
 
     # Label-free alignment from the target's first trial(s), against the training data's map.
-    reference = alignment_reference(train, ctx.preprocessing)
+    reference = AlignmentReference.from_recordings(train, ctx.preprocessing)  # what `rohde train` stores
     no_shift = _timed(seconds, "noshift_check", lambda: no_shift_check(source_train, ctx.preprocessing))
     estimate = _timed(seconds, "align_estimate", lambda: estimate_session_shift(reference, calibration,
                                                                                  ctx.preprocessing))  # fmt: skip
@@ -364,19 +358,17 @@ def export_with_reference(
     ctx: RunContext, model: RohdeCNN, out_dir: Path, train: list[Recording], reference: AlignmentReference
 ) -> Path:
     """`model` as a package (the pipeline's format) whose metadata carries the alignment reference."""
-    from rohde.core.model_package import write_metadata
     from rohde.training.export import export_package
     from rohde.training.windows_dataset import iter_windows
 
     windows, _, _ = next(iter_windows(train[0], preprocessing=ctx.preprocessing, normalization=ctx.normalization,
                                       windows=ctx.windows, chunk_windows=8))  # fmt: skip
-    package, _ = export_package(
+    export_package(
         model, out_dir, name=out_dir.name, version=ctx.config.version, labels=ctx.labels, layout=ctx.template.layout,
         preprocessing=ctx.preprocessing, normalization=ctx.normalization, windows=ctx.windows,
         parity_windows=windows, training_data={"recordings": [f"{r.subject}/{r.session}/{r.trial}" for r in train]},
-        metrics={},
+        metrics={}, alignment=reference,
     )  # fmt: skip
-    write_metadata(out_dir, package.metadata.model_copy(update={"alignment": reference.to_dict()}))
     return out_dir
 
 

@@ -1,4 +1,4 @@
-"""`rohde calibrate` and `rohde cross-day` (torch loads inside the handlers)."""
+"""`rohde calibrate`, `rohde reference` and `rohde cross-day` (torch loads inside the handlers)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,19 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                                 "(for packages made without one)")  # fmt: skip
     calibrate.add_argument("--epochs", type=int, default=40, help="fine-tuning passes over the recording")
     calibrate.set_defaults(handler=_calibrate)
+
+    reference = subparsers.add_parser(
+        "reference",
+        help="store the alignment reference of a package's training data in a package made without one",
+        description="Find the package's clean training trials (training_data.split.train) under --data, check that "
+        "they are the data it was trained on (the normalisation fitted on them again must be the package's) and "
+        "write their MAV map into its metadata.json as the alignment reference, as rohde train does. model.onnx "
+        "and everything else in the metadata are left as they are.",
+    )
+    reference.add_argument("--model", required=True, type=Path, help="model package folder (models/NAME)")
+    reference.add_argument("--data", required=True, type=Path,
+                           help="the data set it was trained on, e.g. made again by the command in its report")
+    reference.set_defaults(handler=_reference)
 
     # A top-level command: `rohde study` is the robustness study's group.
     cross = subparsers.add_parser(
@@ -85,11 +98,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     recordings = [r for path in args.data for r in load_dataset(path)]
     reference = None
     if args.reference_data:
+        from rohde.core.alignment import AlignmentReference
         from rohde.core.model_package import load_model_package
-        from rohde.training.cross_day import alignment_reference
 
         training = [r for path in args.reference_data for r in load_dataset(path)]
-        reference = alignment_reference(training, load_model_package(args.model).preprocessing)
+        reference = AlignmentReference.from_recordings(training, load_model_package(args.model).preprocessing)
     result = calibrate_package(args.model, recordings, args.out, align=False if args.no_align else None,
                                epochs=args.epochs, name=args.name, reference=reference)  # fmt: skip
     if result.estimate is not None:
@@ -99,6 +112,18 @@ def _calibrate(args: argparse.Namespace) -> int:
     logger.info("Calibration steps (s): %s", {k: round(v, 1) for k, v in result.seconds.items()})
     logger.info("Calibration windows: accuracy %.3f before, %.3f after; %s written in %.1f s", result.accuracy_before,
                 result.accuracy_after, result.package.path, result.seconds["total"])  # fmt: skip
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from rohde.core.model_package import load_model_package
+    from rohde.training.calibrate import training_recordings, with_alignment_reference
+
+    recordings = training_recordings(load_model_package(args.model), args.data)
+    package = with_alignment_reference(args.model, recordings)
+    logger.info("Alignment reference of %s: the MAV map of %d training recordings (%.0f s) written to %s",
+                package.name, len(recordings), sum(r.duration_s for r in recordings),
+                package.path / "metadata.json")  # fmt: skip
     return 0
 
 

@@ -3,8 +3,9 @@
 The exported graph takes `(batch, n_channels, window_samples)` normalised windows in stream
 channel order and returns class probabilities `(batch, n_classes)`; the channel -> grid gather
 is a constant inside the graph. `export_package` writes `model.onnx`, checks parity against
-PyTorch with ONNX Runtime, then writes `metadata.json` through the shared schema and reloads the
-package with `load_model_package` so a broken package never leaves this function.
+PyTorch with ONNX Runtime, then writes `metadata.json` through the shared schema (with the training
+data's alignment reference when given) and reloads the package with `load_model_package` so a broken
+package never leaves this function.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rohde.core.alignment import AlignmentReference
 from rohde.core.errors import ModelPackageError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.model_package import (
@@ -113,8 +115,13 @@ def export_package(
     parity_windows: np.ndarray,
     training_data: dict[str, Any],
     metrics: dict[str, Any],
+    alignment: AlignmentReference | None = None,
 ) -> tuple[ModelPackage, float]:
-    """Write `out_dir/model.onnx` + `metadata.json`; returns the loaded package and the parity error."""
+    """Write `out_dir/model.onnx` + `metadata.json`; returns the loaded package and the parity error.
+
+    `alignment`: the MAV map of the model's training data (`AlignmentReference.from_recordings`), stored as
+    `ModelMetadata.alignment` for label-free re-alignment after the array is put on again.
+    """
     out_dir = Path(out_dir)
     fs_hz = preprocessing.fs_hz
     window_samples = windows.window_samples(fs_hz)
@@ -145,6 +152,7 @@ def export_package(
         output_shape=["batch", len(labels)],
         training_data=training_data,
         metrics=metrics,
+        alignment=alignment.to_dict() if alignment is not None else None,
         onnx_sha256=sha256_of(onnx_path),
     )
     write_metadata(out_dir, meta)

@@ -9,7 +9,7 @@ The run is a chain of typed stages, each timed and shown on one progress bar:
     baselines  variants (a) to (c') and the LDA                               (model_variants)
     rohde      RoHDE at the configured fraction of generated windows          (model_variants)
     sweep      RoHDE at every swept fraction; the best on validation ships    (model_variants)
-    export     model.onnx + metadata.json, parity and latency                 (export)
+    export     model.onnx + metadata.json with alignment reference, parity    (export)
     report     the figures, then report.md and report.json, written once      (report)
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from rohde.core.alignment import AlignmentReference
 from rohde.core.datasets import load_dataset
 from rohde.core.model_package import ModelPackage
 from rohde.core.preprocessing import PreprocessingConfig
@@ -117,7 +118,8 @@ def export_model(
     data_dir: Path,
     out_dir: Path,
 ) -> ExportedPackage:
-    """Write the package of the shipped model, checked against PyTorch on the first test windows."""
+    """Write the package of the shipped model, checked against PyTorch on the first test windows, with the
+    MAV map of the clean training trials as its alignment reference (label-free re-alignment, live and offline)."""
     config = ctx.config
     summary_metrics = {
         cond: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n_windows": m["n_windows"]}
@@ -151,6 +153,7 @@ def export_model(
         parity_windows=parity_windows,
         training_data=training_data,
         metrics=summary_metrics,
+        alignment=AlignmentReference.from_recordings(split.train, ctx.preprocessing),
     )
     latency = ort_latency_ms(package.onnx_path, n_channels=ctx.template.n_channels,
                              window_samples=package.metadata.window_samples,
