@@ -291,22 +291,34 @@ class WindowAssembler:
         is negative when that block reaches back into the run before), or None when no block is; records
         the last such block's channels."""
         n, span, thresholds = len(samples), sig.settle, self._config.quality
-        held = len(sig.raw_tail)
-        ext = np.concatenate([sig.raw_tail, samples]) if held else samples  # (held + n, n_channels)
-        ends = len(ext) - span * np.arange(-(-n // span) - 1, -1, -1)  # block ends, oldest first
+        tail = sig.raw_tail
+        held = len(tail)
+        n_blocks = -(-n // span)
+        ends = n - span * np.arange(n_blocks - 1, -1, -1)  # block ends in the run, oldest first
         starts = np.maximum(ends - span, 0)
-        high = np.maximum.reduceat(ext, starts, axis=0)  # (n_blocks, n_channels)
-        low = np.minimum.reduceat(ext, starts, axis=0)
-        sig.raw_tail = ext[-span:].copy()
+        # The oldest block is the partial one; the others are whole periods, reduced as one (n_blocks - 1, span, C)
+        # view (reductions along a short axis, much cheaper than `reduceat`).
+        head, body = samples[: ends[0]], samples[ends[0] :].reshape(n_blocks - 1, span, samples.shape[1])
+        high = np.concatenate([head.max(axis=0)[None], body.max(axis=1)])  # (n_blocks, n_channels)
+        low = np.concatenate([head.min(axis=0)[None], body.min(axis=1)])
+        reach = min(span - int(ends[0] - starts[0]), held)  # samples of the run before that the oldest block takes
+        if reach > 0:
+            np.maximum(high[0], tail[held - reach :].max(axis=0), out=high[0])
+            np.minimum(low[0], tail[held - reach :].min(axis=0), out=low[0])
+        # The last `span` raw samples, for the next run's oldest block.
+        sig.raw_tail = samples[-span:].copy() if n >= span else np.concatenate([tail[max(held - (span - n), 0) :],
+                                                                                  samples])
+        lengths = ends - starts
+        lengths[0] += reach
         # A block shorter than one period (just after a restart) cannot tell a flat lead from a slow swing.
-        flat = ((high - low) < thresholds.flat_std_uv) & ((ends - starts) >= span)[:, None]
+        flat = ((high - low) < thresholds.flat_std_uv) & (lengths >= span)[:, None]
         bad = flat | (high >= thresholds.saturation_uv) | (low <= -thresholds.saturation_uv)
-        faulty = np.flatnonzero(bad.mean(axis=1) > self._config.reject_bad_fraction)
+        faulty = np.flatnonzero(np.count_nonzero(bad, axis=1) / bad.shape[1] > self._config.reject_bad_fraction)
         if faulty.size == 0:
             return None
         first, last = int(faulty[0]), int(faulty[-1])
         sig.hard_fault_channels = tuple(np.flatnonzero(bad[last]).tolist())
-        return int(starts[first]) - held, int(ends[last]) - held - 1
+        return int(starts[first]) - (reach if first == 0 else 0), int(ends[last]) - 1
 
     def _replace_bad_samples(self, samples: np.ndarray,
                              sig: _SignalState) -> tuple[np.ndarray, np.ndarray | None, int, int]:
