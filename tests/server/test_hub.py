@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
@@ -75,3 +76,17 @@ def test_status_of_another_stream_is_filtered_out() -> None:
     only_b, everything = hub.register("b"), hub.register()
     hub.publish(StatusMessage(event="stream_lost", server_time=0.0, stream_id="a"))
     assert (len(only_b.queue), len(everything.queue), hub.published) == (0, 1, 1)
+
+
+def test_a_batch_published_from_another_thread_arrives_in_order() -> None:
+    async def scenario() -> list[int]:
+        hub = Hub(queue_size=16)
+        hub.bind(asyncio.get_running_loop())
+        client = hub.register()
+        sender = threading.Thread(target=hub.publish_many_threadsafe, args=([_prediction("s", k) for k in range(5)],))
+        sender.start()
+        seen = [json.loads(await asyncio.wait_for(hub.next_message(client), 5))["seq"] for _ in range(5)]
+        sender.join()
+        return seen
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]

@@ -39,8 +39,9 @@ def test_queued_windows_are_published_per_stream_with_their_generations_engine(m
     metrics = ServerMetrics()
     jobs = JobQueue(100, metrics)
     published: list[PredictionMessage] = []
+    batches: list[list[PredictionMessage]] = []
     loop = InferenceLoop(jobs=jobs, models=models, metrics=metrics, publishers=[published.append], vote_k=3,
-                         confidence_threshold=0.5, max_batch=4)
+                         confidence_threshold=0.5, max_batch=4, batch_publishers=[lambda b: batches.append(list(b))])
     # Generation 1 ("good") for the first half of each stream, then generation 2 ("good2"); stream "b"
     # has a window its worker rejected for non-finite input, and three windows of a generation that is
     # no longer loaded.
@@ -73,6 +74,8 @@ def test_queued_windows_are_published_per_stream_with_their_generations_engine(m
             assert message.model_generation == job.generation  # the client can check which activation ran it
             np.testing.assert_allclose(message.probabilities, engine.run(job.window[None])[0], rtol=1e-5, atol=1e-6)
             assert message.labels == list(package.metadata.labels) and message.vote_k == 3
+    # A batch publisher gets each batch's messages in one call, in the order the others get them one by one.
+    assert [m for batch in batches for m in batch] == published and max(len(b) for b in batches) > 1
     (nonfinite,) = [m for m in published if m.reject_reason == "nonfinite_input"]
     assert nonfinite.stream_id == "b" and nonfinite.rejected and nonfinite.seq == 3
     text = metrics.render({})

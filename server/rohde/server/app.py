@@ -166,7 +166,7 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
                         source_id=settings.stream_source_id, channels=settings.stream_channels)
     streams = StreamManager(query=query, models=models, jobs=jobs, metrics=metrics, config=config, announce=announce,
                             max_streams=settings.max_streams, resolve_interval_s=settings.resolve_interval_s)
-    publishers: list[Publisher] = [hub.publish_threadsafe]
+    publishers: list[Publisher] = []
     markers = None
     if settings.marker_outlet:
         markers = DecisionMarkerOutlet(name=settings.marker_stream_name,
@@ -174,8 +174,8 @@ def _build_runtime(settings: ServerSettings, loop: asyncio.AbstractEventLoop) ->
                                        lsl_config=settings.lsl_config)
         publishers.append(markers.publish)
     inference = InferenceLoop(jobs=jobs, models=models, metrics=metrics, publishers=publishers,
-                              vote_k=settings.vote_k, confidence_threshold=settings.confidence_threshold,
-                              max_batch=settings.max_batch)
+                              batch_publishers=[hub.publish_many_threadsafe], vote_k=settings.vote_k,
+                              confidence_threshold=settings.confidence_threshold, max_batch=settings.max_batch)
     def forward_cue(received: ReceivedCue) -> None:
         cue = received.cue
         hub.publish_threadsafe(CueMessage(label=cue.label, phase=cue.phase, remaining_s=cue.remaining_s,

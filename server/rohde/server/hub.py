@@ -2,8 +2,9 @@
 
 `publish` only appends to each client's queue (dropping and counting the oldest message when the
 queue is full) and wakes its sender, so a slow client never stalls the pipeline or the other
-clients. Pipeline threads call `publish_threadsafe`, which hops onto the event loop. `close_all` asks
-every client's handler to send what is queued and then a close frame (the server is stopping).
+clients. Pipeline threads call `publish_threadsafe` or `publish_many_threadsafe` (a batch, one
+wake-up of the loop), which hop onto the event loop. `close_all` asks every client's handler to
+send what is queued and then a close frame (the server is stopping).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rohde.server.messages import ServerMessage
@@ -81,13 +82,22 @@ class Hub:
             client.wake.set()
 
     def publish_threadsafe(self, message: ServerMessage) -> None:
+        self.publish_many_threadsafe((message,))
+
+    def publish_many_threadsafe(self, messages: Sequence[ServerMessage]) -> None:
+        """Queue `messages` from another thread, in order: one wake-up of the event loop for all of them (the
+        inference loop publishes each batch's decisions together)."""
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if loop is None or loop.is_closed() or not messages:
             return
         try:
-            loop.call_soon_threadsafe(self.publish, message)
+            loop.call_soon_threadsafe(self._publish_many, tuple(messages))
         except RuntimeError:  # the loop is shutting down
-            logger.debug("Event loop closed; message of %s not delivered.", message.stream_id)
+            logger.debug("Event loop closed; %d messages not delivered.", len(messages))
+
+    def _publish_many(self, messages: Sequence[ServerMessage]) -> None:
+        for message in messages:
+            self.publish(message)
 
     @property
     def closing(self) -> bool:

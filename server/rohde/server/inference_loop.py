@@ -2,9 +2,10 @@
 
 One thread takes every `WindowJob` that is ready (from all streams), groups them by the model
 generation they were prepared for, runs each group as one ONNX Runtime batch with that
-generation's engine, applies each stream's `DecisionSmoother`, and hands each `PredictionMessage`
-to the publishers (WebSocket hub, LSL marker outlet). A message carries finite numbers only: a window
-whose model output is not finite is rejected (`nonfinite_output`) and published with zero
+generation's engine, applies each stream's `DecisionSmoother`, and hands the batch's
+`PredictionMessage`s to the publishers (the WebSocket hub takes them all at once, with one wake-up
+of the event loop; the LSL marker outlet one by one). A message carries finite numbers only: a
+window whose model output is not finite is rejected (`nonfinite_output`) and published with zero
 probabilities, and the message models refuse NaN and Inf outright.
 """
 
@@ -27,17 +28,20 @@ from rohde.server.threads import OwnedThread
 logger = logging.getLogger(__name__)
 
 Publisher = Callable[[PredictionMessage], None]
+BatchPublisher = Callable[[Sequence[PredictionMessage]], None]  # takes all messages of one batch at once
 
 
 class InferenceLoop:
     """Owns the inference thread; `start` and `stop` (idempotent, joined with a timeout)."""
 
     def __init__(self, *, jobs: queue.Queue[WindowJob], models: ModelManager, metrics: ServerMetrics,
-                 publishers: Sequence[Publisher], vote_k: int, confidence_threshold: float, max_batch: int) -> None:
+                 publishers: Sequence[Publisher], vote_k: int, confidence_threshold: float, max_batch: int,
+                 batch_publishers: Sequence[BatchPublisher] = ()) -> None:
         self._jobs = jobs
         self._models = models
         self._metrics = metrics
         self._publishers = list(publishers)
+        self._batch_publishers = list(batch_publishers)
         self.vote_k = vote_k
         self.confidence_threshold = confidence_threshold
         self.max_batch = max_batch
@@ -87,7 +91,8 @@ class InferenceLoop:
                 self._metrics.count_windows_dropped(len(group))
                 logger.warning("Dropped %d windows prepared for unloaded model generation %d.", len(group), generation)
                 continue
-            batch = np.stack([j.window for j in group])  # (B, C, W)
+            # (B, C, W); a lone window goes as a view, with no copy.
+            batch = group[0].window[None] if len(group) == 1 else np.stack([j.window for j in group])
             started = time.perf_counter()
             probabilities = engine.run(batch)  # (B, n_classes)
             inference_s = time.perf_counter() - started
@@ -118,6 +123,11 @@ class InferenceLoop:
                 if decision.rejected:
                     self._metrics.add(StreamCounter.WINDOWS_REJECTED, job.stream_id)
             self._metrics.observe_batch(inference_s, done)
+        for publish_many in self._batch_publishers:
+            try:
+                publish_many(messages)
+            except Exception:
+                logger.exception("A publisher failed on a batch of %d messages.", len(messages))
         for message in messages:
             for publish in self._publishers:
                 try:
