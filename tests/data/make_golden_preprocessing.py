@@ -13,8 +13,11 @@ import numpy as np
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 
 CASES = {
-    "fs2048_notch50": PreprocessingConfig(fs_hz=2048.0),
-    "fs1000_notch60": PreprocessingConfig(fs_hz=1000.0, notch_hz=60.0),
+    # Stored configs of packages written before the two-family notches: they keep their old meaning.
+    "fs2048_notch50": PreprocessingConfig.from_dict({"fs_hz": 2048.0, "notch_hz": 50.0}),
+    "fs1000_notch60": PreprocessingConfig.from_dict({"fs_hz": 1000.0, "notch_hz": 60.0}),
+    # Today's default: both mains families, harmonics up to the 5th, 5 Hz wide notches.
+    "fs2048_default": PreprocessingConfig(fs_hz=2048.0),
 }
 
 
@@ -32,12 +35,16 @@ def golden_input(fs_hz: float) -> np.ndarray:
 
 
 def main() -> None:
-    arrays = {}
+    """Add the cases not stored yet; a stored case is never rewritten (its test guards the old meaning)."""
+    path = Path(__file__).with_name("golden_preprocessing.npz")
+    arrays = dict(np.load(path)) if path.is_file() else {}
     for name, config in CASES.items():
+        if f"{name}_output" in arrays:
+            continue
         x = golden_input(config.fs_hz)
         arrays[f"{name}_input"] = x
         arrays[f"{name}_output"] = filter_recording(x, config)
-    np.savez_compressed(Path(__file__).with_name("golden_preprocessing.npz"), **arrays)
+    np.savez_compressed(path, **arrays)
 
 
 if __name__ == "__main__":
