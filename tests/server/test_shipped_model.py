@@ -17,12 +17,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from rohde.core.alignment import AlignmentReference
 from rohde.core.gestures import UNUSABLE
 from rohde.core.model_package import ModelPackage, load_model_package
 from rohde.core.preprocessing import filter_recording
 from rohde.core.recording import Recording
 from rohde.core.windows import extract_windows, window_ends
 from rohde.server.inference import InferenceEngine, ModelManager
+from rohde.server.jobs import WindowJob
+from rohde.server.live_alignment import StreamAlignment
 from rohde.server.settings import default_models_dir
 from rohde.simulation.simulator import PRESETS, simulate_recording
 
@@ -125,6 +128,35 @@ def test_classifies_a_test_recording_as_reported(engine: InferenceEngine) -> Non
     reported = shipped().metadata.metrics["clean"]["accuracy"]
     assert len(truth) == 330
     assert float(np.mean(predicted == truth)) >= reported - 0.03
+
+
+def test_a_stream_of_an_unseen_session_aligns_to_the_training_datas_reference() -> None:
+    """The package carries the MAV map of its 33 clean training trials (`rohde reference` on the data set made
+    again). The server's live alignment on it, fed the windows of a session-3 trial as a stream delivers them,
+    leaves `unavailable` and estimates against that map: no shift (the simulator does not move the grid
+    between sessions) and a gain of 0.96, at a map correlation of 0.93 over the first 20 s (0.9 applies).
+    The map pools three subjects: whole session-3 trials of subjects 1 and 3 match it at only 0.66-0.86, and
+    the server then applies nothing (`rejected`)."""
+    package = shipped()
+    assert package.metadata.alignment is not None
+    reference = AlignmentReference.from_dict(package.metadata.alignment)
+    recording = simulate(2, 3, 5)  # of the report's clean test recordings ("s02/sess3/t05/clean")
+    assert "s02/sess3/t05/clean" in report()["data"]["split"]["test"]
+    n_train = len(report()["data"]["split"]["train"])
+    assert len(reference.activity_uv) == package.metadata.n_channels
+    assert reference.seconds == pytest.approx(n_train * recording.duration_s, abs=0.01)  # trials of one length
+    alignment = StreamAlignment("s", enabled=True, warmup_s=20.0, min_score=0.9)
+    assert alignment.snapshot()["state"] == "unavailable"  # no model yet
+    alignment.use_model(package, 1)
+    window, hop = package.windows.window_samples(recording.fs_hz), package.windows.hop_samples(recording.fs_hz)
+    normalized = package.normalization.apply(filter_recording(recording.samples, package.preprocessing))
+    for end in window_ends(recording.n_samples, window, hop):
+        alignment.process(WindowJob(stream_id="s", generation=1, end_index=int(end), lsl_time=0.0, pulled_at=0.0,
+                                    window=np.ascontiguousarray(normalized[end - window : end].T), bad_channels=(),
+                                    reject_reason=None, flags=()))  # fmt: skip
+    state = alignment.snapshot()
+    assert state["state"] == "aligned" and state["applied"] == "gain_only", state
+    assert state["shift"]["gain"] == pytest.approx(1.0, abs=0.1) and state["score"] >= 0.9
 
 
 @pytest.mark.slow
