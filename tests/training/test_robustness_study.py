@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 
 from rohde.simulation.simulator import SimulatorConfig
+from rohde.training.gan_models import GANConfig
+from rohde.training.gan_patch_study import PatchStudyConfig
 from rohde.training.robustness_study import VARIANTS, StudyConfig, breaking_point, run_study, write_report
 
 TINY = SimulatorConfig(fs_hz=1000.0, layout="2x4x4", gestures=("no_movement", "hand_close", "hand_open"),
                        rest_s=0.6, gesture_s=1.0, ramp_s=0.1, repetitions=1)  # fmt: skip
+
+# 2 x 2 patches on a quarter to half of the 32 electrodes, so the 4 x 4 grids give patches of every kind.
+TINY_GAN = PatchStudyConfig(copies=1, severity=(0.25, 0.5), patch_rows=2, patch_cols=2, max_patches=64,
+                            gan=GANConfig.tiny())  # fmt: skip
 
 
 def test_breaking_point() -> None:
@@ -22,10 +28,11 @@ def test_breaking_point() -> None:
 @pytest.mark.timeout(120)
 def test_tiny_study_scores_every_variant(tmp_path: Path) -> None:
     config = StudyConfig(seeds=2, train_trials=1, severities=(0.0, 0.5), kinds=("dead", "bridge"), max_epochs=2,
-                         patience=1, copies=1, simulator=TINY)  # fmt: skip
+                         patience=1, copies=1, simulator=TINY, gan=TINY_GAN)  # fmt: skip
     result = run_study(tmp_path, config)
     curves = result["curves"]
-    assert set(curves) == {*VARIANTS, *(f"{v}+mask" for v in VARIANTS)}
+    assert "gan" in VARIANTS and set(curves) == {*VARIANTS, *(f"{v}+mask" for v in VARIANTS)}
+    assert len(result["gan_train_s"]) == 2  # the patch GAN trained once per seed
     for variant in curves.values():
         for kind in ("dead", "bridge"):
             assert variant[kind]["0"]["n"] == 2 and variant[kind]["0.5"]["n"] == 2  # one value per seed

@@ -95,12 +95,18 @@ def collect_patches(config: PatchStudyConfig, session: int, trials: int
                     ) -> tuple[dict[str, dict[str, np.ndarray]], float]:  # fmt: skip
     """`{kind: {"target", "recorded", "clean"}}` aligned `(N, rows * cols, T)` uV patches of one session's
     disturbed trials (`rohde.training.gan_patches.patch_sources`), and the sampling rate."""
-    shape = PatchShape(config.patch_rows, config.patch_cols)
-    fs_hz = config.simulator.fs_hz
-    seg = config.gan.segment_samples(fs_hz)
-    hop = max(1, int(round(config.hop_ms * fs_hz / 1000.0)))
     clean = [simulate_recording(config=config.simulator, subject=1, session=session, trial=t, seed=0)
              for t in range(1, trials + 1)]  # fmt: skip
+    return patches_of(config, clean, session), config.simulator.fs_hz
+
+
+def patches_of(config: PatchStudyConfig, clean: list[Recording], session: int) -> dict[str, dict[str, np.ndarray]]:
+    """`{kind: {"target", "recorded", "clean"}}` patches of `clean` trials, each disturbed `copies` times per
+    kind (draws keyed by `session`), at most `max_patches` per kind."""
+    shape = PatchShape(config.patch_rows, config.patch_cols)
+    fs_hz = clean[0].fs_hz
+    seg = config.gan.segment_samples(fs_hz)
+    hop = max(1, int(round(config.hop_ms * fs_hz / 1000.0)))
     out = {}
     for k, kind in enumerate(config.kinds):
         parts = [patch_sources(d, kind, shape=shape, segment_samples=seg, hop_samples=hop, clean=c)
@@ -112,7 +118,7 @@ def collect_patches(config: PatchStudyConfig, session: int, trials: int
             patches = {name: x[keep] for name, x in patches.items()}
         out[kind] = patches
         logger.info("Session %s %s: %s patches", session, kind, len(patches["target"]))
-    return out, fs_hz
+    return out
 
 
 def run_patch_study(

@@ -12,9 +12,12 @@ Protocol (reduced so one run fits in minutes on 2 CPU cores; the reduction is wr
   `clean`; `generic` (gain, noise, channel dropout, spikes: `generic_augment`); `dropout` (random
   electrode sets rebuilt from their neighbours: `mask_augment`); `oracle` (`copies` copies of each training
   trial with a trainable kind drawn at random, placed at random: the simulator's own models, an upper bound
-  only simulated data allow, labelled as such); `lda` (time-domain
-  features). `+mask` rows run the very same model with quality masking at test time (the neighbour
-  detector flags channels, `ChannelRepair` rebuilds them, `repair_blocks`). The GAN is not in this study.
+  only simulated data allow, labelled as such); `gan` (the patch GAN of `rohde.training.gan_patches`,
+  trained per seed on patches cut from the training trials disturbed by every kind it generates,
+  `PATCH_KINDS`: never the held-out kind, and not `dead`, which it does not generate; `copies` copies of
+  each training trial with generated patches of a kind drawn at random, placed at random as the oracle's);
+  `lda` (time-domain features). `+mask` rows run the very same model with quality masking at test time
+  (the neighbour detector flags channels, `ChannelRepair` rebuilds them, `repair_blocks`).
 - Test: every kind of `DISTURBANCE_CONDITIONS` but the global powerline, one at a time, placed at random
   (`Placement("any")`) at each severity (share of electrodes disturbed), on every test trial; the held-out
   kind (`HELD_OUT_KIND`) is reported apart. Mean and standard deviation over seeds (each seed redraws
@@ -36,6 +39,7 @@ import torch
 
 from rohde.core.channel_quality import ChannelQualityDetector
 from rohde.core.channel_repair import ChannelRepair, repair_blocks
+from rohde.core.errors import ConfigError
 from rohde.core.preprocessing import PreprocessingConfig
 from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig
@@ -45,6 +49,8 @@ from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 from rohde.training import augment
 from rohde.training.baselines import fit_lda
 from rohde.training.config import PipelineConfig, TrainerConfig
+from rohde.training.gan_patch_study import PatchStudyConfig, patches_of
+from rohde.training.gan_patches import PATCH_KINDS, PatchGAN, PatchShape, train_patch_gan
 from rohde.training.run_context import RunContext, seeded_rng, stack_windows, valid_windows
 from rohde.training.trainer import predict_proba, resolve_device
 from rohde.training.windows_dataset import WindowSet, fit_normalization
@@ -53,7 +59,10 @@ logger = logging.getLogger(__name__)
 
 STUDY_KINDS: tuple[str, ...] = tuple(k for k in DISTURBANCE_CONDITIONS if k != "powerline")
 TRAINABLE_KINDS: tuple[str, ...] = tuple(k for k in STUDY_KINDS if k != HELD_OUT_KIND)
-VARIANTS: tuple[str, ...] = ("clean", "generic", "dropout", "oracle", "lda")
+VARIANTS: tuple[str, ...] = ("clean", "generic", "dropout", "oracle", "gan", "lda")
+# The `gan` variant's patches and GAN: the gan-patches study's cutting and networks, fewer copies, patches and steps
+# (its seeds, trials and simulator are not used here: the GAN learns from this study's training trials).
+STUDY_GAN = PatchStudyConfig(copies=4, max_patches=800, gan=replace(PatchStudyConfig().gan, steps=200))
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class StudyConfig:
     copies: int = 3  # disturbed copies per recording: the oracle's training set and the neutral validation set
     quality_block_ms: float = 250.0  # the live monitor's estimate interval
     quality_window_ms: float = 500.0  # the live monitor's history per estimate
+    gan: PatchStudyConfig = STUDY_GAN  # the `gan` variant's patch cutting (copies, severity, shape) and GAN
     # The simulated recordings: 3 x 8 x 8 at 2048 Hz, the seven gestures held 2 s once (tests use a tiny one).
     simulator: SimulatorConfig = SimulatorConfig(rest_s=1.0, gesture_s=2.0, ramp_s=0.3, repetitions=1)
 
@@ -105,6 +115,27 @@ def _disturb(rec: Recording, kind: str, severity: float, rng: np.random.Generato
     return rec.with_samples(samples, condition=kind, disturbance_mask=mask)
 
 
+def train_study_gan(train: list[Recording], seed: int, config: StudyConfig) -> PatchGAN:
+    """The `gan` variant's patch GAN: trained on patches of the clean training trials, each disturbed
+    `config.gan.copies` times per generated kind at random positions (the gan-patches study's cutting)."""
+    patch = config.gan
+    sources = patches_of(patch, train, session=1)
+    patches = {kind: src["target"] for kind, src in sources.items() if len(src["target"]) >= patch.gan.batch_size}
+    if not patches:
+        raise ConfigError("The training trials gave too few GAN patches of every kind; raise StudyConfig.gan.copies "
+                          "or its severity.")  # fmt: skip
+    return train_patch_gan(patches, fs_hz=train[0].fs_hz, config=patch.gan,
+                           shape=PatchShape(patch.patch_rows, patch.patch_cols), seed=seed,
+                           num_threads=torch.get_num_threads())  # fmt: skip
+
+
+def _gan_copy(gan: PatchGAN, rec: Recording, seed: int, i: int) -> Recording:
+    """`rec` with generated patches of a kind the GAN makes, drawn at random, placed as the oracle's."""
+    kind = str(seeded_rng(seed, 45, i).choice(gan.kinds))
+    severity = float(seeded_rng(seed, 46, i).uniform(0.02, 0.5))
+    return gan.splice_recording(rec, kind, seeded_rng(seed, 47, i), placement=Placement("any", severity))
+
+
 def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every variant per seed, score the severity curves, write `robustness.json` (and return it)."""
     started = time.perf_counter()
@@ -119,6 +150,7 @@ def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], N
         return rec.with_samples(samples)
 
     curves: dict[str, dict[str, dict[str, list[float]]]] = {}  # variant -> kind -> severity -> [acc per seed]
+    gan_seconds: list[float] = []
     result: dict[str, Any] = {}
     for seed in range(config.seeds):
         ctx = _context(train, seed, config, out_dir / "work")
@@ -134,8 +166,14 @@ def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], N
             "oracle": [_disturb(r, _pick(seed, 42, i), float(seeded_rng(seed, 43, i).uniform(0.02, 0.5)),
                                 seeded_rng(seed, 44, i)) for i, r in enumerate(train * config.copies)],
         }  # fmt: skip
+        gan_started = time.perf_counter()
+        gan = train_study_gan(train, seed, config)
+        gan_seconds.append(time.perf_counter() - gan_started)
+        augmented["gan"] = [_gan_copy(gan, r, seed, i) for i, r in enumerate(train * config.copies)]
+        if progress is not None:
+            progress(f"seed {seed}: patch GAN trained in {gan_seconds[-1]:.0f} s")
         heads = {"clean": ctx.fit_head("clean", valid_windows(train_set), val_xy, key=1)[0]}
-        for key, name in enumerate(("generic", "dropout", "oracle"), start=2):
+        for key, name in enumerate(("generic", "dropout", "oracle", "gan"), start=2):
             extra = valid_windows(ctx.window_set(augmented[name]))
             heads[name] = ctx.fit_head(name, stack_windows(valid_windows(train_set), extra), val_xy, key=key)[0]
         lda = fit_lda(train_set, n_classes=len(ctx.labels))
@@ -165,6 +203,7 @@ def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], N
                 progress(f"seed {seed}: {kind} done ({time.perf_counter() - started:.0f} s)")
         # Written after every seed, so a run stopped early leaves the seeds it finished.
         result = _summarise(curves, config, seeds_done=seed + 1, seconds=time.perf_counter() - started)
+        result["gan_train_s"] = [round(t, 1) for t in gan_seconds]
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "robustness.json").write_text(json.dumps(result, indent=2))
     return result
@@ -183,6 +222,10 @@ def _summarise(curves: dict[str, dict[str, dict[str, list[float]]]], config: Stu
         }  # fmt: skip
     return {"config": asdict(config), "held_out_kind": HELD_OUT_KIND, "curves": summary, "seeds_done": seeds_done,
             "seconds": round(seconds, 1)}  # fmt: skip
+
+
+# Variants shown where the clean-only CNN breaks.
+_AT_BREAK = ("clean", "clean+mask", "dropout+mask", "oracle+mask", "gan", "gan+mask")
 
 
 def breaking_point(curve: dict[str, dict[str, float]], level: float = 0.8) -> float | None:
@@ -209,21 +252,21 @@ def format_study(result: dict[str, Any], variants: Sequence[str] | None = None) 
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["### Where the clean-only CNN drops below 80 %", "",
-              "| kind | severity | clean | clean+mask | dropout+mask | oracle+mask |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+              "| kind | severity | " + " | ".join(_AT_BREAK) + " |",
+              "| --- | ---: |" + " ---: |" * len(_AT_BREAK)]  # fmt: skip
     for kind in result["config"]["kinds"]:
         point = breaking_point(curves["clean"][kind])
         if point is None:
-            lines.append(f"| {kind} | never (>= 80 % up to {severities[-1]}) | | | | |")
+            lines.append(f"| {kind} | never (>= 80 % up to {severities[-1]}) |" + " |" * len(_AT_BREAK))
             continue
         s = f"{point:g}"
-        cells = [f"{100 * curves[v][kind][s]['mean']:.1f} %" for v in ("clean", "clean+mask", "dropout+mask",
-                                                                       "oracle+mask")]  # fmt: skip
+        cells = [f"{100 * curves[v][kind][s]['mean']:.1f} ± {100 * curves[v][kind][s]['std']:.1f} %"
+                 for v in _AT_BREAK if v in curves]  # fmt: skip
         lines.append(f"| {kind} | {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-_PLOTTED = ("clean", "clean+mask", "generic", "dropout", "dropout+mask", "oracle", "lda")
+_PLOTTED = ("clean", "clean+mask", "generic", "dropout", "dropout+mask", "oracle", "gan", "gan+mask", "lda")
 
 
 def plot_curves(result: dict[str, Any], path: Path, kinds: Sequence[str], *, title: str) -> Path:
@@ -261,6 +304,11 @@ def plot_curves(result: dict[str, Any], path: Path, kinds: Sequence[str], *, tit
     return path
 
 
+def _gan_time(result: dict[str, Any]) -> str:
+    times = result.get("gan_train_s") or []
+    return f"{np.mean(times):.0f} s of training per seed" if times else "training time not recorded"
+
+
 def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = None) -> Path:
     """robustness.md (and the two plots) in `out_dir`; with `docs`, the same markdown and plots beside it."""
     config = result["config"]
@@ -281,9 +329,14 @@ def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = N
         f"validation trial from session 1, {config['test_trials']} test trial(s) from session 2; every variant a CNN "
         f"head on the fixed frontend with at most {config['max_epochs']} epochs (patience {config['patience']}); "
         f"{result.get('seeds_done', config['seeds'])} seeds; disturbances placed at random "
-        "(`Placement(\"any\")`). The GAN variant is not in "
-        "this study. `oracle` trains on the simulator's own disturbance models (an upper bound that only simulated "
-        "data allow). `+mask`: the same model with quality masking at test time (neighbour detector + rebuild). "
+        "(`Placement(\"any\")`). `oracle` trains on the simulator's own disturbance models (an upper bound that "
+        "only simulated data allow). `gan` trains on copies of the training trials with patches of the patch GAN "
+        f"(`rohde/training/gan_patches.py`; {config['gan']['gan']['steps']} generator steps, trained per seed on "
+        "patches cut "
+        "from the training trials disturbed by each kind it generates, "
+        f"{', '.join(PATCH_KINDS)}: never `{held}`, and not `dead`, which it does not generate; "
+        f"{_gan_time(result)}), placed at random as the oracle's. `+mask`: the same model with quality masking at "
+        "test time (neighbour detector + rebuild). "
         "Figures are accuracy of single 200 ms windows in %, mean ± standard deviation over seeds.",
         "",
         "![trainable kinds](robustness_seen.png)" if seen else "",

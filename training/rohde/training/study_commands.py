@@ -16,7 +16,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     robustness = study_sub.add_parser(
         "robustness",
         help="accuracy vs share of electrodes disturbed, per kind and variant, over several seeds",
-        description="Train the clean, generic, channel-dropout and oracle CNN variants and the LDA with one budget, "
+        description="Train the clean, generic, channel-dropout, oracle and patch-GAN CNN variants and the LDA with one "
+        "budget, "
         "select each on one validation set disturbed by a neutral generator, and score every disturbance kind "
         "(placed at random) at each severity, with and without quality masking; the held-out kind apart. Writes "
         "robustness.json, robustness.md and severity plots. Reduced protocol (one simulated subject, short trials): "
@@ -27,6 +28,14 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     robustness.add_argument("--kinds", default=None, help="comma-separated kinds (default: every placed kind)")
     robustness.add_argument("--severities", default="0,0.1,0.3,0.5", help="shares of electrodes disturbed")
     robustness.add_argument("--max-epochs", type=int, default=15, help="training budget of every variant")
+    robustness.add_argument("--patience", type=int, default=5, help="early-stopping patience of every variant")
+    robustness.add_argument("--train-trials", type=int, default=2, help="clean training trials of session 1")
+    robustness.add_argument(
+        "--gan-steps",
+        type=int,
+        default=None,
+        help="generator steps of the gan variant's patch GAN (default: the study's, 200)",
+    )
     robustness.add_argument("--docs", type=Path, default=None, help="also write the markdown here (docs/robustness.md)")
     robustness.set_defaults(handler=_robustness)
 
@@ -47,11 +56,16 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 
 def _robustness(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from rohde.training.robustness_study import STUDY_KINDS, StudyConfig, run_study, write_report
 
     kinds = tuple(args.kinds.split(",")) if args.kinds else STUDY_KINDS
-    config = StudyConfig(seeds=args.seeds, kinds=kinds, max_epochs=args.max_epochs,
+    config = StudyConfig(seeds=args.seeds, kinds=kinds, max_epochs=args.max_epochs, patience=args.patience,
+                         train_trials=args.train_trials,
                          severities=tuple(float(s) for s in args.severities.split(",")))  # fmt: skip
+    if args.gan_steps is not None:
+        config = replace(config, gan=replace(config.gan, gan=replace(config.gan.gan, steps=args.gan_steps)))
     result = run_study(args.out, config, progress=lambda m: logger.info("%s", m))
     write_report(result, args.out, docs=args.docs)
     return 0
