@@ -496,8 +496,9 @@ def render_markdown(results: list[DirectionResult], *, command: str, extra: str 
             lines.append(f"- {head} (source {head.split()[1][0]}): largest rise from a searched shift "
                          f"{c['max_improvement']:.3f} (median {c['median_improvement']:.3f}); "
                          f"shift applied in {c['moved']} of {c['pairs']}")  # fmt: skip
-    lines += ["", "The server runs the same estimator live on each stream's first seconds and shows it in "
-              "`/streams` (README, Server API: label-free alignment)."]  # fmt: skip
+    lines += ["", "The server runs the same estimator live on each stream's first seconds, against the reference "
+              "every `rohde train` package carries (the MAV map of its clean training trials, `ModelMetadata."
+              "alignment`), and shows it in `/streams` (README, Server API: label-free alignment)."]  # fmt: skip
     lines += ["", "Time per step (s, wall clock on the machine that ran it):", "",
               "| step | " + " | ".join(heads) + " |",
               "| --- | " + " | ".join("---:" for _ in heads) + " |"]  # fmt: skip
