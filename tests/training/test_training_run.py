@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from rohde.cli import main
+from rohde.core.alignment import AlignmentReference
+from rohde.core.datasets import load_dataset
 from rohde.core.model_package import load_model_package
+from rohde.training.split import recording_id
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -40,6 +43,10 @@ def test_rohde_train_then_evaluate(small_dataset: Path, tmp_path: Path) -> None:
         assert (out / "report" / name).is_file()
     assert (tmp_path / "work" / "checkpoints" / "rohde_f0.5.pt").is_file()
     assert not any(p.suffix == ".pt" for p in out.rglob("*"))  # the package holds no pickles
+    # Its alignment reference is the MAV map of the clean training trials, for label-free re-alignment.
+    by_id = {recording_id(r): r for r in load_dataset(small_dataset)}
+    train = [by_id[i] for i in report["data"]["split"]["train"]]
+    assert package.metadata.alignment == AlignmentReference.from_recordings(train, package.preprocessing).to_dict()
 
     test_only = tmp_path / "test_session"
     test_only.mkdir()
