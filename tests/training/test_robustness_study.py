@@ -43,4 +43,5 @@ def test_tiny_study_scores_every_variant(tmp_path: Path) -> None:
     report = write_report(result, tmp_path, docs=tmp_path / "docs" / "robustness.md")
     text = report.read_text()
     assert "bridge (held out" in text and "Reduced protocol" in text and result["seeds_done"] == 2
+    assert "Against the targets" in text and "notches at 50, 60, 100" in text
     assert (tmp_path / "robustness_seen.png").is_file() and (tmp_path / "docs" / "robustness_held_out.png").is_file()
