@@ -1,5 +1,6 @@
-"""`python -m rohde.bench`: `bench` (the same as `rohde bench`), `gpu` (every GPU check, bench/gpu_check.sh)
-and the internal roles `outlet` and `ingest`, which the benchmark starts as child processes."""
+"""`python -m rohde.bench`: `bench` (the same as `rohde bench`), `gpu` (every GPU check, bench/gpu_check.sh),
+`stream-cost` (the server's CPU per stream-second by stage, in-process) and the internal roles `outlet` and
+`ingest`, which the benchmark starts as child processes."""
 
 from __future__ import annotations
 
@@ -50,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step-s", type=float, default=15.0, help="seconds per stream count in the latency section")
     g.add_argument("--no-bench", action="store_true", help="skip the benchmark's inference and latency sections")
     g.add_argument("--no-train", action="store_true", help="skip training configs/tiny.json on CUDA")
+    c = sub.add_parser("stream-cost", help="the server's CPU per stream-second by stage, in-process (no LSL)")
+    c.add_argument("--model", help="model package folder (default: the shipped rohde-default)")
+    c.add_argument("--streams", type=int, default=4, help="streams pushed hop by hop (default 4)")
+    c.add_argument("--seconds", type=float, default=5.0, help="seconds of stream per repeat (default 5)")
+    c.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported (default 5)")
+    c.add_argument("--batch", type=int, help="windows per inference run (default: all of one hop; 1: out of step)")
+    c.add_argument("--quality-interval-s", type=float, help="the quality monitor's interval (default: server's)")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -74,6 +83,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error("%s", exc)
             return 1
         logger.info("All GPU checks passed; wrote %s/gpu_results.json and gpu_results.md.", args.out)
+        return 0
+    if args.role == "stream-cost":
+        import json
+
+        from rohde.bench.stream_cost import format_cost, stream_cost
+
+        model = Path(args.model) if args.model else REPO_ROOT / "models" / "rohde-default"
+        try:
+            result = stream_cost(model.resolve(), n_streams=args.streams, seconds=args.seconds, repeats=args.repeats,
+                                 batch=args.batch, quality_interval_s=args.quality_interval_s)
+        except RohdeError as exc:
+            logger.error("%s", exc)
+            return 2
+        print(json.dumps(result, indent=1) if args.json else format_cost(result))  # noqa: T201 (the command's output)
         return 0
     if args.role == "outlet":
         from rohde.bench.outlets import run_outlets
