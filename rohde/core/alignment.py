@@ -292,6 +292,7 @@ def estimate_shift(
     step: float = 0.25,
     min_overlap: float = MIN_OVERLAP,
     min_improvement: float = MIN_IMPROVEMENT,
+    known: np.ndarray | None = None,
 ) -> ShiftEstimate:
     """The translation (sites, fractions of `step`) and gain carrying `reference` onto `activity` `(C,)`.
 
@@ -302,7 +303,8 @@ def estimate_shift(
     the grid (edge-filled sites carry no evidence). The best translation is applied only when its
     score beats the unshifted map's by `min_improvement`; otherwise the estimate is no shift
     (`best` keeps what the search found). Gain: the median ratio of the new map to the
-    (shifted) reference over the valid sites.
+    (shifted) reference over the valid sites. `known` `(C,)` bool leaves the other sites of `activity` out of
+    the score and the gain (channels flagged bad while it was measured); None: every site is known.
     """
     if not math.isfinite(min_improvement) or min_improvement < 0:
         raise ConfigError(f"min_improvement must be a non-negative correlation difference, got {min_improvement}.")
@@ -317,6 +319,9 @@ def estimate_shift(
         raise ConfigError("activity must be a finite, non-negative MAV per channel.")
     if step <= 0 or step > 1:
         raise ConfigError(f"step must be in (0, 1] sites, got {step}.")
+    measured = np.ones(layout.n_channels, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    if measured.shape != (layout.n_channels,):
+        raise ConfigError(f"known must be a ({layout.n_channels},) bool mask, got shape {measured.shape}.")
     rows, cols = layout.grid_shape
     # Half the grid: on a wrapping axis that is every distinct shift, on an edge-limited one the
     # most that still leaves half the sites reading real electrodes.
@@ -328,7 +333,7 @@ def estimate_shift(
 
     def score(dr: float, dc: float) -> float:
         shift = GridShift(rows=float(dr), cols=float(dc))
-        valid = valid_sites(layout, shift)
+        valid = valid_sites(layout, shift) & measured
         if valid.sum() < min_overlap * n_sites:
             return -2.0
         return _match(ref_log, new_log, resampling_matrix(layout, shift), valid)
@@ -343,11 +348,11 @@ def estimate_shift(
         if abs(best_r + a) <= limit_r and abs(best_c + b) <= limit_c
     ]
     best_score, best_r, best_c = max([(best_score, best_r, best_c), *fine])
-    unshifted = _match(ref_log, new_log, np.eye(layout.n_channels), valid_sites(layout, GridShift()))
+    unshifted = _match(ref_log, new_log, np.eye(layout.n_channels), valid_sites(layout, GridShift()) & measured)
     best = GridShift(rows=float(best_r) + 0.0, cols=float(best_c) + 0.0)
     keep = best_score >= unshifted + min_improvement
     shift = best if keep else GridShift()
-    valid = valid_sites(layout, shift)
+    valid = valid_sites(layout, shift) & measured
     predicted = resampling_matrix(layout, shift) @ ref
     ratio = new[valid] / np.maximum(predicted[valid], _LOG_FLOOR)
     gain = max(float(np.median(ratio)) if ratio.size else 1.0, 1e-6)
@@ -457,9 +462,10 @@ class LiveAlignment:
         """The mean absolute value `(C,)` of what was collected."""
         return self._abs_sum / max(self._n, 1)
 
-    def estimate_from(self, activity: np.ndarray) -> ShiftEstimate:
-        """The estimate for an activity map `(C,)` (no state changes: safe to run off the owner's thread)."""
-        return estimate_shift(self.reference, activity, self.layout)
+    def estimate_from(self, activity: np.ndarray, known: np.ndarray | None = None) -> ShiftEstimate:
+        """The estimate for an activity map `(C,)`, scored on its `known` sites (all when None; no state changes:
+        safe to run off the owner's thread)."""
+        return estimate_shift(self.reference, activity, self.layout, known=known)
 
     def accept(self, estimate: ShiftEstimate) -> ShiftEstimate:
         """Adopt `estimate`: its correction is applied when its score reaches `min_score`."""

@@ -65,6 +65,25 @@ class ChannelRepair:
         out[..., rows, :] = np.matmul(weights, data).astype(data.dtype, copy=False)  # (..., k, T)
         return out
 
+    def fill(self, values: np.ndarray, bad: np.ndarray) -> np.ndarray:
+        """A copy of a per-channel map `values` `(C,)` (an activity map, not samples) with the `bad` `(C,)` channels
+        rebuilt ring by ring from the outside in: each pass gives every bad channel with a known neighbour the mean
+        of its known neighbours, so a patch wider than one electrode is filled too. A grid with no known channel
+        keeps its values."""
+        out = np.asarray(values, dtype=np.float64).copy()
+        if out.shape != (self.layout.n_channels,):
+            raise ConfigError(f"values must be ({self.layout.n_channels},), got shape {out.shape}.")
+        unknown = np.asarray(bad, dtype=bool).copy()
+        while unknown.any():
+            rows = np.flatnonzero(unknown)
+            w = self.weights(unknown)  # (k, C): known neighbours only
+            reached = w.sum(axis=1) > 0
+            if not reached.any():
+                break
+            out[rows[reached]] = w[reached] @ out
+            unknown[rows[reached]] = False
+        return out
+
     def rebuild_channels(self, data: np.ndarray, channels: tuple[int, ...] | list[int]) -> np.ndarray:
         """`rebuild` with the bad channels given by index (as the server's windows carry them)."""
         bad = np.zeros(self.layout.n_channels, dtype=bool)

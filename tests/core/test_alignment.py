@@ -242,3 +242,18 @@ def test_normalised_windows_move_as_the_filtered_uv_samples_do() -> None:
     np.testing.assert_allclose(normalized_matrix(matrix, scale) @ (window / scale[:, None]), moved_then_normalised)
     with pytest.raises(ConfigError, match="scale_uv"):
         normalized_matrix(matrix, np.zeros(layout.n_channels))
+
+
+def test_sites_not_known_are_left_out_of_the_score_and_the_gain() -> None:
+    layout = flexemg_layout()
+    reference = _blob_map(layout, [(3.0, 1.0, 30.0), (9.0, 2.5, 20.0), (13.0, 0.5, 12.0)])
+    same = 1.3 * reference
+    rows = np.array([e["row"] for e in sorted(layout.channel_map(), key=lambda e: e["channel"])])
+    spoilt = np.where(rows >= 12, 40.0 * same, same)  # the last four rows disturbed while measured
+    ref = AlignmentReference(tuple(reference.tolist()))
+    fooled = estimate_shift(ref, spoilt, layout)
+    assert fooled.moved or fooled.shift.gain > 2.0
+    found = estimate_shift(ref, spoilt, layout, known=rows < 12)
+    assert not found.moved and found.shift.gain == pytest.approx(1.3, rel=1e-6) and found.score > 0.99
+    with pytest.raises(ConfigError, match="known"):
+        estimate_shift(ref, spoilt, layout, known=np.ones(3, dtype=bool))

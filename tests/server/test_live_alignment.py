@@ -123,6 +123,34 @@ def test_stream_alignment_collects_estimates_moves_windows_and_follows_the_model
     assert off.snapshot()["state"] == "disabled"
 
 
+def test_channels_flagged_bad_during_the_warm_up_stay_out_of_the_estimate(align_models: Path) -> None:
+    """An unmoved grid whose first three rows are disturbed (large noise) through the warm-up: left in, they pull
+    the estimate to a false shift; flagged bad by the quality estimate, they are left out and the grid is found
+    where it is (gain only). The estimate is scored on the channels good for most of the warm-up alone."""
+    package = load_model_package(align_models / "ref")
+    hop = package.windows.hop_samples(1000.0)
+    stream = _recording(seed=1, cycles=1)
+    disturbed = tuple(c for c in range(ROWS * COLS) if c % ROWS in (0, 1, 2))  # column-major: rows 0-2
+    x = stream.samples.copy()
+    x[:, disturbed] += 400.0 * np.random.default_rng(0).standard_normal((len(x), len(disturbed))).astype(np.float32)
+    filtered = package.normalization.apply(filter_recording(x, package.preprocessing))  # (n, C)
+    reports = {}
+    for flagged in (False, True):
+        alignment = StreamAlignment("s", enabled=True, warmup_s=WARMUP_S - 0.5, min_score=0.9)
+        alignment.use_model(package, 1)
+        for end in range(200, len(filtered) + 1, hop):
+            window = np.ascontiguousarray(filtered[end - 200 : end].T)
+            alignment.process(WindowJob(stream_id="s", generation=1, window=window, end_index=end, lsl_time=0.0,
+                                        pulled_at=0.0, bad_channels=disturbed if flagged else (), reject_reason=None,
+                                        flags=()))  # fmt: skip
+        reports[flagged] = alignment.snapshot()
+    assert reports[False]["applied"] != "gain_only" and abs(reports[False]["shift"]["rows"]) >= 1.0, reports[False]
+    clean = reports[True]
+    assert clean["state"] == "aligned" and clean["applied"] == "gain_only", clean
+    assert clean["shift"]["rows"] == 0.0 and clean["shift"]["cols"] == 0.0 and 0.7 < clean["shift"]["gain"] < 1.3
+    assert clean["score"] > 0.9
+
+
 def test_a_calibrated_package_is_aligned_against_its_calibration_placement(align_models: Path,
                                                                           tmp_path: Path) -> None:
     """`rohde calibrate` bakes the calibration session's shift into the graph and keeps the training reference:
