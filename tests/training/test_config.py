@@ -37,5 +37,13 @@ def test_invalid_values_are_rejected(tmp_path: Path) -> None:
         PipelineConfig.from_dict({"augment": {"synthetic_fraction": 1.5}})
     with pytest.raises(ConfigError, match="train_dirs"):
         PipelineConfig.from_dict({"split": {"mode": "folders"}})
+    # Quality masking (on by default) comes with the generated twins, so it needs a fraction above 0.
+    assert PipelineConfig().augment.quality_masking
+    with pytest.raises(ConfigError, match="quality_masking"):
+        PipelineConfig.from_dict({"augment": {"synthetic_fraction": 0.0}})
+    assert not PipelineConfig.from_dict({"augment": {"synthetic_fraction": 0.0, "quality_masking": False}}).augment \
+        .quality_masking
+    with pytest.raises(ConfigError, match="mask_severity"):
+        PipelineConfig.from_dict({"augment": {"mask_severity": [0.4, 0.2]}})
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.json")

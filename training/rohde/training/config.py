@@ -83,10 +83,22 @@ class AugmentConfig:
     dropout_prob: float = 0.1  # generic: share of channels zeroed in a block
     spike_rate_hz: float = 4.0  # generic: random spikes per second per affected channel
     gain_range: tuple[float, float] = (0.5, 1.5)  # generic: per-channel gain range
+    # Quality-aware inference: RoHDE's generated twins get random electrode sets rebuilt from their neighbours
+    # (`augment.mask_augment`, the server's rebuild), beside one rebuilt twin of each clean trial, and its package
+    # asks the server to rebuild the channels its detector flags (`training_data["quality_masking"]`).
+    quality_masking: bool = True
+    mask_severity: tuple[float, float] = (0.0, 0.3)  # share of electrodes rebuilt, drawn anew every block_ms
 
     def __post_init__(self) -> None:
+        low, high = self.mask_severity
+        if not 0 <= low <= high <= 1:
+            raise ConfigError(f"augment.mask_severity must be a range (low, high) within [0, 1], got "
+                              f"{self.mask_severity}.")  # fmt: skip
         if not 0 <= self.synthetic_fraction <= 1:
             raise ConfigError(f"augment.synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}.")
+        if self.quality_masking and self.synthetic_fraction == 0:
+            raise ConfigError("augment.quality_masking needs augment.synthetic_fraction above 0 (the rebuilt channels "
+                              "come with the generated twins); raise it or set quality_masking to false.")
         if self.copies < 1:
             raise ConfigError(f"augment.copies must be >= 1, got {self.copies}.")
         if any(not 0 <= f <= 1 for f in self.fraction_sweep):

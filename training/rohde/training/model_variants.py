@@ -76,7 +76,11 @@ def _variant_sets(
 def augment_windows(
     ctx: RunContext, split: DataSplit, gan: DisturbanceGAN, *, only: Sequence[str] | None = None
 ) -> dict[str, AugmentedWindows]:
-    """Generic, oracle and GAN-made disturbed twins of the training and validation trials (`only` these)."""
+    """Generic, oracle and GAN-made disturbed twins of the training and validation trials (`only` these).
+
+    With `augment.quality_masking`, RoHDE's GAN-made twins also get random electrode sets rebuilt from their
+    neighbours, and one more twin of every trial is the clean trial so rebuilt: a rebuilt channel is ordinary
+    input to the shipped model, as it is where the server rebuilds the channels its detector flags."""
     conds, aug, seed = ctx.config.augment.conditions, ctx.config.augment, ctx.config.seed
 
     def generic(r: Recording, ci: int, copy: int) -> Recording:
@@ -86,13 +90,25 @@ def augment_windows(
         return augment.oracle_augment(r, conds[ci], seed=int(seeded_rng(seed, 12, recording_key(r), ci, copy)
                                                             .integers(2**31)))  # fmt: skip
 
+    def masked(r: Recording, ci: int, copy: int) -> Recording:
+        return augment.mask_augment(r, rng=seeded_rng(seed, 14, recording_key(r), ci, copy),
+                                    block_ms=aug.block_ms, severity=aug.mask_severity)  # fmt: skip
+
     def gan_made(r: Recording, ci: int, copy: int) -> Recording:
-        return augment.gan_augment(r, gan, conds[ci], rng=seeded_rng(seed, 13, recording_key(r), ci, copy))
+        made = augment.gan_augment(r, gan, conds[ci], rng=seeded_rng(seed, 13, recording_key(r), ci, copy))
+        return masked(made, ci, copy) if aug.quality_masking else made
+
+    def sets(recordings: Sequence[Recording], name: str, make: Callable[[Recording, int, int], Recording]
+             ) -> list[WindowSet]:  # fmt: skip
+        made = _variant_sets(ctx, recordings, make)
+        if name == ROBUST_MODEL and aug.quality_masking:  # rebuilt channels on clean EMG: one more twin
+            made.append(ctx.window_set([masked(r, len(conds), 0) for r in recordings]))
+        return made
 
     # Generic augmentation knows no condition: as many copies as the others have in total.
     makers = {"generic": generic, "oracle": oracle, ROBUST_MODEL: gan_made}
     return {
-        name: AugmentedWindows(train=_variant_sets(ctx, split.train, make), val=_variant_sets(ctx, split.val, make))
+        name: AugmentedWindows(train=sets(split.train, name, make), val=sets(split.val, name, make))
         for name, make in makers.items()
         if only is None or name in only
     }
@@ -143,7 +159,8 @@ def sweep_fractions(
 
     The fraction is a hyperparameter like any other: the shipped model is the fraction with the
     best validation accuracy (clean and GAN-disturbed validation windows; ties keep
-    `synthetic_fraction`, whose model is `configured`).
+    `synthetic_fraction`, whose model is `configured`). With quality masking, fraction 0 (no
+    rebuilt channel seen) is scored but never shipped.
     """
     aug = ctx.config.augment
     candidates = {aug.synthetic_fraction: configured}
@@ -152,7 +169,9 @@ def sweep_fractions(
         if fraction not in candidates:
             candidates[fraction] = train_augmented(ctx, windows, augmented, name=ROBUST_MODEL, fraction=fraction,
                                                    key=50 + i)  # fmt: skip
-    chosen = max(candidates, key=lambda f: (candidates[f][1].best_val_accuracy, f == aug.synthetic_fraction))
+    # With quality masking only a model that saw rebuilt channels (a fraction above 0) ships: it is served with them.
+    eligible = [f for f in candidates if f > 0 or not aug.quality_masking]
+    chosen = max(eligible, key=lambda f: (candidates[f][1].best_val_accuracy, f == aug.synthetic_fraction))
     sweep: dict[str, dict[str, Any]] = {}
     for fraction in fractions:
         model, result = candidates[fraction]

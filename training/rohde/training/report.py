@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rohde.core.channel_repair import QUALITY_MASKING_KEY
 from rohde.core.errors import RohdeError
 from rohde.training.baselines import VARIANTS
 
@@ -51,6 +52,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"- windows: train {data.get('n_train_windows', '?')}, validation {data.get('n_val_windows', '?')}, "
             f"test {data.get('n_test_windows', '?')} (valid windows; test sessions are never used for selection)",
         ]
+        if QUALITY_MASKING_KEY in data:
+            lines.append("- quality masking: " + (
+                "on (RoHDE trained with random electrode sets rebuilt from their neighbours; the server rebuilds the "
+                "channels its detector flags before this model)" if data[QUALITY_MASKING_KEY] else "off"))
         for note in data.get("split", {}).get("notes", []):
             lines.append(f"- {note}")
         lines.append("")

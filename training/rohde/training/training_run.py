@@ -6,6 +6,7 @@ The run is a chain of typed stages, each timed and shown on one progress bar:
     features   window sets of the split through the fixed CNN frontend        (run_context)
     gan        the disturbance GAN and its quality on held-out segments        (gan_training)
     augment    generic, oracle and GAN-made twins of the training windows     (model_variants)
+               (RoHDE's with random channels rebuilt: quality masking)
     baselines  variants (a) to (c') and the LDA                               (model_variants)
     rohde      RoHDE at the configured fraction of generated windows          (model_variants)
     sweep      RoHDE at every swept fraction; the best on validation ships    (model_variants)
@@ -25,6 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rohde.core.alignment import AlignmentReference
+from rohde.core.channel_repair import QUALITY_MASKING_KEY
 from rohde.core.datasets import load_dataset
 from rohde.core.model_package import ModelPackage
 from rohde.core.preprocessing import PreprocessingConfig
@@ -137,6 +139,8 @@ def export_model(
         "n_test_windows": int(windows.test.valid.sum()),
         "synthetic_fraction": chosen_fraction,
         "augment_conditions": list(config.augment.conditions),
+        # Trained with rebuilt channels (the shipped fraction is above 0), so served with them.
+        QUALITY_MASKING_KEY: config.augment.quality_masking,
         "split": split.summary(),
         "seed": config.seed,
     }
