@@ -23,6 +23,11 @@ taper) gives every test, so the detector is one FFT plus gathers (pure numpy):
 - `bridged`: nearly identical to one neighbour, much more than the pairs of the same direction are
   elsewhere in the window (a gel bridge).
 
+A detector told which frequencies the model's preprocessing notches (`removed_hz`) first projects
+sinusoids at those frequencies (amplitude and phase drifting slowly over the window) out of every
+channel, so it judges a channel by what reaches the model: mains hum that the notches remove is no
+reason to rebuild a channel (the contact-quality report still shows it; `rohde.server.quality`).
+
 References come from the neighbours not yet flagged (two passes), or from the whole array's good
 channels when fewer than two neighbours are left, so a large patch is judged against healthy skin.
 `ChannelQualityDetector` is shared by training, evaluation (`rohde data detector`) and the server's
@@ -31,6 +36,7 @@ live quality monitor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,9 +122,12 @@ def neighbour_table(layout: ElectrodeLayout) -> np.ndarray:
 class ChannelQualityDetector:
     """Judges every channel of raw `(n_samples, n_channels)` uV windows of one length against its neighbours."""
 
-    def __init__(self, layout: ElectrodeLayout, fs_hz: float, n_samples: int, config: DetectorConfig | None = None):
+    def __init__(self, layout: ElectrodeLayout, fs_hz: float, n_samples: int, config: DetectorConfig | None = None,
+                 removed_hz: Sequence[float] = ()) -> None:  # fmt: skip
         if fs_hz <= 0 or n_samples < 16:
             raise ConfigError(f"ChannelQualityDetector needs fs_hz > 0 and n_samples >= 16, got {fs_hz}, {n_samples}.")
+        self.removed_hz = tuple(float(f) for f in removed_hz)
+        self._removed_basis = _drifting_sinusoids(self.removed_hz, fs_hz, n_samples)
         self.config = config or DetectorConfig()
         self.layout = layout
         self.fs_hz = float(fs_hz)
@@ -155,6 +164,9 @@ class ChannelQualityDetector:
         c = self.config
         x = raw.astype(np.float32, copy=False)
         centred = x - x.mean(axis=0)
+        if self._removed_basis is not None:  # what the notches take out never reaches the model
+            basis = self._removed_basis
+            centred -= basis @ (basis.T @ centred)
         spectrum = sp_fft.rfft(centred * self._taper, axis=0)  # (F, C) complex64
         band = spectrum[self._band]  # (Fb, C)
         band_power = band.real**2 + band.imag**2  # (Fb, C)
@@ -241,6 +253,27 @@ class ChannelQualityDetector:
         local = _row_median(np.where(use, value[self._nb], np.inf), use.sum(axis=1))
         overall = float(np.median(value[good])) if good.any() else float(np.median(value))
         return np.where(enough, local, overall) + 1e-12
+
+
+def _drifting_sinusoids(freqs_hz: tuple[float, ...], fs_hz: float, n_samples: int) -> np.ndarray | None:
+    """(n_samples, 6 k) orthonormal float32 basis of cosines and sines at `freqs_hz`, each also times a
+    linear and a quadratic ramp over the window: a hum whose amplitude or phase drifts (mains wanders a few
+    tenths of a Hz) lies in it. None when there is nothing to remove.
+
+    Measured on 250 ms at 2048 Hz with the default notches (10 frequencies): 1150 uV RMS of hum (five
+    harmonics) leaves 7 uV at 50.0 Hz and 9 uV at 50.3 Hz, at the cost of 12 % of white noise's power (60 of
+    512 dimensions).
+    """
+    usable = [f for f in freqs_hz if 0 < f < fs_hz / 2]
+    if not usable:
+        return None
+    if 6 * len(usable) > n_samples // 2:
+        raise ConfigError(f"A window of {n_samples} samples is too short to remove {len(usable)} frequencies.")
+    seconds = np.arange(n_samples) / fs_hz
+    ramp = (np.arange(n_samples) - n_samples / 2) / n_samples
+    columns = [wave(2 * np.pi * f * seconds) * ramp**p for f in usable for p in range(3) for wave in (np.cos, np.sin)]
+    basis, _ = np.linalg.qr(np.stack(columns, axis=1))
+    return np.ascontiguousarray(basis, dtype=np.float32)
 
 
 def _row_median(values: np.ndarray, count: np.ndarray) -> np.ndarray:

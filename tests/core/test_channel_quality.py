@@ -85,6 +85,24 @@ def test_reasons_name_the_physical_fault(emg: np.ndarray) -> None:
     assert verdict.margins.shape == (192, len(DETECTOR_FLAGS))
 
 
+@pytest.mark.parametrize("mains_hz", [50.0, 60.0])
+def test_hum_the_notches_remove_is_judged_as_the_model_sees_it(emg: np.ndarray, mains_hz: float) -> None:
+    from rohde.core.preprocessing import PreprocessingConfig
+
+    removed = PreprocessingConfig(fs_hz=2048.0).notch_frequencies()  # both mains families, 5 harmonics
+    plain = ChannelQualityDetector(default_layout(), 2048.0, WINDOW)
+    judged = ChannelQualityDetector(default_layout(), 2048.0, WINDOW, removed_hz=removed)
+    window = emg[2048 : 2048 + WINDOW].copy()
+    t = np.arange(WINDOW) / 2048.0
+    hum = sum(a * np.sin(2 * np.pi * k * (mains_hz + 0.2) * t + k) for k, a in enumerate((1500, 200, 500, 100), 1))
+    window[:, 120:130] += hum[:, None].astype(np.float32)  # a lifted patch picking up (slightly off-nominal) mains
+    window[:, 40] = 0.0  # and a dead electrode, which no notch helps
+    assert set(range(120, 130)) <= set(plain.detect(window).bad_channels)
+    assert judged.detect(window).bad_channels == [40]
+    with pytest.raises(ConfigError, match="too short"):
+        ChannelQualityDetector(default_layout(), 2048.0, 64, removed_hz=removed)
+
+
 def test_bad_shapes_raise() -> None:
     detector = ChannelQualityDetector(default_layout(), 2048.0, WINDOW)
     with pytest.raises(ConfigError, match="expects windows"):

@@ -87,3 +87,17 @@ def test_quality_statistics_match_their_definitions() -> None:
     got = {ch.channel: (ch.rms_uv, ch.powerline_share, ch.lowband_uv) for ch in monitor.channels}
     for i, values in expected.items():
         np.testing.assert_allclose([got[ch][i] for ch in range(c)], values, rtol=2e-4)
+
+
+def test_mains_the_model_notches_is_reported_but_not_rebuilt() -> None:
+    fs, n, c = 1000.0, 1000, 4
+    data = _emg(np.random.default_rng(1), n, c, fs)
+    data[:, 1] += (400 * np.sin(2 * np.pi * 50 * np.arange(n) / fs)).astype(np.float32)  # mains on a lifted contact
+    data[:, 2] = 42.0  # flat
+    notched = QualityMonitor(c, fs, removed_hz=(50.0, 100.0, 150.0))
+    unnotched = QualityMonitor(c, fs)
+    for start in range(0, n, 50):
+        notched.push(data[start : start + 50])
+        unnotched.push(data[start : start + 50])
+    assert notched.bad_channels == unnotched.bad_channels == [1, 2]  # the contact report shows both
+    assert notched.repair_channels == [2] and unnotched.repair_channels == [1, 2]

@@ -21,11 +21,15 @@ channel and flags it as:
   or mains hum far above theirs, or bridged to one of them.
 
 The spectrum is a Hann-windowed FFT of the mean-removed raw window. A channel with any flag is in
-`bad_channels`.
+`bad_channels` (the contact-quality report). `repair_channels` are those whose fault reaches the model:
+told the frequencies its preprocessing notches (`removed_hz`), the neighbour detector judges channels
+with them removed, and a `powerline` flag alone is no reason to rebuild a channel when the notches
+cover the mains it measures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +42,7 @@ from rohde.core.windows import ring_write
 
 FLAGS = ("flat", "saturated", "powerline", "artifact", "nonfinite", "neighbour")
 _HARD = [FLAGS.index(f) for f in ("flat", "saturated", "nonfinite")]  # no usable EMG at all
+_POWERLINE = FLAGS.index("powerline")
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class QualityMonitor:
     """Keeps the last `quality_window_s` of raw `(n_samples, n_channels)` uV and re-estimates quality."""
 
     def __init__(self, n_channels: int, fs_hz: float, thresholds: QualityThresholds | None = None,
-                 layout: ElectrodeLayout | None = None) -> None:  # fmt: skip
+                 layout: ElectrodeLayout | None = None, removed_hz: Sequence[float] = ()) -> None:  # fmt: skip
         if n_channels < 1 or fs_hz <= 0:
             raise ConfigError(f"QualityMonitor needs n_channels >= 1 and fs_hz > 0, got {n_channels}, {fs_hz}.")
         self.thresholds = thresholds or QualityThresholds()
@@ -81,7 +86,7 @@ class QualityMonitor:
         # The neighbour detector needs the grid map; without a layout (or a mismatched one) it stays off. It
         # judges the newest 250 ms (its thresholds were chosen on 250 ms windows; half the cost of 500 ms).
         self._detector_n = min(self._n, max(16, int(round(0.25 * fs_hz))))
-        self._detector = (ChannelQualityDetector(layout, fs_hz, self._detector_n)
+        self._detector = (ChannelQualityDetector(layout, fs_hz, self._detector_n, removed_hz=removed_hz)
                           if layout is not None and layout.n_channels == n_channels
                           and self.thresholds.neighbour_interval_s > 0 else None)  # fmt: skip
         # Contacts fail for seconds at least: judging every second keeps its cost off most estimates.
@@ -107,6 +112,10 @@ class QualityMonitor:
         self._flags = np.zeros((n_channels, len(FLAGS)), dtype=bool)  # latest estimate, per channel and flag
         self._stats = np.zeros((n_channels, 3))  # rms_uv, powerline_share, lowband_uv
         self.bad_channels: list[int] = []
+        self.repair_channels: list[int] = []
+        # The mains the `powerline` test measures is notched before the model: that flag alone spares a channel.
+        notched = {round(f, 3) for f in removed_hz}
+        self._mains_removed = round(self.thresholds.mains_hz, 3) in notched
         self._hard_fraction = 0.0  # share of channels flagged flat, saturated or non-finite
 
     def push(self, raw: np.ndarray, nonfinite_channels: np.ndarray | None = None) -> None:
@@ -158,6 +167,8 @@ class QualityMonitor:
         self._flags = np.stack([masks[f] for f in FLAGS], axis=1)  # (n_channels, n_flags)
         self._stats = np.stack([std, mains_share, low_uv], axis=1).astype(np.float64)  # (n_channels, 3)
         self.bad_channels = np.flatnonzero(self._flags.any(axis=1)).tolist()
+        reaching = self._flags if not self._mains_removed else np.delete(self._flags, _POWERLINE, axis=1)
+        self.repair_channels = np.flatnonzero(reaching.any(axis=1)).tolist()
         self._hard_fraction = float(self._flags[:, _HARD].any(axis=1).mean())
 
     def _neighbour(self, raw: np.ndarray) -> np.ndarray:

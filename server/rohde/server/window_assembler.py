@@ -165,7 +165,8 @@ class WindowAssembler:
         if self._signal is None or self._signal.signature != model_signature(package):
             self._signal = _SignalState(package, max_chunk)
             self._quality = QualityMonitor(package.metadata.n_channels, package.metadata.fs_hz,
-                                           self._config.quality, layout=package.layout)
+                                           self._config.quality, layout=package.layout,
+                                           removed_hz=package.preprocessing.notch_frequencies())
             self._prev_pull_full = False
         # A model trained to expect it gets its windows' bad channels rebuilt from their neighbours.
         wants_repair = bool(package.metadata.training_data.get(QUALITY_MASKING_KEY, False))
@@ -253,6 +254,7 @@ class WindowAssembler:
             quality.push(samples, replaced_channels)
             return
         bad = tuple(quality.bad_channels)
+        to_repair = tuple(quality.repair_channels)  # the bad channels whose fault reaches the model
         hard_fraction = quality.hard_bad_fraction()
         for end, window in ready:
             flags: list[str] = []
@@ -269,9 +271,10 @@ class WindowAssembler:
                 reason = "bad_channels"
             # The estimate may not know the faulty channels yet: the window names those the check found.
             window_bad = tuple(sorted({*bad, *sig.hard_fault_channels})) if in_hard_fault else bad
+            rebuilt = tuple(sorted({*to_repair, *sig.hard_fault_channels})) if in_hard_fault else to_repair
             normalized = window  # (C, W) float32, C-contiguous, a fresh array
-            if self._repair is not None and window_bad and reason is None:
-                normalized = np.ascontiguousarray(self._repair.rebuild_channels(normalized, window_bad),
+            if self._repair is not None and rebuilt and reason is None:
+                normalized = np.ascontiguousarray(self._repair.rebuild_channels(normalized, rebuilt),
                                                   dtype=np.float32)
             self._emit(WindowJob(
                 stream_id=self.stream_id, generation=self._generation, window=normalized, end_index=end,

@@ -98,10 +98,16 @@ def _context(train: list[Recording], seed: int, config: StudyConfig, work: Path)
     pipeline = replace(pipeline, trainer=TrainerConfig(max_epochs=config.max_epochs, patience=config.patience,
                                                        device="cpu"))  # fmt: skip
     ws = pipeline.windows
-    pre = PreprocessingConfig(fs_hz=train[0].fs_hz, bandpass_hz=ws.bandpass_hz, notch_hz=ws.notch_hz)
+    pre = _preprocessing(train[0].fs_hz)
     return RunContext(config=pipeline, preprocessing=pre, normalization=fit_normalization(train, pre),
                       windows=WindowConfig(ws.window_ms, ws.hop_ms), labels=list(train[0].gesture_names),
                       template=train[0], device=resolve_device("cpu"), work_dir=work)  # fmt: skip
+
+
+def _preprocessing(fs_hz: float) -> PreprocessingConfig:
+    """The shared preprocessing of every variant (the training pipeline's defaults)."""
+    ws = PipelineConfig().windows
+    return PreprocessingConfig(fs_hz=fs_hz, bandpass_hz=ws.bandpass_hz, notch_hz=ws.notch_hz)
 
 
 def _pick(seed: int, *keys: int) -> str:
@@ -141,7 +147,9 @@ def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], N
     started = time.perf_counter()
     train, val, test = _simulated(config)
     layout, fs = train[0].layout, train[0].fs_hz
-    detector = ChannelQualityDetector(layout, fs, int(round(config.quality_window_ms * fs / 1000)))
+    # Judged as the model sees them: hum the notches remove is no reason to rebuild a channel (as in the server).
+    detector = ChannelQualityDetector(layout, fs, int(round(config.quality_window_ms * fs / 1000)),
+                                      removed_hz=_preprocessing(fs).notch_frequencies())
     repair = ChannelRepair(layout)
     block = int(round(config.quality_block_ms * fs / 1000))
 
