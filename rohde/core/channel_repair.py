@@ -1,9 +1,11 @@
 """Bad channels rebuilt from their grid neighbours: the one code path of quality-aware inference.
 
 A channel the detector (`rohde.core.channel_quality`) flags is replaced by the mean of its good
-8-neighbours in the same grid (zero when it has none), so the classifier sees a plausible spatial
-pattern instead of the disturbance. The rebuild is linear and per channel, like the causal filter,
-so rebuilding raw samples and then filtering equals filtering and then rebuilding; training
+8-neighbours in the same grid; inside a wider flagged patch, by the mean of its neighbours rebuilt
+before it, ring by ring from the patch's edge (zero only where a whole grid is flagged), so the
+classifier sees a plausible spatial pattern instead of the disturbance or a hole. The rebuild is
+linear and per channel, like the causal filter, so rebuilding raw samples and then filtering equals
+filtering and then rebuilding; training
 (`repair_blocks` on raw recordings, and `rohde.training.augment.mask_augment`, which rebuilds random
 channels so a rebuilt channel is ordinary input) and serving (the window assembler, on each
 normalised window, with the live monitor's bad channels) call the same `ChannelRepair.rebuild`.
@@ -34,18 +36,28 @@ class ChannelRepair:
         self._cached: tuple[bytes, np.ndarray, np.ndarray] | None = None  # (bad mask, rows, weights) of the last call
 
     def weights(self, bad: np.ndarray) -> np.ndarray:
-        """(k, C) float32: row i rebuilds the i-th bad channel as the mean of its good neighbours."""
+        """(k, C) float32, non-zero on good channels only: row i rebuilds the i-th bad channel.
+
+        A bad channel with good neighbours is their mean; one whose neighbours are all bad is the mean of its
+        neighbours rebuilt the pass before, ring by ring from the outside in, so a flagged patch wider than one
+        electrode has no hole of zeros in it. A grid without a good channel stays zero."""
         bad = np.asarray(bad, dtype=bool)
-        if bad.shape != (self.layout.n_channels,):
-            raise ConfigError(f"bad must be a ({self.layout.n_channels},) bool mask, got shape {bad.shape}.")
-        rows = np.flatnonzero(bad)
-        use = self._has[rows] & ~bad[self._nb[rows]]  # (k, 8) good neighbours
-        w = np.zeros((rows.size, self.layout.n_channels), dtype=np.float32)
-        count = use.sum(axis=1)
-        for i in range(rows.size):
-            if count[i]:
-                w[i, self._nb[rows[i]][use[i]]] = 1.0 / count[i]
-        return w
+        n = self.layout.n_channels
+        if bad.shape != (n,):
+            raise ConfigError(f"bad must be a ({n},) bool mask, got shape {bad.shape}.")
+        expr = np.diag((~bad).astype(np.float64))  # (C, C): each channel as a combination of the good ones
+        known, pending = ~bad, bad.copy()
+        while pending.any():
+            idx = np.flatnonzero(pending)
+            use = self._has[idx] & known[self._nb[idx]]  # (m, 8) known neighbours
+            reached = np.flatnonzero(use.any(axis=1))
+            if not reached.size:
+                break
+            filled = np.stack([expr[self._nb[idx[i]][use[i]]].mean(axis=0) for i in reached])
+            expr[idx[reached]] = filled
+            known[idx[reached]] = True
+            pending[idx[reached]] = False
+        return expr[np.flatnonzero(bad)].astype(np.float32)
 
     def rebuild(self, data: np.ndarray, bad: np.ndarray) -> np.ndarray:
         """A copy of `data` `(..., C, T)` with the `bad` `(C,)` channels rebuilt (unchanged when none is bad)."""
@@ -67,21 +79,14 @@ class ChannelRepair:
 
     def fill(self, values: np.ndarray, bad: np.ndarray) -> np.ndarray:
         """A copy of a per-channel map `values` `(C,)` (an activity map, not samples) with the `bad` `(C,)` channels
-        rebuilt ring by ring from the outside in: each pass gives every bad channel with a known neighbour the mean
-        of its known neighbours, so a patch wider than one electrode is filled too. A grid with no known channel
-        keeps its values."""
+        rebuilt as `rebuild` does (ring by ring); a grid with no good channel keeps its values."""
         out = np.asarray(values, dtype=np.float64).copy()
         if out.shape != (self.layout.n_channels,):
             raise ConfigError(f"values must be ({self.layout.n_channels},), got shape {out.shape}.")
-        unknown = np.asarray(bad, dtype=bool).copy()
-        while unknown.any():
-            rows = np.flatnonzero(unknown)
-            w = self.weights(unknown)  # (k, C): known neighbours only
-            reached = w.sum(axis=1) > 0
-            if not reached.any():
-                break
-            out[rows[reached]] = w[reached] @ out
-            unknown[rows[reached]] = False
+        rows = np.flatnonzero(np.asarray(bad, dtype=bool))
+        w = self.weights(bad).astype(np.float64)
+        reached = w.sum(axis=1) > 0
+        out[rows[reached]] = w[reached] @ out
         return out
 
     def rebuild_channels(self, data: np.ndarray, channels: tuple[int, ...] | list[int]) -> np.ndarray:
