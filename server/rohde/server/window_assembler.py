@@ -270,8 +270,8 @@ class WindowAssembler:
                 flags.append("bad_channels")
                 reason = "bad_channels"
             # The estimate may not know the faulty channels yet: the window names those the check found.
-            window_bad = tuple(sorted({*bad, *sig.hard_fault_channels})) if in_hard_fault else bad
-            rebuilt = tuple(sorted({*to_repair, *sig.hard_fault_channels})) if in_hard_fault else to_repair
+            faulty = sig.hard_fault_channels if in_hard_fault else ()
+            window_bad, rebuilt = (tuple(sorted({*c, *faulty})) if faulty else c for c in (bad, to_repair))
             normalized = window  # (C, W) float32, C-contiguous, a fresh array
             if self._repair is not None and rebuilt and reason is None:
                 normalized = np.ascontiguousarray(self._repair.rebuild_channels(normalized, rebuilt),
