@@ -129,17 +129,39 @@ def test_commands_parse() -> None:
 
 
 def test_simulated_section_names_the_choice_and_the_target(tmp_path: Path) -> None:
+    import json
+
     from rohde.training.cross_day import SimulatedShiftResult
 
-    acc = {"shipped/recorded": 0.99, "shipped/shifted": 0.84, "robust/recorded": 0.98, "robust/shifted": 0.95,
-           "finetune/recorded": 0.99, "finetune/shifted": 0.9, "scratch/recorded": 0.98, "scratch/shifted": 0.95,
-           "finetune/val": 0.96, "scratch/val": 0.97, "chosen_is_scratch": 1.0}  # fmt: skip
+    keys = ("val_shifted", "val_aligned", "recorded", "shifted", "shifted_worst", "aligned", "aligned_worst")
+    acc = {f"{m}/{k}": 0.9 for m in ("shipped", "finetune", "scratch", "scratch-long") for k in keys}
+    acc.update({"scratch/shifted": 0.975, "scratch/shifted_worst": 0.96, "scratch/recorded": 0.98,
+                "shipped/aligned": 0.93, "shipped/aligned_worst": 0.85})  # fmt: skip
+    estimates = {True: {"shift": {"rows": 1.25, "cols": -0.5, "rotation_deg": 0.0, "gain": 1.0}, "score": 0.95},
+                 False: {"shift": {"rows": 0.0, "cols": 0.0, "rotation_deg": 0.0, "gain": 1.0},
+                        "score": 0.8}}  # fmt: skip
+    truth = {"rows": 1.0, "cols": -0.5, "rotation_deg": 0.0, "gain": 1.1}
+    donnings = [{"split": "sess3", "subject": "s01", "donning": i, "applied": applied, "true": truth,
+                 "estimate": estimates[applied]} for i, applied in enumerate((True, False))]  # fmt: skip
+    chosen = {"zero-shot": "scratch", "label-free": "shipped"}
+    simulated = SimulatedShiftResult(acc, {}, {"train": ["t01", "t02"]}, chosen, donnings)
     shift = {"shift": {"rows": 4.5, "cols": -1.0, "rotation_deg": 0.0, "gain": 1.5}, "score": 0.97,
              "score_unshifted": -0.4}  # fmt: skip
     results = [DirectionResult("001", "Session1", "Session3", {"robust/cross": 0.9, "cnn/within": 1.0,
                                                                "robust/within": 0.99}, {}, shift)]  # fmt: skip
-    text = write_results(results, tmp_path, command="x", simulated=SimulatedShiftResult(acc, {}, {})).read_text()
-    assert "| chosen on validation: from scratch | 98.0 | 95.0 |" in text
-    assert "| simulated shifts up to 2 electrodes >= 97 % | shift-robust, chosen on validation | 95.0 | | no |" in text
+    text = write_results(results, tmp_path, command="x", simulated=simulated).read_text()
+    assert "| chosen on validation, zero-shot: shift-robust, head from scratch | | | 98.0 | 97.5 (96.0) | |" in text
+    assert "| chosen on validation, label-free: shipped `rohde-default` | | | 90.0 | | 93.0 (85.0) |" in text
+    assert ("| simulated shifts up to 2 electrodes >= 97 %, zero-shot | `scratch`, chosen on validation | 97.5 | "
+            "96.0 (donning) | mean only |") in text  # fmt: skip
+    assert ("| simulated shifts up to 2 electrodes >= 97 %, label-free | `shipped`, chosen on validation | 93.0 | "
+            "85.0 (donning) | no |") in text  # fmt: skip
+    assert "applied for 1 of 2 donnings (largest error of an applied estimate 0.25 sites" in text
     assert "| zero-shot >= 85 % | `robust/cross` | 90.0 | 90.0 | yes |" in text
     assert "+1.0 (as a drop)" in text
+    assert read_results(tmp_path)[1] == simulated
+    # A simulated section of the older protocol (no choice per method) is not carried over.
+    data = json.loads((tmp_path / "results.json").read_text())
+    data["simulated"] = {"accuracy": {"robust/shifted": 0.9}, "seconds": {}, "recordings": {}}
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    assert read_results(tmp_path)[1] is None

@@ -39,6 +39,7 @@ from rohde.classic.lda import LDA
 from rohde.core.alignment import (
     MIN_IMPROVEMENT,
     AlignmentReference,
+    GridShift,
     ShiftEstimate,
     activity_map,
     alignment_matrix,
@@ -49,7 +50,7 @@ from rohde.core.errors import ConfigError
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig
-from rohde.simulation.electrode_shift import ShiftRange
+from rohde.simulation.electrode_shift import ShiftRange, random_shift, shift_recording
 from rohde.training.augment import shift_augment_windows
 from rohde.training.cnn import RohdeCNN
 from rohde.training.config import PipelineConfig, TrainerConfig, load_config
@@ -526,7 +527,9 @@ def render_targets(results: list[DirectionResult], simulated: SimulatedShiftResu
     """
     lines = ["## Against the targets", "",
              "The best-scoring method per target by mean (a summary of the table above, not a model choice). A "
-             "target holds for every subject and direction, so it is met only when the worst direction meets it.",
+             "target holds for every subject and direction, so it is met only when the worst direction meets it. "
+             "The simulated-shift rows name the model chosen on validation instead, and their worst case is the "
+             "worst donning.",
              "", "| target | best method (mean) | mean | worst direction | met |",
              "| --- | --- | ---: | ---: | --- |"]  # fmt: skip
     for what, keys, target in TARGETS:
@@ -551,13 +554,23 @@ def render_targets(results: list[DirectionResult], simulated: SimulatedShiftResu
             met = "yes" if max(drops) <= 0.5 else "no"
             lines.append(f"| {what} | | {np.mean(drops):+.1f} (as a drop) | {max(drops):+.1f} | {met} |")
     if simulated is not None:
-        value = 100 * simulated.accuracy["robust/shifted"]
-        met = "yes" if value >= 97.0 else "no"
-        lines.append(
-            f"| simulated shifts up to 2 electrodes >= 97 % | shift-robust, chosen on validation | {value:.1f} | "
-            f"| {met} |"
-        )
+        lines += simulated_target_rows(simulated)
     return "\n".join(lines) + "\n"
+
+
+def simulated_target_rows(simulated: SimulatedShiftResult, target: float = 97.0) -> list[str]:
+    """The simulated-shift target per method (zero-shot, label-free), for the model chosen on validation;
+    the worst column is the worst donning."""
+    rows = []
+    for method, key in zip(SIM_METHODS, ("shifted", "aligned"), strict=True):
+        model = simulated.chosen.get(method)
+        if model is None:
+            continue
+        mean, worst = 100 * simulated.accuracy[f"{model}/{key}"], 100 * simulated.accuracy[f"{model}/{key}_worst"]
+        met = "yes" if worst >= target else "mean only" if mean >= target else "no"
+        rows.append(f"| simulated shifts up to 2 electrodes >= {target:.0f} %, {method} | `{model}`, chosen on "
+                    f"validation | {mean:.1f} | {worst:.1f} (donning) | {met} |")  # fmt: skip
+    return rows
 
 
 def write_results(
@@ -595,7 +608,8 @@ def read_results(out_dir: Path) -> tuple[list[DirectionResult], SimulatedShiftRe
     directions = [DirectionResult(d["subject"], d["source"], d["target"], d["accuracy"], d["seconds"], d["shift"])
                   for d in data.get("directions", [])]  # fmt: skip
     sim = data.get("simulated")
-    simulated = SimulatedShiftResult(sim["accuracy"], sim["seconds"], sim["recordings"]) if sim else None
+    # A simulated section without a model choice per method is of an older protocol: run it again.
+    simulated = SimulatedShiftResult(**sim) if sim and sim.get("chosen") else None
     return directions, simulated
 
 
@@ -603,41 +617,141 @@ def read_results(out_dir: Path) -> tuple[list[DirectionResult], SimulatedShiftRe
 # Random re-donnings "up to two electrodes" on the embedded data: translation within +-2 sites along
 # both axes of every grid (fractions included) and a gain of 0.8-1.25.
 SIM_TEST_SHIFT = ShiftRange(max_rows=2.0, max_cols=2.0, gain_range=(0.8, 1.25))
-# The robust model trains on a slightly wider range with a little rotation and channel gain spread.
+# The robust models train on a slightly wider range with a little rotation and channel gain spread.
 SIM_TRAIN_SHIFT = ShiftRange(max_rows=2.5, max_cols=2.5, max_rotation_deg=5.0, gain_range=(0.7, 1.4),
                              channel_gain_spread=0.1)  # fmt: skip
+SIM_DONNINGS = 3  # independent donnings per subject, for validation (session 2) and test (session 3)
+# The server applies an estimate only when its map correlation reaches its `alignment_min_score`
+# (0.9 by default, server IngestConfig); below it the stream is served as it comes.
+SERVER_MIN_SCORE = 0.9
+
+
+@dataclass(frozen=True)
+class SimCandidate:
+    """A shift-robust head trained on sessions 1-2 with `SIM_TRAIN_SHIFT` augmentation."""
+
+    label: str
+    from_shipped: bool  # start from the shipped head (fine-tune), else a fresh head of its shape
+    lr: float  # AdamW learning rate
+    max_epochs: int  # upper bound; early stopping on the re-donned validation trials
+    patience: int  # epochs without validation improvement before stopping
+
+
+SIM_CANDIDATES = (
+    SimCandidate("finetune", from_shipped=True, lr=5e-4, max_epochs=15, patience=5),
+    SimCandidate("scratch", from_shipped=False, lr=2e-3, max_epochs=30, patience=5),
+    SimCandidate("scratch-long", from_shipped=False, lr=2e-3, max_epochs=60, patience=10),
+)
+SIM_METHODS = ("zero-shot", "label-free")  # model alone; model behind the server's label-free alignment
+
+
+@dataclass(frozen=True)
+class Donning:
+    """One putting-on of the array: the same shift (and channel gains) for every trial of one subject's session."""
+
+    subject: str
+    session: str
+    index: int  # which donning of this subject and session
+    shift: GridShift
+    seed: int  # draws the per-channel gains, so every trial of the donning gets the same ones
+    channel_gain_spread: float = 0.0
+
+
+def draw_donnings(
+    subjects: Sequence[str], session: str, *, count: int, shift_range: ShiftRange, seed: int
+) -> list[Donning]:
+    """`count` independent random donnings within `shift_range` per subject, reproducible from `seed`."""
+    donnings = []
+    for i, subject in enumerate(subjects):
+        for k in range(count):
+            entropy = np.random.SeedSequence([seed, sum(map(ord, session)), i, k])
+            shift = random_shift(np.random.default_rng(entropy), shift_range)
+            donnings.append(Donning(subject, session, k, shift, int(entropy.generate_state(1)[0]),
+                                    shift_range.channel_gain_spread))  # fmt: skip
+    return donnings
+
+
+def don(recordings: Sequence[Recording], donning: Donning) -> list[Recording]:
+    """`recordings` as recorded under `donning`."""
+    return [shift_recording(r, donning.shift, channel_gain_spread=donning.channel_gain_spread,
+                            rng=np.random.default_rng(donning.seed)) for r in recordings]  # fmt: skip
+
+
+def align_donning(
+    reference: AlignmentReference,
+    unlabelled: list[Recording],
+    scored: list[Recording],
+    preprocessing: PreprocessingConfig,
+    *,
+    min_score: float = SERVER_MIN_SCORE,
+) -> tuple[list[Recording], ShiftEstimate]:
+    """`scored` as the server serves them once it has estimated the donning's shift on `unlabelled`
+    (no labels): moved back onto the reference's electrodes when the estimate's map correlation reaches
+    `min_score`, else as they are."""
+    estimate = estimate_session_shift(reference, unlabelled, preprocessing)
+    if estimate.score < min_score:
+        return list(scored), estimate
+    return align_recordings(scored, estimate), estimate
 
 
 @dataclass
 class SimulatedShiftResult:
-    accuracy: dict[str, float]  # "shipped/recorded", "shipped/shifted", "robust/recorded", "robust/shifted"
+    # "{model}/{key}": model "shipped" or a SimCandidate label; key "val_shifted", "val_aligned" (validation
+    # donnings, zero-shot and label-free), "recorded", "shifted", "aligned" (test), "*_worst" (worst donning)
+    accuracy: dict[str, float]
     seconds: dict[str, float]
     recordings: dict[str, list[str]]
+    chosen: dict[str, str] = field(default_factory=dict)  # method (SIM_METHODS) -> model chosen on validation
+    donnings: list[dict[str, Any]] = field(default_factory=list)  # split, subject, true shift, estimate, applied
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "seconds": self.seconds, "recordings": self.recordings}
+        return {"accuracy": self.accuracy, "seconds": self.seconds, "recordings": self.recordings,
+                "chosen": self.chosen, "donnings": self.donnings}  # fmt: skip
+
+
+LabelledSet = tuple[np.ndarray, np.ndarray]  # (features (N, C, F), labels (N,)) of valid windows
+
+
+def _pooled_scores(model: RohdeCNN, parts: Sequence[LabelledSet]) -> tuple[float, float]:
+    """Accuracy over every part's windows together, and the worst part's."""
+    hits, counts = [], []
+    for x, y in parts:
+        hits.append(int(np.sum(np.argmax(predict_proba(model.head, x, device="cpu"), axis=1) == y)))
+        counts.append(len(y))
+    return sum(hits) / sum(counts), min(h / c for h, c in zip(hits, counts, strict=True))
+
+
+def _best_on(accuracy: dict[str, float], models: list[str], key: str) -> str:
+    """The model with the best `accuracy["{model}/{key}"]`; ties go to the earlier one (the shipped
+    model first: no change without a reason on validation)."""
+    return max(models, key=lambda m: (accuracy[f"{m}/{key}"], -models.index(m)))
 
 
 def simulated_shift_check(
     sim_dir: Path, package_dir: Path, *, seed: int = 0, train_trials: tuple[int, ...] = (1, 2),
-    test_trials: tuple[int, ...] = (1, 2, 3), max_epochs: int = 15,
+    donnings: int = SIM_DONNINGS,
 ) -> SimulatedShiftResult:  # fmt: skip
-    """The shipped model and a shift-robust fine-tune of it on session 3 of the embedded data, as
-    recorded and with every test trial re-donned at random within `SIM_TEST_SHIFT`.
+    """The shipped model and shift-robust candidates on session 3 of the embedded data, as recorded and
+    re-donned, zero-shot and behind the server's label-free alignment.
 
-    The robust model starts from the shipped weights and fine-tunes its head with shift augmentation
-    on clean trials `train_trials` of sessions 1 and 2 (every subject), selected on trial 6 of
-    session 2 re-donned at random; session 3 (the shipped model's test session) is scored only.
+    Each subject puts the array on `donnings` times per session, each time with its own random shift
+    within `SIM_TEST_SHIFT` for every trial of that donning. Label-free: the shift and gain are estimated
+    on one unlabelled trial of the donning (session 3 trial 4) against the package's alignment reference
+    and applied to the scored trials (1-3), as the server does (`align_donning`). The candidates train on
+    clean trials `train_trials` of sessions 1 and 2; the model of each method is chosen on session 2's
+    donnings (trial 5 unlabelled, trial 6 scored). Session 3 is scored only.
     """
     from rohde.core.model_package import load_model_package
     from rohde.core.recording import load_recording
-    from rohde.simulation.electrode_shift import random_shift_recording
     from rohde.training.calibrate import model_from_package
     from rohde.training.trainer import train_classifier
     from rohde.training.windows_dataset import build_window_set
 
     seconds: dict[str, float] = {}
     package = load_model_package(package_dir)
+    if package.metadata.alignment is None:
+        raise ConfigError(f"{str(package_dir)!r} has no alignment reference; add one with `rohde reference`.")
+    reference = AlignmentReference.from_dict(package.metadata.alignment)
     shipped, _ = model_from_package(package)
 
     def load(pattern: str) -> list[Recording]:
@@ -652,75 +766,130 @@ def simulated_shift_check(
         with torch.no_grad():
             return shipped.frontend(torch.from_numpy(x)).numpy()
 
-    def windows(recordings: list[Recording]) -> WindowSet:
-        return build_window_set(recordings, preprocessing=package.preprocessing, normalization=package.normalization,
-                                windows=package.windows, featurize=featurize)  # fmt: skip
+    def windows(recordings: list[Recording]) -> LabelledSet:
+        return valid_windows(build_window_set(recordings, preprocessing=package.preprocessing,
+                                              normalization=package.normalization, windows=package.windows,
+                                              featurize=featurize))  # fmt: skip
 
-    trials = "".join(str(t) for t in train_trials)
+    def redonned(session: str, scored: list[Recording], unlabelled: list[Recording]
+                 ) -> tuple[list[LabelledSet], list[LabelledSet], list[dict[str, Any]]]:  # fmt: skip
+        """Per donning: the scored trials' windows re-donned, then as served behind alignment."""
+        shifted, aligned, info = [], [], []
+        subjects = sorted({r.subject for r in scored})
+        for d in draw_donnings(subjects, session, count=donnings, shift_range=SIM_TEST_SHIFT, seed=seed):
+            trials = don([r for r in scored if r.subject == d.subject], d)
+            served, estimate = align_donning(reference, don([r for r in unlabelled if r.subject == d.subject], d),
+                                             trials, package.preprocessing)  # fmt: skip
+            shifted.append(windows(trials))
+            aligned.append(shifted[-1] if served[0] is trials[0] else windows(served))
+            info.append({"split": session, "subject": d.subject, "donning": d.index, "true": d.shift.to_dict(),
+                         "estimate": estimate.to_dict(), "applied": served[0] is not trials[0]})  # fmt: skip
+        return shifted, aligned, info
+
     started = time.perf_counter()
+    trials = "".join(str(t) for t in train_trials)
     train = load(f"s*_sess[12]_t0[{trials}]_clean.rohde.npz")
-    val = load("s*_sess2_t06_clean.rohde.npz")
-    test = load(f"s*_sess3_t0[{''.join(str(t) for t in test_trials)}]_clean.rohde.npz")
-    shifted_test = [random_shift_recording(r, SIM_TEST_SHIFT, seed=seed * 1000 + i)[0] for i, r in enumerate(test)]
-    shifted_val = [random_shift_recording(r, SIM_TEST_SHIFT, seed=seed * 1000 + 500 + i)[0] for i, r in enumerate(val)]
-    sets = {"train": windows(train), "val": windows(val + shifted_val), "recorded": windows(test),
-            "shifted": windows(shifted_test)}  # fmt: skip
+    test = load("s*_sess3_t0[123]_clean.rohde.npz")
+    val_shifted, val_aligned, val_info = redonned("sess2", load("s*_sess2_t06_clean.rohde.npz"),
+                                                  load("s*_sess2_t05_clean.rohde.npz"))  # fmt: skip
+    test_shifted, test_aligned, test_info = redonned("sess3", test, load("s*_sess3_t04_clean.rohde.npz"))
+    recorded, train_set = windows(test), windows(train)
     seconds["features"] = time.perf_counter() - started
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
-    train_xy = shift_augment_windows(*valid_windows(sets["train"]), package.layout, shift_range=SIM_TRAIN_SHIFT,
-                                     copies=3, rng=rng)  # fmt: skip
-    # Two candidates, chosen on the re-donned validation trial: the shipped head fine-tuned, and a
-    # fresh head of the same shape trained from scratch on the augmented windows.
-    candidates: dict[str, tuple[RohdeCNN, float]] = {}
-    for label, lr, epochs, fresh in (("finetune", 5e-4, max_epochs, False), ("scratch", 2e-3, 2 * max_epochs, True)):
+    train_xy = shift_augment_windows(*train_set, package.layout, shift_range=SIM_TRAIN_SHIFT, copies=3, rng=rng)
+    val_xy = (np.concatenate([x for x, _ in val_shifted]), np.concatenate([y for _, y in val_shifted]))
+    models: dict[str, RohdeCNN] = {"shipped": shipped}
+    for candidate in SIM_CANDIDATES:
         model = copy.deepcopy(shipped)
-        if fresh:
+        if not candidate.from_shipped:
             torch.manual_seed(seed)
             for module in model.head.modules():
                 if isinstance(module, torch.nn.Conv2d | torch.nn.Linear | torch.nn.BatchNorm2d):
                     module.reset_parameters()
         started = time.perf_counter()
-        result = train_classifier(model.head, train_xy, valid_windows(sets["val"]),
-                                  config=TrainerConfig(max_epochs=epochs, patience=5, lr=lr, batch_size=512,
-                                                       device="cpu"), seed=seed, desc=f"sim-{label}")  # fmt: skip
-        seconds[f"{label}_train"] = time.perf_counter() - started
-        candidates[label] = (model, result.best_val_accuracy)
-    chosen = max(candidates, key=lambda k: candidates[k][1])
-    acc = {"chosen_is_scratch": float(chosen == "scratch")}
-    models = {"shipped": shipped, "robust": candidates[chosen][0]}
-    models.update({label: model for label, (model, _) in candidates.items()})
+        train_classifier(model.head, train_xy, val_xy, seed=seed, desc=f"sim-{candidate.label}",
+                         config=TrainerConfig(max_epochs=candidate.max_epochs, patience=candidate.patience,
+                                              lr=candidate.lr, batch_size=512, device="cpu"))  # fmt: skip
+        seconds[f"{candidate.label}_train"] = time.perf_counter() - started
+        models[candidate.label] = model
+
+    acc: dict[str, float] = {}
     for label, model in models.items():
-        for key in ("recorded", "shifted"):
-            acc[f"{label}/{key}"] = accuracy(predict_proba(model.head, sets[key].features, device="cpu"), sets[key])
-    acc.update({f"{label}/val": val for label, (_, val) in candidates.items()})
-    logger.info("Simulated shifts: %s", {k: round(v, 4) for k, v in acc.items()})
-    names = {"train": [r.trial for r in train], "test": [f"{r.subject}/{r.session}/{r.trial}" for r in test]}
-    return SimulatedShiftResult(acc, {k: round(v, 1) for k, v in seconds.items()}, names)
+        acc[f"{label}/val_shifted"], _ = _pooled_scores(model, val_shifted)
+        acc[f"{label}/val_aligned"], _ = _pooled_scores(model, val_aligned)
+        acc[f"{label}/recorded"], _ = _pooled_scores(model, [recorded])
+        acc[f"{label}/shifted"], acc[f"{label}/shifted_worst"] = _pooled_scores(model, test_shifted)
+        acc[f"{label}/aligned"], acc[f"{label}/aligned_worst"] = _pooled_scores(model, test_aligned)
+    chosen = {method: _best_on(acc, list(models), key)
+              for method, key in zip(SIM_METHODS, ("val_shifted", "val_aligned"), strict=True)}  # fmt: skip
+    logger.info("Simulated shifts: %s; chosen %s", {k: round(v, 4) for k, v in acc.items()}, chosen)
+    names = {"train": sorted({r.trial for r in train}),
+             "test": [f"{r.subject}/{r.session}/{r.trial}" for r in test]}  # fmt: skip
+    return SimulatedShiftResult(acc, {k: round(v, 1) for k, v in seconds.items()}, names, chosen, val_info + test_info)
+
+
+def alignment_summary(donnings: list[dict[str, Any]], split: str) -> str:
+    """How many of a split's estimates the server would apply, and how far the applied ones were off."""
+    rows = [d for d in donnings if d["split"] == split]
+    if not rows:
+        return "no donnings"
+    applied = [d for d in rows if d["applied"]]
+    text = f"applied for {len(applied)} of {len(rows)} donnings"
+    if applied:
+        # The estimate is reference -> new session; the truth is the donning's shift.
+        errors = [max(abs(d["estimate"]["shift"][a] - d["true"][a]) for a in ("rows", "cols")) for d in applied]
+        text += f" (largest error of an applied estimate {max(errors):.2f} sites, median {np.median(errors):.2f})"
+    scores = [d["estimate"]["score"] for d in rows]
+    return text + f"; map correlation {min(scores):.2f}-{max(scores):.2f}"
 
 
 def render_simulated(result: SimulatedShiftResult) -> str:
     a = result.accuracy
-    return "\n".join([
+
+    def pct(key: str) -> str:
+        return f"{100 * a[key]:.1f}" if key in a else ""
+
+    models = ["shipped", *(c.label for c in SIM_CANDIDATES)]
+    names = {
+        "shipped": "shipped `rohde-default`",
+        "finetune": "shift-robust, shipped head fine-tuned",
+        "scratch": "shift-robust, head from scratch",
+        "scratch-long": "shift-robust, head from scratch, longer",
+    }
+    lines = [
         "## Simulated shifts on the embedded data",
         "",
-        "Session 3 clean trials of the default simulated set (192 channels, three 8 x 8 grids), as recorded and",
-        "with each trial re-donned at random (translation up to 2 electrodes along both axes of every grid,",
-        "fractions included, gain 0.8-1.25; applied to the raw signals). The shift-robust model is the shipped",
-        "model's head fine-tuned, or a fresh head trained, with shift augmentation on sessions 1-2 (the two",
-        "compared and chosen on session 2 trial 6, as recorded and re-donned).",
+        "Session 3 clean trials 1-3 of the default simulated set (192 channels, three 8 x 8 grids), as recorded",
+        f"and re-donned: each subject puts the array on {SIM_DONNINGS} times, each donning one random shift for all",
+        "its trials (translation up to 2 electrodes along both axes of every grid, fractions included, gain",
+        "0.8-1.25; applied to the raw signals). Zero-shot: the model alone. Label-free: as the server serves a",
+        "new donning: shift and gain estimated on one unlabelled trial of that donning (trial 4, 22.6 s)",
+        "against the package's alignment reference and applied to the scored trials when the map correlation",
+        f"reaches {SERVER_MIN_SCORE} (the server's `alignment_min_score`), else the stream as it comes. The",
+        "shift-robust models are trained with shift augmentation on clean trials "
+        f"{', '.join(str(int(t.lstrip('t'))) for t in result.recordings.get('train', []))} of sessions",
+        f"1-2; every model is compared on validation: session 2 trial 6 under {SIM_DONNINGS} donnings per subject",
+        "(trial 5 the unlabelled one), and each method takes the model best on its validation column.",
         "",
-        "| model | recorded | re-donned |",
-        "| --- | ---: | ---: |",
-        f"| shipped `rohde-default` | {100 * a['shipped/recorded']:.1f} | {100 * a['shipped/shifted']:.1f} |",
-        f"| shift-robust, shipped head fine-tuned (validation {100 * a.get('finetune/val', float('nan')):.1f}) | "
-        f"{100 * a.get('finetune/recorded', float('nan')):.1f} | {100 * a.get('finetune/shifted', float('nan')):.1f} |",
-        f"| shift-robust, head from scratch (validation {100 * a.get('scratch/val', float('nan')):.1f}) | "
-        f"{100 * a.get('scratch/recorded', float('nan')):.1f} | {100 * a.get('scratch/shifted', float('nan')):.1f} |",
-        f"| chosen on validation: {'from scratch' if a.get('chosen_is_scratch') else 'fine-tuned'} | "
-        f"{100 * a['robust/recorded']:.1f} | {100 * a['robust/shifted']:.1f} |",
-        "",
-        f"Time: features {result.seconds.get('features', 0):.0f} s, fine-tune "
-        f"{result.seconds.get('finetune_train', 0):.0f} s, "
-        f"from scratch {result.seconds.get('scratch_train', 0):.0f} s.",
-    ]) + "\n"  # fmt: skip
+        "| model | validation re-donned | validation + alignment | recorded | re-donned (worst donning) "
+        "| re-donned + alignment (worst donning) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]  # fmt: skip
+    for m in models:
+        lines.append(f"| {names[m]} | {pct(m + '/val_shifted')} | {pct(m + '/val_aligned')} | {pct(m + '/recorded')} "
+                     f"| {pct(m + '/shifted')} ({pct(m + '/shifted_worst')}) "
+                     f"| {pct(m + '/aligned')} ({pct(m + '/aligned_worst')}) |")  # fmt: skip
+    for method, key in zip(SIM_METHODS, ("shifted", "aligned"), strict=True):
+        m = result.chosen.get(method, "")
+        if m:
+            lines.append(f"| chosen on validation, {method}: {names[m]} | | | {pct(m + '/recorded')} | "
+                         + (f"{pct(m + '/shifted')} ({pct(m + '/shifted_worst')}) | |" if key == "shifted" else
+                            f"| {pct(m + '/aligned')} ({pct(m + '/aligned_worst')}) |"))  # fmt: skip
+    lines += ["", "Label-free alignment against the package's reference: validation "
+              f"{alignment_summary(result.donnings, 'sess2')}; test "
+              f"{alignment_summary(result.donnings, 'sess3')}."]  # fmt: skip
+    s = result.seconds
+    trained = ", ".join(f"{c.label} {s.get(c.label + '_train', 0):.0f} s" for c in SIM_CANDIDATES)
+    lines += ["", f"Time: features and alignment {s.get('features', 0):.0f} s; training {trained}."]
+    return "\n".join(lines) + "\n"

@@ -44,8 +44,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         "and everything else in the metadata are left as they are.",
     )
     reference.add_argument("--model", required=True, type=Path, help="model package folder (models/NAME)")
-    reference.add_argument("--data", required=True, type=Path,
-                           help="the data set it was trained on, e.g. made again by the command in its report")
+    reference.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="the data set it was trained on, e.g. made again by the command in its report",
+    )
     reference.set_defaults(handler=_reference)
 
     # A top-level command: `rohde study` is the robustness study's group.
@@ -69,7 +73,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         default=Path("models/rohde-default"),
         help="model package of the simulated-shift check (default models/rohde-default)",
     )
-    cross.add_argument("--skip-flexemg", action="store_true", help="only the simulated-shift check")
+    cross.add_argument("--skip-flexemg", action="store_true",
+                       help="only the simulated-shift check (keeps the flexemg results in --out)")  # fmt: skip
     cross.add_argument("--packages", type=Path, default=None,
                        help="also export each subject's and source session's CNNs as model packages here, "
                             "with their alignment reference (inputs for rohde calibrate)")  # fmt: skip
