@@ -40,13 +40,13 @@ def run_ingest_consumer(*, kind: str, name: str, source_id: str, seconds: float,
     counter = {"samples": 0}
     threads: list[threading.Thread] = []
     if kind == "ours":
+        from rohde.core.quality_monitor import QualityThresholds
         from rohde.server.blas_threads import limit_blas_threads
         from rohde.server.inference import ModelManager
         from rohde.server.ingest_config import IngestConfig
         from rohde.server.jobs import JobQueue
         from rohde.server.lsl_inlet import StreamQuery, resolve
         from rohde.server.metrics import ServerMetrics
-        from rohde.server.quality import QualityThresholds
         from rohde.server.stream_worker import StreamState, StreamWorker
 
         limit_blas_threads()  # as `rohde serve` does

@@ -45,6 +45,7 @@ def stream_cost(model: Path, *, n_streams: int = 4, seconds: float = 5.0, repeat
     `batch`: windows per inference run (None: every window of one hop of all streams together, as
     streams whose outlets push in step give them; 1: streams out of step)."""
     from rohde.core.model_package import load_model_package
+    from rohde.core.quality_monitor import QualityThresholds
     from rohde.server.blas_threads import limit_blas_threads
     from rohde.server.hub import Hub
     from rohde.server.inference import ModelManager
@@ -53,7 +54,6 @@ def stream_cost(model: Path, *, n_streams: int = 4, seconds: float = 5.0, repeat
     from rohde.server.jobs import JobQueue, WindowJob
     from rohde.server.live_alignment import StreamAlignment
     from rohde.server.metrics import ServerMetrics
-    from rohde.server.quality import QualityThresholds
     from rohde.server.window_assembler import WindowAssembler
 
     if n_streams < 1 or seconds <= 0 or repeats < 1 or (batch is not None and batch < 1):

@@ -7,8 +7,8 @@ from dataclasses import MISSING, fields
 import pytest
 
 from rohde.core.errors import ConfigError
+from rohde.core.quality_monitor import QualityThresholds
 from rohde.server.ingest_config import IngestConfig
-from rohde.server.quality import QualityThresholds
 from rohde.server.settings import ServerSettings, load_settings
 
 pytestmark = pytest.mark.timeout(60)

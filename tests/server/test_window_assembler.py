@@ -9,11 +9,11 @@ import pytest
 
 from rohde.core.model_package import ModelPackage, load_model_package
 from rohde.core.preprocessing import filter_recording
+from rohde.core.quality_monitor import QualityThresholds
 from rohde.core.windows import extract_windows, window_ends
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import WindowJob
 from rohde.server.metrics import ServerMetrics, StreamCounter
-from rohde.server.quality import QualityThresholds
 from rohde.server.window_assembler import WindowAssembler
 
 from .conftest import FS_HZ, N_CHANNELS, ModelSet
@@ -446,3 +446,43 @@ def test_a_model_trained_with_quality_masking_gets_bad_channels_rebuilt() -> Non
             assert np.abs(window[77]).max() > 0
         else:
             assert np.abs(window[77]).max() < 1e-3  # served as it came: a flat channel
+
+
+def test_offline_evaluation_rebuilds_the_channels_the_server_rebuilds() -> None:
+    """`iter_windows(rebuild_bad=True)` (what `rohde evaluate` scores a masking package on) gives the served windows."""
+    import dataclasses
+
+    from rohde.core.channel_repair import QUALITY_MASKING_KEY
+    from rohde.server.settings import default_models_dir
+    from rohde.simulation.disturbances import inject
+    from rohde.simulation.placement import Placement
+    from rohde.simulation.simulator import SimulatorConfig, simulate_recording
+    from rohde.training.windows_dataset import iter_windows
+
+    shipped = load_model_package(default_models_dir() / "rohde-default")
+    meta = shipped.metadata.model_copy(update={"training_data": {**shipped.metadata.training_data,
+                                                                 QUALITY_MASKING_KEY: True}})  # fmt: skip
+    package = dataclasses.replace(shipped, metadata=meta)
+    config = SimulatorConfig(gestures=("no_movement", "hand_close"), rest_s=0.5, gesture_s=2.0, repetitions=1)
+    clean = simulate_recording(config=config, subject=1, session=1, trial=1, condition="clean", seed=0)
+    rec = inject(clean, "LC", seed=3, placement=Placement("patch", 0.05))
+    offline = [w for x, _, _ in iter_windows(rec, preprocessing=package.preprocessing, rebuild_bad=True,
+                                              normalization=package.normalization, windows=package.windows)
+               for w in x]  # fmt: skip
+    plain = [w for x, _, _ in iter_windows(rec, preprocessing=package.preprocessing,
+                                            normalization=package.normalization, windows=package.windows)
+             for w in x]  # fmt: skip
+    jobs: list[WindowJob] = []
+    assembler = WindowAssembler("s", config=IngestConfig(), metrics=ServerMetrics(), emit=jobs.append)
+    assembler.use_model(package, 1, max_chunk=4096)
+    assembler.restart(rec.fs_hz)
+    ends = window_ends(rec.n_samples, package.windows.window_samples(rec.fs_hz), package.windows.hop_samples(rec.fs_hz))
+    stamps = np.arange(rec.n_samples) / rec.fs_hz
+    for start, stop in zip(np.concatenate([[0], ends[:-1]]), ends, strict=True):  # one pull per window
+        assembler.push(rec.samples[start:stop], stamps[start:stop], pulled_at=0.0, full=False)
+    assert len(jobs) == len(offline)
+    rebuilt = [i for i, j in enumerate(jobs) if j.reject_reason is None and not np.array_equal(offline[i], plain[i])]
+    assert len(rebuilt) > len(jobs) // 2  # the lifted contacts were flagged and rebuilt for most of the recording
+    for i, job in enumerate(jobs):
+        if job.reject_reason is None:
+            np.testing.assert_allclose(job.window, offline[i], rtol=1e-4, atol=1e-4)

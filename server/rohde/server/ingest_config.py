@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rohde.server.quality import QualityThresholds
+from rohde.core.quality_monitor import QualityThresholds
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rohde.core.channel_map import parse_selection
 from rohde.core.errors import ConfigError
+from rohde.core.quality_monitor import QualityThresholds
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.lsl_inlet import DEFAULT_STREAM_TYPES
-from rohde.server.quality import QualityThresholds
 
 ENV_PREFIX = "ROHDE_"
 

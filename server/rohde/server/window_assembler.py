@@ -56,11 +56,11 @@ import numpy as np
 from rohde.core.channel_repair import QUALITY_MASKING_KEY, ChannelRepair
 from rohde.core.model_package import ModelPackage
 from rohde.core.preprocessing import StreamFilter
+from rohde.core.quality_monitor import QualityMonitor
 from rohde.core.windows import StreamWindower, ring_write
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import WindowJob
 from rohde.server.metrics import ServerMetrics, StreamCounter
-from rohde.server.quality import QualityMonitor
 
 logger = logging.getLogger(__name__)
 

@@ -63,8 +63,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     evaluate.add_argument("--data", required=True, type=Path, help="folder of test recordings")
     evaluate.add_argument("--out", required=True, type=Path, help="report folder to write")
     evaluate.add_argument("--inject", default="",
-                          help="comma-separated conditions (e.g. CA,LC) to inject into every clean recording "
-                          "with the disturbance models, for data that has none")  # fmt: skip
+                          help="comma-separated conditions to inject into every clean recording with the disturbance "
+                          "models, for data that has none: a kind where the recordings' own disturbances sit (CA, LC), "
+                          "or KIND@SHAPE at random electrodes of that shape (CA@any, dead@patch; 5-15 %% of them)")
+    evaluate.add_argument("--raw-windows", action="store_true",
+                          help="score a package trained with quality masking without the server's rebuild of the "
+                          "channels its monitor flags (by default it is scored as served)")  # fmt: skip
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the injected disturbances")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -152,7 +156,25 @@ def _command_line(args: argparse.Namespace) -> str:
     return shlex.join(words + (["--quick"] if args.quick else []))
 
 
+def _injection(entry: str) -> tuple[str, Any]:
+    """`--inject` entry: a kind where the recordings' own disturbances sit ("CA"), or `KIND@SHAPE` ("CA@any"),
+    placed at random electrodes of that shape covering as much of the array as the live demo's."""
+    from rohde.core.errors import ConfigError
+    from rohde.simulation.disturbances import DISTURBANCE_CONDITIONS
+    from rohde.simulation.placement import SHAPES, Placement
+    from rohde.simulation.simulator import MOVING_SEVERITY
+
+    kind, at, shape = entry.partition("@")
+    if kind not in DISTURBANCE_CONDITIONS or (at and shape not in SHAPES):
+        raise ConfigError(f"--inject entry {entry!r}: use a kind of {list(DISTURBANCE_CONDITIONS)}, optionally "
+                          f"@SHAPE with a shape of {list(SHAPES)} (e.g. CA@any).")  # fmt: skip
+    return kind, Placement(shape, MOVING_SEVERITY) if at else None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from rohde.core.channel_repair import QUALITY_MASKING_KEY
     from rohde.core.datasets import load_dataset
     from rohde.core.errors import ConfigError
     from rohde.core.model_package import load_model_package
@@ -168,13 +190,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         clean = [r for r in recordings if r.condition == "clean"]
         if not clean:
             raise ConfigError(f"--inject needs clean recordings under {str(args.data)!r}; none found.")
-        for k, condition in enumerate(conditions):
-            recordings += [inject(r, condition, seed=args.seed * 1000 + 17 * k + i) for i, r in enumerate(clean)]
-    results = evaluate_package(args.model, recordings)
+        for k, entry in enumerate(conditions):
+            condition, placement = _injection(entry)
+            recordings += [replace(inject(r, condition, seed=args.seed * 1000 + 17 * k + i, placement=placement),
+                                   condition=entry) for i, r in enumerate(clean)]  # fmt: skip
+    results = evaluate_package(args.model, recordings, as_served=not args.raw_windows)
     report = {
         "name": package.name,
         "labels": package.metadata.labels,
-        "data": {"data_dir": str(args.data), "injected": conditions, "n_recordings": len(recordings)},
+        "data": {"data_dir": str(args.data), "injected": conditions, "n_recordings": len(recordings),
+                 "bad_channels_rebuilt": not args.raw_windows
+                 and bool(package.metadata.training_data.get(QUALITY_MASKING_KEY, False))},  # fmt: skip
         "models": {package.name: results},
     }
     write_report(report, args.out)

@@ -102,10 +102,16 @@ def evaluate_package(
     *,
     max_votes: int = 10,
     providers: Sequence[str] = ("CPUExecutionProvider",),
+    as_served: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Score an exported package on recordings with ONNX Runtime, through the shared preprocessing."""
+    """Score an exported package on recordings with ONNX Runtime, through the shared preprocessing.
+
+    `as_served`: a package trained with quality masking gets the channels the server's quality monitor
+    would flag rebuilt in each window, as the server does before its model (`iter_windows(rebuild_bad=)`);
+    packages without it are scored on their windows unchanged either way."""
     import onnxruntime as ort
 
+    from rohde.core.channel_repair import QUALITY_MASKING_KEY
     from rohde.core.model_package import check_recording_fits, load_model_package
 
     package = load_model_package(model_dir)
@@ -123,5 +129,6 @@ def evaluate_package(
         normalization=package.normalization,
         windows=package.windows,
         featurize=run,
+        rebuild_bad=as_served and bool(meta.training_data.get(QUALITY_MASKING_KEY, False)),
     )
     return evaluate_probabilities(windows.features, windows, labels=meta.labels, max_votes=max_votes)

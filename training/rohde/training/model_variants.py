@@ -175,9 +175,9 @@ def sweep_fractions(
     sweep: dict[str, dict[str, Any]] = {}
     for fraction in fractions:
         model, result = candidates[fraction]
-        probs = predict_proba(model.head, windows.test.features, device=str(ctx.device))
+        probs = predict_proba(model.head, windows.served_test.features, device=str(ctx.device))
         sweep[f"{fraction:g}"] = {
-            **evaluate_probabilities(probs, windows.test, labels=ctx.labels, max_votes=1),
+            **evaluate_probabilities(probs, windows.served_test, labels=ctx.labels, max_votes=1),
             "val_accuracy": result.best_val_accuracy,
             "selected": fraction == chosen,
         }

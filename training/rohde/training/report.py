@@ -55,7 +55,8 @@ def markdown(report: dict[str, Any]) -> str:
         if QUALITY_MASKING_KEY in data:
             lines.append("- quality masking: " + (
                 "on (RoHDE trained with random electrode sets rebuilt from their neighbours; the server rebuilds the "
-                "channels its detector flags before this model)" if data[QUALITY_MASKING_KEY] else "off"))
+                "channels its quality monitor flags before this model, and RoHDE's test figures here, the fraction "
+                "sweep's included, are scored that way: as served)" if data[QUALITY_MASKING_KEY] else "off"))
         for note in data.get("split", {}).get("notes", []):
             lines.append(f"- {note}")
         lines.append("")

@@ -61,8 +61,10 @@ class RunContext:
             config=self.config.cnn,
         )
 
-    def window_set(self, recordings: Sequence[Recording], *, with_td: bool = False) -> WindowSet:
-        """The recordings' windows through the fixed CNN frontend (and the classic TD features if asked)."""
+    def window_set(self, recordings: Sequence[Recording], *, with_td: bool = False,
+                   rebuild_bad: bool = False) -> WindowSet:  # fmt: skip
+        """The recordings' windows through the fixed CNN frontend (and the classic TD features if asked;
+        `rebuild_bad`: the channels the server's quality monitor flags rebuilt, as `iter_windows`)."""
         frontend = self.new_model().frontend.to(self.device).eval()
 
         def featurize(x: np.ndarray) -> np.ndarray:
@@ -86,6 +88,7 @@ class RunContext:
             windows=self.windows,
             featurize=featurize,
             td_features=td,
+            rebuild_bad=rebuild_bad,
         )
 
     def fit_head(
@@ -114,12 +117,15 @@ class WindowSets:
     val: WindowSet
     seen_disturbed: WindowSet
     test: WindowSet
+    served_test: WindowSet  # the test windows RoHDE is served: with quality masking, flagged channels rebuilt
 
 
 def build_window_sets(ctx: RunContext, split: DataSplit) -> WindowSets:
+    test = ctx.window_set(split.test, with_td=True)
     return WindowSets(
         train=ctx.window_set(split.train, with_td=True),
         val=ctx.window_set(split.val),
         seen_disturbed=ctx.window_set(split.seen_disturbed),
-        test=ctx.window_set(split.test, with_td=True),
+        test=test,
+        served_test=ctx.window_set(split.test, rebuild_bad=True) if ctx.config.augment.quality_masking else test,
     )

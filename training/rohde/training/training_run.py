@@ -234,7 +234,7 @@ def run_training(
     configured = train_rohde(ctx, windows, augmented[ROBUST_MODEL])
     clock.done("rohde")
     sweep = sweep_fractions(ctx, windows, augmented[ROBUST_MODEL], configured)
-    scores.add(ctx, windows.test, ROBUST_MODEL, sweep.shipped)
+    scores.add(ctx, windows.served_test, ROBUST_MODEL, sweep.shipped)
     scores.training[ROBUST_MODEL]["synthetic_fraction"] = sweep.chosen
     clock.done("sweep")
     shipped = scores.models[ROBUST_MODEL]

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rohde.core.channel_repair import ChannelRepair
 from rohde.core.errors import ConfigError
 from rohde.core.gestures import UNUSABLE
 from rohde.core.preprocessing import Normalization, PreprocessingConfig, filter_recording
+from rohde.core.quality_monitor import QualityMonitor, served_repair_sets
 from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig, extract_windows, window_ends
 
@@ -74,8 +76,13 @@ def iter_windows(
     normalization: Normalization,
     windows: WindowConfig,
     chunk_windows: int = 128,
+    rebuild_bad: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (windows `(n, C, W)` float32, labels `(n,)`, valid `(n,)`) chunk by chunk, in time order."""
+    """Yield (windows `(n, C, W)` float32, labels `(n,)`, valid `(n,)`) chunk by chunk, in time order.
+
+    With `rebuild_bad`, every window gets the channels the server's quality monitor would flag at that
+    moment rebuilt from their neighbours, as the server does for a package trained with quality masking
+    (`served_repair_sets`; the monitor judges with the frequencies `preprocessing` notches removed)."""
     if recording.fs_hz != preprocessing.fs_hz:
         raise ConfigError(
             f"Recording {recording.trial!r} is sampled at {recording.fs_hz} Hz but the preprocessing expects "
@@ -86,9 +93,15 @@ def iter_windows(
     normalised = normalization.apply(filter_recording(recording.samples, preprocessing))
     ends = window_ends(recording.n_samples, window, hop)
     labels, valid = window_labels(recording.labels, ends, window)
+    repair, bad_sets = None, []
+    if rebuild_bad:
+        monitor = QualityMonitor(recording.n_channels, recording.fs_hz, layout=recording.layout,
+                                 removed_hz=preprocessing.notch_frequencies())  # fmt: skip
+        repair, bad_sets = ChannelRepair(recording.layout), served_repair_sets(recording.samples, ends, monitor)
     for start in range(0, len(ends), chunk_windows):
         sl = slice(start, start + chunk_windows)
-        yield extract_windows(normalised, ends[sl], window), labels[sl], valid[sl]
+        x = extract_windows(normalised, ends[sl], window)
+        yield (x if repair is None else repair.rebuild_windows(x, bad_sets[sl])), labels[sl], valid[sl]
 
 
 @dataclass
@@ -138,11 +151,14 @@ def build_window_set(
     windows: WindowConfig,
     featurize: Featurizer,
     td_features: Featurizer | None = None,
+    rebuild_bad: bool = False,
 ) -> WindowSet:
-    """Window every recording through the shared path and keep only per-window features."""
+    """Window every recording through the shared path and keep only per-window features (`rebuild_bad`: as
+    `iter_windows`)."""
     feats, tds, labels, valid, ids = [], [], [], [], []
     for i, rec in enumerate(recordings):
-        for x, y, ok in iter_windows(rec, preprocessing=preprocessing, normalization=normalization, windows=windows):
+        for x, y, ok in iter_windows(rec, preprocessing=preprocessing, normalization=normalization, windows=windows,
+                                     rebuild_bad=rebuild_bad):  # fmt: skip
             feats.append(featurize(x))
             if td_features is not None:
                 tds.append(td_features(x).astype(np.float32))

@@ -25,6 +25,10 @@ The spectrum is a Hann-windowed FFT of the mean-removed raw window. A channel wi
 told the frequencies its preprocessing notches (`removed_hz`), the neighbour detector judges channels
 with them removed, and a `powerline` flag alone is no reason to rebuild a channel when the notches
 cover the mains it measures.
+
+The monitor lives in the core, not in the server, so offline evaluation can replay what the server does
+to a recording (`served_repair_sets`): a package trained with quality masking is scored on the windows
+the server would give it, rebuilt with the channels this monitor would have flagged at that moment.
 """
 
 from __future__ import annotations
@@ -194,3 +198,20 @@ class QualityMonitor:
     def summary(self) -> dict[str, object]:
         counts = {flag: int(n) for flag, n in zip(FLAGS, self._flags.sum(axis=0), strict=True)}
         return {"bad_channels": list(self.bad_channels), "flag_counts": counts}
+
+
+def served_repair_sets(raw: np.ndarray, ends: np.ndarray, monitor: QualityMonitor) -> list[tuple[int, ...]]:
+    """For each window ending at sample `ends[i]` of a raw `(n_samples, C)` uV recording, the channels the
+    server rebuilds in it: the monitor's `repair_channels` after it has seen the samples before the window's
+    last hop (the server pushes a pull to the monitor after emitting that pull's windows, so a window is
+    judged by the estimate of the pull before). Pulls are taken to be one hop, as when the server keeps up.
+    `monitor` must be fresh (nothing pushed)."""
+    sets: list[tuple[int, ...]] = []
+    pushed = 0
+    x = np.asarray(raw, dtype=np.float32)
+    for end in np.asarray(ends, dtype=np.int64):
+        sets.append(tuple(monitor.repair_channels))
+        if end > pushed:
+            monitor.push(x[pushed:end])
+            pushed = int(end)
+    return sets

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rohde.server.quality import QualityMonitor, QualityThresholds
+from rohde.core.quality_monitor import QualityMonitor, QualityThresholds
 
 pytestmark = pytest.mark.timeout(60)
 
