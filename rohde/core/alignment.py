@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.sparse import csr_array
 
+from rohde.core.channel_repair import ChannelRepair
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import NO_ELECTRODE, ElectrodeGrid, ElectrodeLayout
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
@@ -382,6 +383,9 @@ def normalized_matrix(matrix: np.ndarray, scale_uv: np.ndarray) -> np.ndarray:
     return matrix * (scale[None, :] / scale[:, None])
 
 
+MIN_GOOD_SHARE = 0.5  # a channel flagged for more of the warm-up than this is filled from its neighbours
+
+
 class LiveAlignment:
     """A stream's alignment from its first `warmup_s` seconds: pure state, no threads (server-ready).
 
@@ -418,10 +422,13 @@ class LiveAlignment:
         self.warmup_s = warmup_s
         self.min_score = min_score
         self.scale_uv = scale_uv
+        self._repair: ChannelRepair | None = None  # built when a channel must be filled
         self.restart()
 
     def restart(self) -> None:
-        self._abs_sum = np.zeros(self.layout.n_channels, dtype=np.float64)
+        n_channels = self.layout.n_channels
+        self._abs_sum = np.zeros(n_channels, dtype=np.float64)  # (C,) sum of |x| over each channel's good samples
+        self._good = np.zeros(n_channels, dtype=np.int64)  # (C,) samples in which the channel was not flagged
         self._n = 0
         self.estimate: ShiftEstimate | None = None
         self.matrix: np.ndarray | None = None  # (C, C), None until an accepted estimate
@@ -442,25 +449,42 @@ class LiveAlignment:
         """Take a filtered chunk `(n, C)`; returns the estimate when this chunk completes the warm-up."""
         if not self.collect(filtered):
             return None
-        return self.accept(self.estimate_from(self.activity()))
+        return self.accept(self.estimate_from(self.activity(), self.known))
 
-    def collect(self, filtered: np.ndarray) -> bool:
-        """Add a filtered chunk `(n, C)` to the map; True once `warmup_s` seconds are in (nothing estimated
-        yet: `push` does both, a caller that estimates elsewhere calls `estimate_from` and `accept`)."""
+    def collect(self, filtered: np.ndarray, bad_channels: Sequence[int] = ()) -> bool:
+        """Add a filtered chunk `(n, C)` to the map, leaving out the channels flagged bad during it; True once
+        `warmup_s` seconds are in (nothing estimated yet: `push` does both, a caller that estimates elsewhere
+        calls `estimate_from(activity(), known)` and `accept`)."""
         if self.estimate is not None or filtered.shape[0] == 0:
             return False
         if filtered.ndim != 2 or filtered.shape[1] != self.layout.n_channels:
             raise ConfigError(f"Expected chunks (n, {self.layout.n_channels}), got {filtered.shape}.")
         if self.collected_s >= self.warmup_s:
             return True
-        finite = np.where(np.isfinite(filtered), filtered, 0.0)
-        self._abs_sum += np.abs(finite.astype(np.float64)).sum(axis=0)
+        good = np.ones(filtered.shape[1], dtype=bool)
+        good[list(bad_channels)] = False
+        finite = np.where(np.isfinite(filtered[:, good]), filtered[:, good], 0.0)
+        self._abs_sum[good] += np.abs(finite.astype(np.float64)).sum(axis=0)
+        self._good[good] += filtered.shape[0]
         self._n += filtered.shape[0]
         return self.collected_s >= self.warmup_s
 
+    @property
+    def known(self) -> np.ndarray:
+        """`(C,)` bool: the channels not flagged for at least `MIN_GOOD_SHARE` of the warm-up."""
+        return self._good >= MIN_GOOD_SHARE * max(self._n, 1)
+
     def activity(self) -> np.ndarray:
-        """The mean absolute value `(C,)` of what was collected."""
-        return self._abs_sum / max(self._n, 1)
+        """The mean absolute value `(C,)` of what was collected, each channel over its good samples; a channel
+        not `known` is filled from its neighbours (`ChannelRepair.fill`: it carries no weight in the estimate
+        made with `known`, but the map stays whole)."""
+        mean = self._abs_sum / np.maximum(self._good, 1)
+        known = self.known
+        if known.all():
+            return mean
+        if self._repair is None:
+            self._repair = ChannelRepair(self.layout)
+        return self._repair.fill(mean, ~known)
 
     def estimate_from(self, activity: np.ndarray, known: np.ndarray | None = None) -> ShiftEstimate:
         """The estimate for an activity map `(C,)`, scored on its `known` sites (all when None; no state changes:

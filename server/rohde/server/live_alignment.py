@@ -9,11 +9,11 @@ from then on moves every window back onto the training grid before it is queued:
 as offline (`alignment_matrix`), taken into the normalised domain (`normalized_matrix`). A grid that
 did not move snaps to no shift, so only the gain is corrected.
 
-Disturbed channels stay out of the warm-up map: each channel's mean absolute value is taken over the windows
-in which the channel-quality estimate did not flag it (`WindowJob.bad_channels`), and a channel flagged in
-more than half of the warm-up (`MIN_GOOD_SHARE`) is left out of the map's comparison with the reference
-(`estimate_shift(known=...)`), so a tapped or lifted patch of electrodes during the first seconds cannot pull
-the estimate towards a shift that is not there.
+Disturbed channels stay out of the warm-up map (`LiveAlignment.collect` with `WindowJob.bad_channels`): each
+channel's mean absolute value is taken over the windows in which the channel-quality estimate did not flag it,
+and a channel flagged in more than half of the warm-up (`MIN_GOOD_SHARE`) is left out of the map's comparison
+with the reference (`estimate_shift(known=...)`), so a tapped or lifted patch of electrodes during the first
+seconds cannot pull the estimate towards a shift that is not there.
 Rejected windows (`reject_reason`) are left out whole.
 
 States (`/streams`, `GET /streams/{id}/alignment`): `disabled` (the server setting is off, or the
@@ -40,47 +40,11 @@ from typing import Any
 import numpy as np
 
 from rohde.core.alignment import AlignmentReference, GridShift, LiveAlignment, resampling_matrix
-from rohde.core.channel_repair import ChannelRepair
 from rohde.core.errors import ConfigError
 from rohde.core.model_package import ModelPackage
 from rohde.server.jobs import WindowJob
 
 logger = logging.getLogger(__name__)
-
-MIN_GOOD_SHARE = 0.5  # a channel judged good for less of the warm-up than this is rebuilt from its neighbours
-
-
-class WarmupMap:
-    """The warm-up's activity map `(C,)` in uV from good channels only: per channel, the mean absolute value over
-    the samples in which it was not flagged; a channel good for under `MIN_GOOD_SHARE` of them is not `known`
-    (its value is filled from its neighbours, `ChannelRepair.fill`, but carries no weight in the estimate)."""
-
-    def __init__(self, repair: ChannelRepair) -> None:
-        self.repair = repair
-        n_channels = repair.layout.n_channels
-        self._abs_sum = np.zeros(n_channels, dtype=np.float64)  # (C,) sum of |x| over the channel's good samples
-        self._good = np.zeros(n_channels, dtype=np.int64)  # (C,) samples in which the channel was good
-        self._seen = 0  # samples collected
-
-    def add(self, chunk_uv: np.ndarray, bad_channels: tuple[int, ...]) -> None:
-        """Take a filtered chunk `(n, C)` in uV and the channels flagged bad during it."""
-        good = np.ones(chunk_uv.shape[1], dtype=bool)
-        good[list(bad_channels)] = False
-        finite = np.where(np.isfinite(chunk_uv), chunk_uv, 0.0)
-        self._abs_sum[good] += np.abs(finite[:, good].astype(np.float64)).sum(axis=0)
-        self._good[good] += chunk_uv.shape[0]
-        self._seen += chunk_uv.shape[0]
-
-    @property
-    def known(self) -> np.ndarray:
-        """`(C,)` bool: the channels judged good for at least `MIN_GOOD_SHARE` of the warm-up."""
-        return self._good >= MIN_GOOD_SHARE * max(self._seen, 1)
-
-    def activity(self) -> np.ndarray:
-        mean = self._abs_sum / np.maximum(self._good, 1)  # (C,)
-        known = self.known
-        return mean if known.all() else self.repair.fill(mean, ~known)
-
 
 class AlignmentState(StrEnum):
     DISABLED = "disabled"
@@ -123,7 +87,6 @@ class StreamAlignment:
         self._min_score = min_score
         self._lock = threading.Lock()
         self._live: LiveAlignment | None = None
-        self._map: WarmupMap | None = None  # the warm-up's map from good channels, beside `_live`'s clock
         self._hop = 1  # samples a window adds to the one before
         self._scale = np.ones(0, dtype=np.float32)  # (C,) the model's normalisation, to get back to uV
         self._generation = 0
@@ -139,7 +102,6 @@ class StreamAlignment:
             self._generation = generation
             self._token += 1
             self._live = None
-            self._map = None
             self._estimated_at = None
             meta = package.metadata
             self._hop = package.windows.hop_samples(meta.fs_hz)
@@ -152,7 +114,6 @@ class StreamAlignment:
                 reference = expected_reference(package)
                 self._live = LiveAlignment(reference, package.layout, meta.fs_hz, warmup_s=self._warmup_s,
                                            min_score=self._min_score, scale_uv=package.normalization.scale_uv)
-                self._map = WarmupMap(ChannelRepair(package.layout))
             except ConfigError as exc:
                 self._reason = f"model {meta.name!r}: {exc}"
                 return
@@ -176,23 +137,21 @@ class StreamAlignment:
             self._estimated_at = None
             if self._live is not None:
                 self._live.restart()
-                self._map = WarmupMap(self._map.repair) if self._map is not None else None
 
     def process(self, job: WindowJob) -> WindowJob:
         """Take the window's newest samples while collecting; move it once an estimate is applied."""
         with self._lock:
-            live, warmup = self._live, self._map
-            if not self._enabled or live is None or warmup is None:
+            live = self._live
+            if not self._enabled or live is None:
                 return job
             if live.estimate is None:
                 # Rejected windows stay out of the map, and so do the channels flagged bad in the others.
                 if job.reject_reason is not None:
                     return job
                 chunk = job.window[:, -self._hop:].T * self._scale  # (hop, C) filtered uV
-                warmup.add(chunk, job.bad_channels)
-                if not live.collect(chunk):  # `live` keeps the warm-up's clock
+                if not live.collect(chunk, job.bad_channels):
                     return job
-                activity, known, token = warmup.activity(), warmup.known, self._token
+                activity, known, token = live.activity(), live.known, self._token
             else:
                 if live.matrix is None:
                     return job
