@@ -134,9 +134,10 @@ def test_simulated_section_names_the_choice_and_the_target(tmp_path: Path) -> No
     from rohde.training.cross_day import SimulatedShiftResult
 
     keys = ("val_shifted", "val_aligned", "recorded", "shifted", "shifted_worst", "aligned", "aligned_worst")
-    acc = {f"{m}/{k}": 0.9 for m in ("shipped", "finetune", "scratch", "scratch-long") for k in keys}
+    acc = {f"{m}/{k}": 0.9 for m in ("shipped", "finetune", "scratch") for k in keys}
     acc.update({"scratch/shifted": 0.975, "scratch/shifted_worst": 0.96, "scratch/recorded": 0.98,
-                "shipped/aligned": 0.93, "shipped/aligned_worst": 0.85})  # fmt: skip
+                "shipped/aligned": 0.93, "shipped/aligned_worst": 0.85, "scratch/val_shifted": 0.953,
+                "finetune/val_shifted": 0.95})  # fmt: skip
     estimates = {True: {"shift": {"rows": 1.25, "cols": -0.5, "rotation_deg": 0.0, "gain": 1.0}, "score": 0.95},
                  False: {"shift": {"rows": 0.0, "cols": 0.0, "rotation_deg": 0.0, "gain": 1.0},
                         "score": 0.8}}  # fmt: skip
@@ -144,7 +145,8 @@ def test_simulated_section_names_the_choice_and_the_target(tmp_path: Path) -> No
     donnings = [{"split": "sess3", "subject": "s01", "donning": i, "applied": applied, "true": truth,
                  "estimate": estimates[applied]} for i, applied in enumerate((True, False))]  # fmt: skip
     chosen = {"zero-shot": "scratch", "label-free": "shipped"}
-    simulated = SimulatedShiftResult(acc, {}, {"train": ["t01", "t02"]}, chosen, donnings)
+    simulated = SimulatedShiftResult(acc, {"scratch_train": 58.0}, {"train": ["t01", "t02"]}, chosen, donnings,
+                                     {"scratch": [21, 31]})  # fmt: skip
     shift = {"shift": {"rows": 4.5, "cols": -1.0, "rotation_deg": 0.0, "gain": 1.5}, "score": 0.97,
              "score_unshifted": -0.4}  # fmt: skip
     results = [DirectionResult("001", "Session1", "Session3", {"robust/cross": 0.9, "cnn/within": 1.0,
@@ -156,6 +158,8 @@ def test_simulated_section_names_the_choice_and_the_target(tmp_path: Path) -> No
             "96.0 (donning) | mean only |") in text  # fmt: skip
     assert ("| simulated shifts up to 2 electrodes >= 97 %, label-free | `shipped`, chosen on validation | 93.0 | "
             "85.0 (donning) | no |") in text  # fmt: skip
+    assert "scratch 58 s (best epoch 21 of 31 run, cap 60, patience 10)" in text
+    assert "Validation lead of each choice: zero-shot: `scratch` led `finetune` by 0.3 points;" in text
     assert "applied for 1 of 2 donnings (largest error of an applied estimate 0.25 sites" in text
     assert "| zero-shot >= 85 % | `robust/cross` | 90.0 | 90.0 | yes |" in text
     assert "+1.0 (as a drop)" in text
