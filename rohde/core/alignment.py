@@ -19,13 +19,18 @@ and gain from a few seconds of *unlabelled* data of the new session, and undoes 
   training data, all gestures and rest mixed, as a new session's first seconds mix them too.
   `AlignmentReference.from_recordings` makes it: `rohde train` stores it in every package it
   writes, and the offline tools (`rohde calibrate`, `rohde cross-day`) compute it the same way.
+  Trained on several subjects, it also keeps each subject's own map (`groups`): one donning of one
+  subject matches the pooled map of three simulated subjects with a correlation of only 0.70-0.90,
+  its own subject's map with 0.90-0.99.
 - `estimate_shift(reference, activity, layout)`: the shift (and gain) that best carries the
   reference map onto the new map (correlation of log-MAV over the sites whose source lies on the
-  grid, coarse grid search then a fractional refinement); `alignment_matrix` is its inverse, the
-  map that brings the new session's samples back onto the reference's electrodes. A shift is kept
-  only when it raises the correlation over the unshifted map by `MIN_IMPROVEMENT`; otherwise the
-  estimate snaps to no shift (the gain alone), since two trials of one placement already differ by
-  fractions of a site.
+  grid, coarse grid search then a fractional refinement), searched against every map of the
+  reference; the best-correlated map wins (`ShiftEstimate.reference` names it). `alignment_matrix`
+  is its inverse, the map that brings the new session's samples back onto the reference's
+  electrodes. A shift is kept
+  only when it raises the correlation over the unshifted map (the best of the reference's maps) by
+  `MIN_IMPROVEMENT`; otherwise the estimate snaps to no shift (the gain alone), since two trials of one
+  placement already differ by fractions of a site.
 
 Pure numpy: the offline tools and the server share it.
 """
@@ -60,6 +65,11 @@ _LOG_FLOOR = 1e-3  # keeps silent (or edge-filled zero) channels out of log(0)
 # copy of a real map gains 0.04-0.11 for half a row and 0.17-0.41 for one row. 0.05 is 1.5 times the
 # largest no-shift gain. A move of one column (a quarter of the 4-column flexemg array's width) gains
 # only 0.02-0.07 and is mostly left alone: trial-to-trial variation looks the same.
+# With several maps the margin is taken over the best unshifted map of any: the same 40 trials against
+# references that also hold the other subject's map of the same session, or all three other Train folders'
+# maps (two of them other placements), moved 0 of 40, the best shift of any map rising at most 0.031 and
+# 0.036 over it; a margin checked map by map instead moved 13 of 40 onto another folder's placement (a shifted
+# noise-free map of a look-alike forearm beat the trial's own map unshifted by 0.005-0.035).
 MIN_IMPROVEMENT = 0.05
 
 
@@ -203,28 +213,69 @@ def activity_map(filtered: np.ndarray) -> np.ndarray:
     return np.mean(np.abs(finite.astype(np.float64)), axis=0)
 
 
+POOLED = "pooled"  # the name of a reference's map of all its data together
+
+
+def _activity_values(values: Any, what: str) -> tuple[float, ...]:
+    try:
+        activity = tuple(float(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Alignment reference {what} is malformed ({exc!r}); expected a list of numbers.") from exc
+    return activity
+
+
 @dataclass(frozen=True)
 class AlignmentReference:
-    """The spatial signature a model was trained on: per-channel MAV (uV) of its filtered training data."""
+    """The spatial signature a model was trained on: per-channel MAV (uV) of its filtered training data,
+    all of it together and, when it holds several subjects, each subject's on its own."""
 
-    activity_uv: tuple[float, ...]  # (C,) mean absolute value, rest and gestures mixed
+    activity_uv: tuple[float, ...]  # (C,) mean absolute value, rest and gestures mixed, every subject pooled
     seconds: float = 0.0  # how much data the map summarises
+    groups: tuple[tuple[str, tuple[float, ...]], ...] = ()  # (subject, (C,) map of that subject's data alone)
 
     def __post_init__(self) -> None:
-        if not self.activity_uv or not all(math.isfinite(v) and v >= 0 for v in self.activity_uv):
-            raise ConfigError("AlignmentReference.activity_uv must hold one finite, non-negative value per channel.")
+        for name, activity in self.maps():
+            if not activity or not all(math.isfinite(v) and v >= 0 for v in activity):
+                raise ConfigError(f"AlignmentReference map {name!r} must hold one finite, non-negative value per "
+                                  "channel.")  # fmt: skip
+            if len(activity) != len(self.activity_uv):
+                raise ConfigError(f"AlignmentReference map {name!r} has {len(activity)} channels; the pooled map "
+                                  f"has {len(self.activity_uv)}.")  # fmt: skip
+        names = [name for name, _ in self.maps()]
+        if len(set(names)) != len(names) or not all(names):
+            raise ConfigError(f"AlignmentReference map names must be distinct and non-empty, got {names}.")
+
+    def maps(self) -> list[tuple[str, tuple[float, ...]]]:
+        """Every map the estimate is matched against: the pooled one first, then each group's."""
+        return [(POOLED, self.activity_uv), *self.groups]
+
+    def moved(self, matrix: np.ndarray) -> AlignmentReference:
+        """Every map moved by a `(C, C)` map (e.g. `resampling_matrix`): what a moved grid would see."""
+        def move(activity: tuple[float, ...]) -> tuple[float, ...]:
+            return tuple(float(v) for v in matrix @ np.asarray(activity, dtype=np.float64))
+
+        return AlignmentReference(move(self.activity_uv), self.seconds,
+                                  tuple((name, move(activity)) for name, activity in self.groups))  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": "mav_map", "activity_uv": list(self.activity_uv), "seconds": self.seconds}
+        data: dict[str, Any] = {"method": "mav_map", "activity_uv": list(self.activity_uv), "seconds": self.seconds}
+        if self.groups:
+            data["groups"] = [{"name": name, "activity_uv": list(activity)} for name, activity in self.groups]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AlignmentReference:
+        """Read `to_dict`'s output; a reference written before `groups` existed has the pooled map only."""
         if data.get("method", "mav_map") != "mav_map":
             raise ConfigError(f"Unknown alignment reference method {data.get('method')!r}; this RoHDE reads 'mav_map'.")
         try:
-            return cls(activity_uv=tuple(float(v) for v in data["activity_uv"]), seconds=float(data.get("seconds", 0)))
+            groups = tuple((str(g["name"]), _activity_values(g["activity_uv"], f"group {g['name']!r}"))
+                           for g in data.get("groups", []))  # fmt: skip
+            return cls(activity_uv=_activity_values(data["activity_uv"], "activity_uv"),
+                       seconds=float(data.get("seconds", 0)), groups=groups)  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"Alignment reference is malformed ({exc!r}); expected activity_uv.") from exc
+            raise ConfigError(f"Alignment reference is malformed ({exc!r}); expected activity_uv and, optionally, "
+                              "groups of name and activity_uv.") from exc  # fmt: skip
 
     @classmethod
     def from_filtered(cls, filtered: np.ndarray, fs_hz: float) -> AlignmentReference:
@@ -234,18 +285,25 @@ class AlignmentReference:
     def from_recordings(cls, recordings: Sequence[Recording], preprocessing: PreprocessingConfig) -> AlignmentReference:
         """The MAV map of the recordings (a model's training data), each filtered from a zero state as
         the model's input is, every sample (rest, gestures, transitions) mixed: the map of all of them
-        concatenated, computed one recording at a time."""
+        concatenated, computed one recording at a time. Of several subjects, each subject's own map too
+        (`groups`, sorted by subject)."""
         if not recordings:
             raise ConfigError("An alignment reference needs at least one recording.")
-        total = np.zeros(recordings[0].n_channels, dtype=np.float64)
-        n_samples = 0
+        n_channels = recordings[0].n_channels
+        totals: dict[str, np.ndarray] = {}  # subject -> (C,) sum of |x|
+        counts: dict[str, int] = {}
         for rec in recordings:
-            if rec.fs_hz != preprocessing.fs_hz or rec.n_channels != total.size:
+            if rec.fs_hz != preprocessing.fs_hz or rec.n_channels != n_channels:
                 raise ConfigError(f"Recording {rec.subject}/{rec.session}/{rec.trial} has {rec.n_channels} channels "
-                                  f"at {rec.fs_hz} Hz; the reference is of {total.size} at {preprocessing.fs_hz} Hz.")
+                                  f"at {rec.fs_hz} Hz; the reference is of {n_channels} at {preprocessing.fs_hz} Hz.")
+            total = totals.setdefault(rec.subject, np.zeros(n_channels, dtype=np.float64))
             total += activity_map(filter_recording(rec.samples, preprocessing)) * rec.n_samples
-            n_samples += rec.n_samples
-        return cls(activity_uv=tuple((total / n_samples).tolist()), seconds=n_samples / preprocessing.fs_hz)
+            counts[rec.subject] = counts.get(rec.subject, 0) + rec.n_samples
+        n_samples = sum(counts.values())
+        pooled = np.sum(list(totals.values()), axis=0) / n_samples
+        groups = tuple((subject, tuple((totals[subject] / counts[subject]).tolist())) for subject in sorted(totals))
+        return cls(activity_uv=tuple(pooled.tolist()), seconds=n_samples / preprocessing.fs_hz,
+                   groups=groups if len(groups) > 1 else ())  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -255,6 +313,7 @@ class ShiftEstimate:
     score_unshifted: float  # the same without any shift: how much the shift explains
     best: GridShift | None = None  # the best-scoring translation searched (set when it was not applied)
     best_score: float | None = None  # its correlation
+    reference: str = POOLED  # the reference map matched (`AlignmentReference.maps`)
 
     @property
     def moved(self) -> bool:
@@ -263,7 +322,8 @@ class ShiftEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"shift": self.shift.to_dict(), "score": self.score,
-                                "score_unshifted": self.score_unshifted, "moved": self.moved}  # fmt: skip
+                                "score_unshifted": self.score_unshifted, "moved": self.moved,
+                                "reference": self.reference}  # fmt: skip
         if self.best is not None:
             data["best"] = self.best.to_dict()
             data["best_score"] = self.best_score
@@ -281,6 +341,26 @@ def _match(ref_log: np.ndarray, new_log: np.ndarray, matrix: np.ndarray, valid: 
 def _axis_candidates(limit: float, step: float) -> np.ndarray:
     k = int(math.floor(limit / step + 1e-9))
     return np.arange(-k, k + 1) * step
+
+
+class _Moves:
+    """The resampling matrix and scored sites of each searched translation, built once per estimate and
+    shared by the reference's maps (building them is most of a search's cost)."""
+
+    def __init__(self, layout: ElectrodeLayout, measured: np.ndarray, min_sites: float) -> None:
+        self.layout = layout
+        self.measured = measured
+        self.min_sites = min_sites
+        self._cache: dict[tuple[float, float], tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def get(self, rows: float, cols: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """`(C, C)` matrix and `(C,)` valid sites of the move, None where too few sites read from the grid."""
+        key = (float(rows), float(cols))
+        if key not in self._cache:
+            shift = GridShift(rows=key[0], cols=key[1])
+            valid = valid_sites(self.layout, shift) & self.measured
+            self._cache[key] = None if valid.sum() < self.min_sites else (resampling_matrix(self.layout, shift), valid)
+        return self._cache[key]
 
 
 def estimate_shift(
@@ -306,15 +386,18 @@ def estimate_shift(
     (`best` keeps what the search found). Gain: the median ratio of the new map to the
     (shifted) reference over the valid sites. `known` `(C,)` bool leaves the other sites of `activity` out of
     the score and the gain (channels flagged bad while it was measured); None: every site is known.
+
+    Each of the reference's maps (`AlignmentReference.maps`) is searched so; the best translation of any
+    map is applied only when it beats the best unshifted map (of any) by `min_improvement`, else the estimate
+    is no shift against that best unshifted map. `reference` names the map; the pooled one wins a tie.
     """
     if not math.isfinite(min_improvement) or min_improvement < 0:
         raise ConfigError(f"min_improvement must be a non-negative correlation difference, got {min_improvement}.")
-    ref = np.asarray(reference.activity_uv, dtype=np.float64)
     new = np.asarray(activity, dtype=np.float64)
-    if ref.shape != (layout.n_channels,) or new.shape != (layout.n_channels,):
+    if len(reference.activity_uv) != layout.n_channels or new.shape != (layout.n_channels,):
         raise ConfigError(
-            f"Reference ({ref.size}) and activity ({new.size}) must both hold {layout.n_channels} channels "
-            f"of layout {layout.name!r}; was the model trained on this layout?"
+            f"Reference ({len(reference.activity_uv)}) and activity ({new.size}) must both hold {layout.n_channels} "
+            f"channels of layout {layout.name!r}; was the model trained on this layout?"
         )
     if not np.all(np.isfinite(new)) or np.any(new < 0):
         raise ConfigError("activity must be a finite, non-negative MAV per channel.")
@@ -326,18 +409,49 @@ def estimate_shift(
     rows, cols = layout.grid_shape
     # Half the grid: on a wrapping axis that is every distinct shift, on an edge-limited one the
     # most that still leaves half the sites reading real electrodes.
-    limit_r = rows / 2.0 if max_rows is None else max_rows
-    limit_c = cols / 2.0 if max_cols is None else max_cols
+    limits = (rows / 2.0 if max_rows is None else max_rows, cols / 2.0 if max_cols is None else max_cols)
+    n_sites = int((layout.index_array() != NO_ELECTRODE).sum())
+    moves = _Moves(layout, measured, min_overlap * n_sites)
+    searches = [_search_map(name, np.asarray(ref, dtype=np.float64), new, layout, moves, limits=limits, step=step)
+                for name, ref in reference.maps()]  # fmt: skip
+    top = max(searches, key=lambda m: m.best_score)  # the best translation of any map; the pooled map on a tie
+    still = max(searches, key=lambda m: m.unshifted)  # the best map without a translation
+    if top.best_score >= still.unshifted + min_improvement:
+        return ShiftEstimate(shift=_with_gain(top.best, top.ref, new, layout, moves.measured), score=top.best_score,
+                             score_unshifted=top.unshifted, reference=top.name)  # fmt: skip
+    return ShiftEstimate(shift=_with_gain(GridShift(), still.ref, new, layout, moves.measured), score=still.unshifted,
+                         score_unshifted=still.unshifted, best=top.best, best_score=top.best_score,
+                         reference=still.name)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _MapSearch:
+    name: str  # the map's name (`AlignmentReference.maps`)
+    ref: np.ndarray  # (C,) the map
+    best: GridShift  # the best-scoring translation searched
+    best_score: float  # its correlation
+    unshifted: float  # the correlation without a translation
+
+
+def _search_map(
+    name: str,
+    ref: np.ndarray,
+    new: np.ndarray,
+    layout: ElectrodeLayout,
+    moves: _Moves,
+    *,
+    limits: tuple[float, float],
+    step: float,
+) -> _MapSearch:
+    """`estimate_shift`'s search against one map `ref` `(C,)`: integer steps, then `step` refinements."""
+    rows, cols = layout.grid_shape
+    limit_r, limit_c = limits
     ref_log = np.log(np.maximum(ref, _LOG_FLOOR))
     new_log = np.log(np.maximum(new, _LOG_FLOOR))
-    n_sites = int((layout.index_array() != NO_ELECTRODE).sum())
 
     def score(dr: float, dc: float) -> float:
-        shift = GridShift(rows=float(dr), cols=float(dc))
-        valid = valid_sites(layout, shift) & measured
-        if valid.sum() < min_overlap * n_sites:
-            return -2.0
-        return _match(ref_log, new_log, resampling_matrix(layout, shift), valid)
+        move = moves.get(dr, dc)
+        return -2.0 if move is None else _match(ref_log, new_log, *move)
 
     coarse = [(score(dr, dc), dr, dc) for dr in _axis_candidates(limit_r, 1.0) for dc in _axis_candidates(limit_c, 1.0)]
     best_score, best_r, best_c = max(coarse)
@@ -349,21 +463,18 @@ def estimate_shift(
         if abs(best_r + a) <= limit_r and abs(best_c + b) <= limit_c
     ]
     best_score, best_r, best_c = max([(best_score, best_r, best_c), *fine])
-    unshifted = _match(ref_log, new_log, np.eye(layout.n_channels), valid_sites(layout, GridShift()) & measured)
-    best = GridShift(rows=float(best_r) + 0.0, cols=float(best_c) + 0.0)
-    keep = best_score >= unshifted + min_improvement
-    shift = best if keep else GridShift()
+    unshifted = _match(ref_log, new_log, np.eye(layout.n_channels), valid_sites(layout, GridShift()) & moves.measured)
+    return _MapSearch(name, ref, GridShift(rows=float(best_r) + 0.0, cols=float(best_c) + 0.0), best_score, unshifted)
+
+
+def _with_gain(shift: GridShift, ref: np.ndarray, new: np.ndarray, layout: ElectrodeLayout,
+               measured: np.ndarray) -> GridShift:  # fmt: skip
+    """`shift` with its gain: the median ratio of the new map to the moved reference over the valid sites."""
     valid = valid_sites(layout, shift) & measured
     predicted = resampling_matrix(layout, shift) @ ref
     ratio = new[valid] / np.maximum(predicted[valid], _LOG_FLOOR)
     gain = max(float(np.median(ratio)) if ratio.size else 1.0, 1e-6)
-    return ShiftEstimate(
-        shift=GridShift(rows=shift.rows, cols=shift.cols, gain=gain),
-        score=best_score if keep else unshifted,
-        score_unshifted=unshifted,
-        best=None if keep else best,
-        best_score=None if keep else best_score,
-    )
+    return GridShift(rows=shift.rows, cols=shift.cols, gain=gain)
 
 
 def alignment_matrix(layout: ElectrodeLayout, estimate: ShiftEstimate, *, correct_gain: bool = True) -> np.ndarray:

@@ -147,6 +147,76 @@ def test_reference_of_recordings_is_the_map_of_all_their_filtered_samples() -> N
         AlignmentReference.from_recordings(recordings, PreprocessingConfig(fs_hz=2000.0))
 
 
+def test_reference_of_several_subjects_keeps_each_subjects_map_and_round_trips() -> None:
+    layout = grid_layout(1, 2, 2)
+    rng = np.random.default_rng(0)
+    preprocessing = PreprocessingConfig(fs_hz=1000.0)
+
+    def rec(subject: str, n: int, scale: list[float]) -> Recording:
+        return Recording(samples=(rng.standard_normal((n, 4)) * scale).astype(np.float32), fs_hz=1000.0,
+                         layout=layout, labels=np.zeros(n, dtype=np.int16), gesture_names=("a", "b"), subject=subject)
+
+    recordings = [rec("s2", 900, [4.0, 1.0, 1.0, 1.0]), rec("s1", 1500, [1.0, 1.0, 1.0, 4.0]),
+                  rec("s2", 600, [4.0, 1.0, 1.0, 1.0])]  # fmt: skip
+    reference = AlignmentReference.from_recordings(recordings, preprocessing)
+    assert [name for name, _ in reference.maps()] == ["pooled", "s1", "s2"]
+    pooled = AlignmentReference.from_filtered(
+        np.concatenate([filter_recording(r.samples, preprocessing) for r in recordings]), 1000.0)
+    np.testing.assert_allclose(reference.activity_uv, pooled.activity_uv, rtol=1e-12)
+    assert reference.seconds == pooled.seconds == 3.0
+    for name, activity in reference.groups:
+        alone = AlignmentReference.from_recordings([r for r in recordings if r.subject == name], preprocessing)
+        assert alone.groups == ()  # one subject: the pooled map is its map
+        np.testing.assert_allclose(activity, alone.activity_uv, rtol=1e-12)
+    assert np.argmax(reference.groups[0][1]) == 3 and np.argmax(reference.groups[1][1]) == 0
+    assert AlignmentReference.from_dict(reference.to_dict()) == reference
+    old = {"method": "mav_map", "activity_uv": [1.0, 2.0, 3.0, 0.0], "seconds": 1.0}  # written before groups
+    assert AlignmentReference.from_dict(old).groups == () and AlignmentReference.from_dict(old).to_dict() == old
+    with pytest.raises(ConfigError, match="'s1' has 3 channels"):
+        AlignmentReference.from_dict({**old, "groups": [{"name": "s1", "activity_uv": [1.0, 2.0, 3.0]}]})
+    with pytest.raises(ConfigError, match="distinct"):
+        AlignmentReference((1.0, 2.0), groups=(("pooled", (1.0, 2.0)),))
+
+
+def test_estimate_matches_the_subjects_own_map_where_the_pooled_map_falls_short() -> None:
+    """Two subjects with different patterns: a shifted donning of one matches the pooled map poorly
+    (and at a wrong shift), its own subject's map at the true one."""
+    layout = grid_layout(1, 8, 8)
+    a = _blob_map(layout, [(1.5, 2.0, 30.0), (6.0, 6.0, 6.0)], width=1.5)
+    b = _blob_map(layout, [(5.5, 1.0, 30.0), (2.0, 6.0, 20.0)], width=1.5)
+    pooled = (a + b) / 2
+    truth = GridShift(rows=1.5, cols=1.0, gain=1.3)
+    new = resampling_matrix(layout, truth, include_gain=True) @ a
+    new *= np.exp(np.random.default_rng(2).normal(0, 0.03, size=new.size))
+    alone = estimate_shift(AlignmentReference(tuple(pooled.tolist())), new, layout)
+    assert alone.score < 0.9 and alone.reference == "pooled"
+    groups = (("a", tuple(a.tolist())), ("b", tuple(b.tolist())))
+    estimate = estimate_shift(AlignmentReference(tuple(pooled.tolist()), groups=groups), new, layout)
+    assert estimate.reference == "a" and estimate.score > 0.99 and estimate.to_dict()["reference"] == "a"
+    assert (estimate.shift.rows, estimate.shift.cols, estimate.shift.gain) == pytest.approx((1.5, 1.0, 1.3), abs=0.05)
+    # Every map moved alike: the moved reference sees the donning unshifted, against its own map again.
+    moved = AlignmentReference(tuple(pooled.tolist()), groups=groups).moved(resampling_matrix(layout, truth))
+    again = estimate_shift(moved, new, layout)
+    assert again.reference == "a" and not again.moved
+
+
+def test_another_maps_shift_must_beat_the_best_unshifted_map_by_the_margin() -> None:
+    """A map of another placement, moved, can match a little better than the donning's own map unmoved (it
+    is noise-free here); more maps must not turn that into a shift: the margin holds across maps."""
+    layout = grid_layout(1, 8, 8)
+    new = _blob_map(layout, [(4.0, 2.0, 30.0), (5.0, 6.0, 12.0)], width=1.5)
+    own = new * np.exp(np.random.default_rng(3).normal(0, 0.1, size=new.size))
+    elsewhere = resampling_matrix(layout, GridShift(rows=2.0)) @ new
+    reference = AlignmentReference(tuple(((own + elsewhere) / 2).tolist()),
+                                   groups=(("a", tuple(own.tolist())), ("b", tuple(elsewhere.tolist()))))  # fmt: skip
+    estimate = estimate_shift(reference, new, layout)
+    assert not estimate.moved and estimate.reference == "a" and estimate.score > 0.98
+    assert estimate.best == GridShift(rows=-2.0) and estimate.best_score is not None
+    assert estimate.score < estimate.best_score < estimate.score + 0.05
+    loose = estimate_shift(reference, new, layout, min_improvement=0.0)
+    assert loose.moved and loose.reference == "b"
+
+
 def test_layout_wraps_round_trip_is_backward_compatible() -> None:
     plain = grid_layout(1, 4, 4)
     assert "wraps" not in plain.to_dict()["grids"][0]  # stored layouts keep their exact JSON

@@ -20,7 +20,7 @@ from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording
 from rohde.server.app import create_app
 from rohde.server.jobs import WindowJob
-from rohde.server.live_alignment import StreamAlignment
+from rohde.server.live_alignment import StreamAlignment, expected_reference
 from rohde.server.lsl_inlet import import_pylsl
 from rohde.server.processes import unique_id
 from rohde.server.settings import load_settings
@@ -173,7 +173,26 @@ def test_a_calibrated_package_is_aligned_against_its_calibration_placement(align
                                     flags=()))  # fmt: skip
     report = alignment.snapshot()
     assert report["state"] == "aligned" and report["applied"] == "gain_only", report
-    assert (report["shift"]["rows"], report["shift"]["cols"]) == (0.0, 0.0)
+    assert (report["shift"]["rows"], report["shift"]["cols"]) == (0.0, 0.0) and report["reference"] == "pooled"
+
+
+def test_a_calibrated_package_moves_every_map_of_its_reference(align_models: Path, tmp_path: Path) -> None:
+    """A reference of several subjects: the baked-in shift moves each subject's map, not the pooled one alone."""
+    import shutil
+
+    shutil.copytree(align_models / "ref", tmp_path / "cal")
+    meta = load_model_package(tmp_path / "cal").metadata
+    pooled = AlignmentReference.from_dict(meta.alignment or {}).activity_uv
+    two = AlignmentReference(pooled, groups=(("a", pooled), ("b", tuple(reversed(pooled)))))
+    baked = GridShift(rows=2.0, gain=1.5)
+    write_metadata(tmp_path / "cal", meta.model_copy(update={"alignment": two.to_dict(), "training_data": {
+        **meta.training_data, "calibration": {"alignment": ShiftEstimate(baked, 0.99, 0.2).to_dict()}}}))  # fmt: skip
+    package = load_model_package(tmp_path / "cal")
+    moved = expected_reference(package)
+    matrix = resampling_matrix(package.layout, baked, include_gain=True)
+    assert [name for name, _ in moved.groups] == ["a", "b"]
+    for (_, got), (_, original) in zip(moved.maps(), two.maps(), strict=True):
+        np.testing.assert_allclose(got, matrix @ np.asarray(original), rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------- live

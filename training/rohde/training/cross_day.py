@@ -38,6 +38,7 @@ import torch
 from rohde.classic.lda import LDA
 from rohde.core.alignment import (
     MIN_IMPROVEMENT,
+    POOLED,
     AlignmentReference,
     GridShift,
     ShiftEstimate,
@@ -846,7 +847,10 @@ def alignment_summary(donnings: list[dict[str, Any]], split: str) -> str:
         errors = [max(abs(d["estimate"]["shift"][a] - d["true"][a]) for a in ("rows", "cols")) for d in applied]
         text += f" (largest error of an applied estimate {max(errors):.2f} sites, median {np.median(errors):.2f})"
     scores = [d["estimate"]["score"] for d in rows]
-    return text + f"; map correlation {min(scores):.2f}-{max(scores):.2f}"
+    text += f"; map correlation {min(scores):.2f}-{max(scores):.2f}"
+    matched = [d["estimate"].get("reference", POOLED) for d in rows]
+    own = sum(m == d["subject"] for m, d in zip(matched, rows, strict=True))
+    return text + f"; matched the donning's own subject's map {own} times, the pooled map {matched.count(POOLED)}"
 
 
 def choice_margins(result: SimulatedShiftResult) -> str:
@@ -882,7 +886,8 @@ def render_simulated(result: SimulatedShiftResult) -> str:
         "its trials (translation up to 2 electrodes along both axes of every grid, fractions included, gain",
         "0.8-1.25; applied to the raw signals). Zero-shot: the model alone. Label-free: as the server serves a",
         "new donning: shift and gain estimated on one unlabelled trial of that donning (trial 4) against the",
-        "package's alignment reference (the MAV map of every training subject's trials together) and applied",
+        "package's alignment reference (the MAV maps of the training trials, every subject's together and each",
+        "subject's alone; the best-correlated map wins) and applied",
         f"to the scored trials when the map correlation reaches {SERVER_MIN_SCORE} (the server's",
         "`alignment_min_score`), else the trials as they come. The shift-robust models are trained with shift",
         "augmentation on clean trials "
