@@ -131,12 +131,13 @@ def test_classifies_a_test_recording_as_reported(engine: InferenceEngine) -> Non
 
 
 def test_a_stream_of_an_unseen_session_aligns_to_the_training_datas_reference() -> None:
-    """The package carries the MAV map of its 33 clean training trials (`rohde reference` on the data set made
-    again). The server's live alignment on it, fed the windows of a session-3 trial as a stream delivers them,
-    leaves `unavailable` and estimates against that map: no shift (the simulator does not move the grid
-    between sessions) and a gain of 0.96, at a map correlation of 0.93 over the first 20 s (0.9 applies).
-    The map pools three subjects: whole session-3 trials of subjects 1 and 3 match it at only 0.66-0.86, and
-    the server then applies nothing (`rejected`)."""
+    """The package carries the MAV maps of its 33 clean training trials (`rohde reference` on the data set made
+    again): all three subjects' together and each subject's alone. The server's live alignment on it, fed the
+    windows of a session-3 trial as a stream delivers them, leaves `unavailable` and estimates against every
+    map: subject 2's own map matches best, with no shift (the simulator moves the grid between sessions by
+    under half a site) and a gain of 1.08, at a map correlation of 0.935 over the first 20 s (0.9 applies).
+    The pooled map alone gives 0.93 here, but whole session-3 trials of subjects 1 and 3 match it at only
+    0.78 and 0.76, where their own maps reach 0.88 and 0.90."""
     package = shipped()
     assert package.metadata.alignment is not None
     reference = AlignmentReference.from_dict(package.metadata.alignment)
@@ -144,6 +145,7 @@ def test_a_stream_of_an_unseen_session_aligns_to_the_training_datas_reference() 
     assert "s02/sess3/t05/clean" in report()["data"]["split"]["test"]
     n_train = len(report()["data"]["split"]["train"])
     assert len(reference.activity_uv) == package.metadata.n_channels
+    assert [name for name, _ in reference.groups] == ["s01", "s02", "s03"]
     assert reference.seconds == pytest.approx(n_train * recording.duration_s, abs=0.01)  # trials of one length
     alignment = StreamAlignment("s", enabled=True, warmup_s=20.0, min_score=0.9)
     assert alignment.snapshot()["state"] == "unavailable"  # no model yet
@@ -156,7 +158,8 @@ def test_a_stream_of_an_unseen_session_aligns_to_the_training_datas_reference() 
                                     reject_reason=None, flags=()))  # fmt: skip
     state = alignment.snapshot()
     assert state["state"] == "aligned" and state["applied"] == "gain_only", state
-    assert state["shift"]["gain"] == pytest.approx(1.0, abs=0.1) and state["score"] >= 0.9
+    assert state["reference"] == "s02" and state["score"] >= 0.9
+    assert state["shift"]["gain"] == pytest.approx(1.0, abs=0.15)
 
 
 @pytest.mark.slow

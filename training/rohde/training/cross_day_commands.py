@@ -37,11 +37,13 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
     reference = subparsers.add_parser(
         "reference",
-        help="store the alignment reference of a package's training data in a package made without one",
+        help="store (or refresh) the alignment reference of a package's training data in the package",
         description="Find the package's clean training trials (training_data.split.train) under --data, check that "
         "they are the data it was trained on (the normalisation fitted on them again must be the package's) and "
-        "write their MAV map into its metadata.json as the alignment reference, as rohde train does. model.onnx "
-        "and everything else in the metadata are left as they are.",
+        "write their MAV map (and, of several subjects, each subject's map) into its metadata.json as the "
+        "alignment reference, as rohde train does: it adds one to a package made without, and the per-subject maps "
+        "to a package whose reference predates them. model.onnx and everything else in the metadata are left as "
+        "they are.",
     )
     reference.add_argument("--model", required=True, type=Path, help="model package folder (models/NAME)")
     reference.add_argument(
@@ -126,8 +128,9 @@ def _reference(args: argparse.Namespace) -> int:
 
     recordings = training_recordings(load_model_package(args.model), args.data)
     package = with_alignment_reference(args.model, recordings)
-    logger.info("Alignment reference of %s: the MAV map of %d training recordings (%.0f s) written to %s",
-                package.name, len(recordings), sum(r.duration_s for r in recordings),
+    groups = (package.metadata.alignment or {}).get("groups", [])
+    logger.info("Alignment reference of %s: the MAV map of %d training recordings (%.0f s) and %d per-subject maps "
+                "written to %s", package.name, len(recordings), sum(r.duration_s for r in recordings), len(groups),
                 package.path / "metadata.json")  # fmt: skip
     return 0
 
