@@ -225,6 +225,7 @@ def test_a_grid_moved_by_two_rows_is_found_corrected_and_decided_as_offline(alig
         assert report["state"] == "aligned" and report["applied"] == "shift", report
         assert report["shift"]["rows"] == pytest.approx(2.0, abs=0.3) and abs(report["shift"]["cols"]) <= 0.3
         assert report["score"] > 0.9 and report["score"] > report["score_unshifted"] + 0.05
+        assert report["reference"] == "pooled"  # the map matched is named in /streams (this package has one)
         stream_id = client.get("/streams").json()["streams"][0]["stream_id"]
         assert client.get(f"/streams/{stream_id}/alignment").json() == _alignment(client)
         predictions = _decisions(client, stream_id, 30)

@@ -145,6 +145,7 @@ class StreamAlignmentReport(_Body):
     shift: AlignmentShiftReport | None  # the estimate; rows = cols = 0 when the grid did not clearly move
     score: float | None  # map correlation with the reference under the shift applied (after)
     score_unshifted: float | None  # ... without any shift (before)
+    reference: str | None  # the reference map matched ("pooled", or a training subject's); None before an estimate
     estimated_at: float | None  # Unix time of the estimate
     model_generation: int  # the model whose reference it follows
 
