@@ -6,10 +6,11 @@ own amplitude looks ordinary (Farago and Chan, Sensors 2023: neighbour predictio
 channel at 0 dB signal-to-disturbance with F1 99.1 %, an RMS threshold with 39.7 %).
 
 One spectrum per channel of a short raw window `(n_samples, n_channels)` uV (mean removed, Hann
-taper) gives every test, so the detector is one FFT plus gathers (pure numpy):
+taper) and its first differences give every test, so the detector is one FFT, one least-squares
+solve per channel and a few matrix products (pure numpy):
 
-- `flat`: band power below `flat_ratio` of the neighbours' (or under `flat_floor_uv` RMS): a dead or
-  constant input;
+- `flat`: band power below `flat_ratio` of the neighbours' (over the window, or in half of its
+  `flat_blocks` sub-blocks), or under `flat_floor_uv` RMS: a dead, constant or dropped-out input;
 - `saturated`: the window's extreme value repeats on many samples: the input sits at a rail;
 - `unpredictable`: the channel's EMG-band (20-450 Hz) power that a least-squares combination of its
   neighbours cannot explain is a large share of its power and far above the neighbours' own
@@ -19,9 +20,14 @@ taper) gives every test, so the detector is one FFT plus gathers (pure numpy):
 - `lowband`: 1-20 Hz power (where surface EMG has almost none) far above the neighbours' and a
   sizeable share of the channel's band power: motion, cable sway, baseline steps;
 - `mains`: mains power (+-2 Hz of 50/60 Hz and harmonics) far above the neighbours' and a sizeable
-  share of the channel's band power: a high-impedance contact;
-- `bridged`: nearly identical to one neighbour, much more than the pairs of the same direction are
-  elsewhere in the window (a gel bridge).
+  share of the channel's band power, or mains power the neighbours cannot predict far above what
+  they leave unpredicted there: a high-impedance contact, even when its hum is weaker than the EMG;
+- `bridged`: nearly identical to one neighbour, much more than the neighbouring pairs of the same
+  direction are (a gel bridge);
+- `transient`: the first differences the neighbours cannot predict (the same least-squares weights,
+  in the time domain) hold a spike far above their own RMS and the neighbours' (a pop, a tap, a
+  baseline step), or carry far more power than the neighbours' (bursts of cable crackle). A step
+  or burst on one electrode is a spike there, while shared activity and slow drifts cancel or vanish.
 
 A detector told which frequencies the model's preprocessing notches (`removed_hz`) first projects
 sinusoids at those frequencies (amplitude and phase drifting slowly over the window) out of every
@@ -30,8 +36,13 @@ reason to rebuild a channel (the contact-quality report still shows it; `rohde.s
 
 References come from the neighbours not yet flagged (two passes), or from the whole array's good
 channels when fewer than two neighbours are left, so a large patch is judged against healthy skin.
-`ChannelQualityDetector` is shared by training, evaluation (`rohde data detector`) and the server's
-live quality monitor.
+A channel flagged only by a prediction test (`unpredictable`, `mains` by prediction, `transient`)
+next to a channel that fails such a test worse stays a predictor in the second pass (it may only
+have been predicted from that channel), and the prediction tests must fail with every neighbour as a
+predictor as well as with the good ones, and a prediction flag next to one `EXPLAINED_BY` times
+stronger is put down to that neighbour: a channel that loses its best predictor to a flag is not bad
+for that. A second pass runs only when the first flags something. `ChannelQualityDetector` is shared
+by training, evaluation (`rohde data detector`) and the server's live quality monitor.
 """
 
 from __future__ import annotations
@@ -45,27 +56,36 @@ from scipy import fft as sp_fft
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import NO_ELECTRODE, ElectrodeLayout
 
-DETECTOR_FLAGS = ("flat", "saturated", "unpredictable", "lowband", "mains", "bridged")
+DETECTOR_FLAGS = ("flat", "saturated", "unpredictable", "lowband", "mains", "bridged", "transient")
+_PREDICTED = [2, 4, 6]  # flags of the prediction tests (unpredictable, mains, transient)
+_OTHER = [0, 1, 3, 5]
+EXPLAINED_BY = 5.0  # a prediction flag next to one this many times stronger is that neighbour's, not the channel's
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Thresholds of the neighbour tests; chosen on simulated clean and disturbed data (`rohde data detector`)."""
+    """Thresholds of the neighbour tests; chosen on simulated and real validation recordings (`rohde data detector`)."""
 
     band_hz: tuple[float, float] = (20.0, 450.0)  # EMG band of the coherence and power tests
     low_band_hz: tuple[float, float] = (1.0, 20.0)  # band of slow artifacts
     mains_hz: tuple[float, ...] = (50.0, 60.0)  # mains fundamentals checked (harmonics included)
-    flat_ratio: float = 0.02  # band power / neighbours' below which: flat
+    flat_ratio: float = 0.01  # band power / neighbours' below which (over the window or most sub-blocks): flat
     flat_floor_uv: float = 0.1  # RMS (mean removed) below which a channel is flat whatever its neighbours
+    flat_blocks: int = 8  # sub-blocks of the flat test: flat in half of them is flat
     saturated_share: float = 0.02  # share of samples at the window's extreme value above which: saturated
-    unexplained: float = 0.3  # share of band power the neighbours cannot predict above which, and
-    residual_ratio: float = 25.0  # that unpredicted power above this many times the neighbours': unpredictable
-    power_ratio: float = 30.0  # band power above this many times the neighbours': unpredictable
-    lowband_ratio: float = 40.0  # 1-20 Hz power above this many times the neighbours' and
+    unexplained: float = 0.1  # share of band power the neighbours cannot predict above which, and
+    residual_ratio: float = 35.0  # that unpredicted power above this many times the neighbours': unpredictable
+    power_ratio: float = 50.0  # band power above this many times the neighbours': unpredictable
+    lowband_ratio: float = 80.0  # 1-20 Hz power above this many times the neighbours' and
     lowband_share: float = 0.1  # ... above this share of the channel's band power: lowband
     mains_ratio: float = 8.0  # mains power above this many times the neighbours' and
-    mains_share: float = 0.3  # ... above this share of the channel's band power: mains
-    bridge_factor: float = 0.025  # (1 - r) to one neighbour below this share of the same direction's median: bridged
+    mains_share: float = 0.3  # ... above this share of the channel's band power: mains; or
+    mains_residual_ratio: float = 50.0  # unpredicted mains power above this many times the neighbours' and
+    mains_residual_share: float = 0.1  # ... above this share of the channel's band power: mains
+    bridge_factor: float = 0.03  # (1 - r) to one neighbour below this share of the neighbouring pairs': bridged
+    transient_peak: float = 8.0  # peak of the unpredicted first differences above this many times their RMS and
+    transient_ratio: float = 6.0  # ... above this many times the neighbours' RMS of them: transient; or
+    burst_ratio: float = 5.0  # RMS of the unpredicted first differences above this many times the neighbours'
     passes: int = 2  # re-judge with the flagged channels left out of every reference
 
     def __post_init__(self) -> None:
@@ -73,6 +93,8 @@ class DetectorConfig:
             raise ConfigError(f"DetectorConfig.band_hz must be (low, high) with 0 < low < high, got {self.band_hz}.")
         if self.passes < 1:
             raise ConfigError(f"DetectorConfig.passes must be >= 1, got {self.passes}.")
+        if self.flat_blocks < 2:
+            raise ConfigError(f"DetectorConfig.flat_blocks must be >= 2, got {self.flat_blocks}.")
 
 
 @dataclass(frozen=True)
@@ -135,7 +157,8 @@ class ChannelQualityDetector:
         self.neighbours = neighbour_table(layout)
         self._has = self.neighbours >= 0  # (C, 8)
         self._nb = np.where(self._has, self.neighbours, 0)  # (C, 8), gather-safe
-        self._mapped = np.zeros(layout.n_channels, dtype=bool)
+        n_ch = layout.n_channels
+        self._mapped = np.zeros(n_ch, dtype=bool)
         for grid in layout.grids:
             idx = grid.index_array()
             self._mapped[idx[idx != NO_ELECTRODE]] = True
@@ -151,12 +174,33 @@ class ChannelQualityDetector:
                 mains |= np.abs(freqs - k * base) <= 2.0
                 k += 1
         self._mains_in_band = mains[self._band]
+        self._mains_rows = np.concatenate([self._mains_in_band, self._mains_in_band])  # of the stacked (re, im) band
         self._taper = np.hanning(self.n_samples).astype(np.float32)[:, None]
         # Band RMS from the tapered spectrum (Parseval).
         self._power_scale = 2.0 / (self.n_samples * float(np.sum(self._taper.astype(np.float64) ** 2)))
+        self._block = max(1, (self.n_samples - 1) // c.flat_blocks)
+        self._n_blocks = (self.n_samples - 1) // self._block
+        # The time-domain prediction is one (C, C) product: identity minus each channel's neighbour weights,
+        # written at the flat positions of (channel, neighbour) (a wrapping axis may name a neighbour twice).
+        self._predicted_cols = np.isin(np.arange(len(DETECTOR_FLAGS)), _PREDICTED)[None, :]
+        self._eye = np.eye(n_ch, dtype=np.float32)
+        self._slots = np.arange(n_ch)[:, None] * n_ch + self._nb  # (C, 8)
+        # Neighbours never cross grids: the product splits into one block per grid (a slice when contiguous).
+        self._groups: list[slice | np.ndarray] = []
+        for grid in layout.grids:
+            idx = np.sort(grid.index_array()[grid.index_array() != NO_ELECTRODE])
+            contiguous = idx.size and idx[-1] - idx[0] + 1 == idx.size
+            self._groups.append(slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
+        self._unique_slots = all(
+            len(set(row[has])) == int(has.sum()) for row, has in zip(self.neighbours, self._has, strict=True)
+        )
 
     def detect(self, raw: np.ndarray) -> ChannelVerdict:
         """Flags for one raw window `(n_samples, n_channels)` uV (finite values)."""
+        return self._judge(raw)[0]
+
+    def _judge(self, raw: np.ndarray, keep: bool = False) -> tuple[ChannelVerdict, dict[str, np.ndarray]]:
+        """The verdict, and with `keep` each test's statistics (for threshold studies)."""
         if raw.shape != (self.n_samples, self.layout.n_channels):
             raise ConfigError(
                 f"The detector expects windows of shape ({self.n_samples}, {self.layout.n_channels}), got {raw.shape}."
@@ -176,15 +220,18 @@ class ChannelQualityDetector:
         low_share = low_power / power
         mains_power = band_power[self._mains_in_band].sum(axis=0, dtype=np.float64) + 1e-12
         mains_share = mains_power / power
-        rms = centred.std(axis=0)
+        rms = np.sqrt(np.einsum("tc,tc->c", centred, centred) / self.n_samples)
+        # First differences: a step or a burst is a spike here, where slow drifts all but vanish.
+        step = np.diff(centred, axis=0)  # (n - 1, C)
         # Band-limited inner products between each channel and its neighbours (Parseval, real part).
         # As real vectors (real and imaginary parts stacked) the inner products are plain batched matmuls.
         vec = np.concatenate([band.real, band.imag], axis=0)  # (2 Fb, C)
+        step_and_mains = np.concatenate([step, vec[self._mains_rows]], axis=0)  # both predicted in one product
         inner = (vec.T @ vec).astype(np.float64)  # (C, C): one BLAS call, then gathers
         cross = inner[np.arange(len(inner))[:, None], self._nb]  # (C, 8) <neighbour, channel>
         gram = inner[self._nb[:, :, None], self._nb[:, None, :]]  # (C, 8, 8) <neighbour, neighbour>
         nb_power = power[self._nb]  # (C, 8)
-        pair_r = np.where(self._has, cross / np.sqrt(power[:, None] * nb_power), np.nan)
+        apart = np.where(self._has, 1.0 - cross / np.sqrt(power[:, None] * nb_power), np.nan)  # 1 - r per pair
 
         n_ch = self.layout.n_channels
         hard = np.zeros((n_ch, 2))  # margins of the tests that need no neighbour: flat floor, saturation
@@ -193,49 +240,180 @@ class ChannelQualityDetector:
         margins = np.zeros((n_ch, len(DETECTOR_FLAGS)))
         margins[:, :2] = hard
         unexplained = np.ones(n_ch)
-        for _ in range(c.passes):
-            good = self._mapped & ~(margins > 1).any(axis=1)
+        lowest = np.full((n_ch, 3), np.inf)  # the prediction tests' margins, smallest over the passes
+        stats: dict[str, np.ndarray] = {}
+        good = np.zeros(n_ch, dtype=bool)
+        for pass_no in range(c.passes):
+            previous, good = good, self._predictors(margins, pass_no)
+            if pass_no > 0 and np.array_equal(good, previous):
+                break  # the same predictors and references: the same verdict
             use = self._has & good[self._nb]  # (C, 8) neighbours that may predict
             enough = use.sum(axis=1) >= 2
-            unexplained = self._unexplained(gram, cross, power, nb_power, np.where(enough[:, None], use, self._has))
-            ratio = power / self._reference(power, use, good, enough)
+            predictors = np.where(enough[:, None], use, self._has)
+            weights = self._weights(gram, cross, nb_power, predictors)  # (C, 8), zero where not used
+            unexplained = np.clip(1.0 - np.einsum("ck,ck->c", weights, cross) / power, 0.0, 1.0)
             residual = unexplained * power  # what the neighbours cannot predict, in band power
-            residual_ratio = residual / self._reference(residual, use, good, enough)
-            low_ratio = low_power / self._reference(low_power, use, good, enough)
-            mains_ratio = mains_power / self._reference(mains_power, use, good, enough)
-            # Bridged: a pair far more alike than the pairs of the same direction elsewhere in this window.
-            apart = 1.0 - pair_r
-            pairs = good[:, None] & use  # (C, 8)
-            typical = _row_median(np.where(pairs, apart, np.inf).T, pairs.sum(axis=0))  # (8,) per direction
-            bridge = np.where(self._has, c.bridge_factor * typical[None, :] / np.maximum(apart, 1e-9), 0.0).max(axis=1)
-            # Each margin passes 1 where its test fires; a test of two conditions takes the smaller.
+            # The same prediction in the time domain (first differences) and at the mains bins.
+            mix = self._eye.copy()
+            if self._unique_slots:
+                mix.flat[self._slots[predictors]] = -weights[predictors]
+            else:
+                np.subtract.at(mix.reshape(-1), self._slots[predictors], weights[predictors])
+            res = self._predict(step_and_mains, mix)
+            res_step, res_mains = res[: len(step)], res[len(step) :]  # (n - 1, C), (2 Fm, C)
+            res_rms = np.sqrt(np.einsum("tc,tc->c", res_step, res_step) / len(res_step)) + 1e-9
+            res_peak = np.maximum(res_step.max(axis=0), -res_step.min(axis=0))
+            mains_residual = np.einsum("fc,fc->c", res_mains, res_mains).astype(np.float64) + 1e-12
+            values = np.stack([power, residual, low_power, mains_power, mains_residual, res_rms], axis=1)
+            ratio, residual_ratio, low_ratio, mains_ratio, mains_residual_ratio, res_rms_ratio = (
+                values / self._references(values, use, good, enough)
+            ).T
+            peak_factor = res_peak / res_rms
+            peak_ratio = peak_factor * res_rms_ratio  # peak over the neighbours' RMS
+            mains_residual_share = mains_residual / power
+            mains_margin = np.minimum(mains_residual_ratio / c.mains_residual_ratio,
+                                      mains_residual_share / c.mains_residual_share)  # fmt: skip
+            spike = np.minimum(peak_factor / c.transient_peak, peak_ratio / c.transient_ratio)
+            predicted = np.stack([
+                np.minimum(residual_ratio / c.residual_ratio, unexplained / c.unexplained),
+                mains_margin,
+                np.maximum(spike, res_rms_ratio / c.burst_ratio),
+            ], axis=1)  # fmt: skip
+            lowest = np.minimum(lowest, predicted)
+            flat_ratio = np.minimum(ratio, self._block_ratio(step, ratio, use, good, enough))
             margins = np.zeros((n_ch, len(DETECTOR_FLAGS)))
-            margins[:, 0] = np.maximum(hard[:, 0], c.flat_ratio / np.maximum(ratio, 1e-12))
+            margins[:, 0] = np.maximum(hard[:, 0], c.flat_ratio / np.maximum(flat_ratio, 1e-12))
             margins[:, 1] = hard[:, 1]
-            margins[:, 2] = np.maximum(
-                np.minimum(residual_ratio / c.residual_ratio, unexplained / c.unexplained), ratio / c.power_ratio
-            )
+            margins[:, 2] = np.maximum(lowest[:, 0], ratio / c.power_ratio)
             margins[:, 3] = np.minimum(low_ratio / c.lowband_ratio, low_share / c.lowband_share)
-            margins[:, 4] = np.minimum(mains_ratio / c.mains_ratio, mains_share / c.mains_share)
-            margins[:, 5] = np.nan_to_num(bridge, nan=0.0, posinf=0.0)
+            margins[:, 4] = np.maximum(
+                np.minimum(mains_ratio / c.mains_ratio, mains_share / c.mains_share), lowest[:, 1]
+            )
+            bridge = self._bridge_margin(apart, good[:, None] & use)
+            margins[:, 5] = bridge
+            margins[:, 6] = lowest[:, 2]
             flat = margins[:, 0] > 1
             margins[flat, 2:] = np.minimum(margins[flat, 2:], 1.0)  # a flat channel is flat, nothing else
+            explained = self._explained(margins)
+            margins[explained[:, None] & self._predicted_cols] = np.minimum(
+                margins[explained][:, _PREDICTED], 1.0
+            ).ravel()
             margins[~self._mapped] = 0.0
-        return ChannelVerdict(flags=margins > 1, unexplained=unexplained, margins=margins)
+            if keep:
+                per_pass = {
+                    "residual_ratio": residual_ratio,
+                    "unexplained": unexplained,
+                    "mains_residual_ratio": mains_residual_ratio,
+                    "mains_residual_share": mains_residual_share,
+                    "peak_factor": peak_factor,
+                    "peak_ratio": peak_ratio,
+                    "res_rms_ratio": res_rms_ratio,
+                }
+                stats.update({f"{k}_{pass_no}": v for k, v in per_pass.items()})
+                stats.update({"ratio": ratio, "low_ratio": low_ratio, "low_share": low_share,
+                              "mains_ratio": mains_ratio, "mains_share": mains_share, "flat_ratio": flat_ratio,
+                              "bridge": bridge / c.bridge_factor, "hard0": hard[:, 0],
+                              "hard1": hard[:, 1]})  # fmt: skip
+        if keep:  # a pass skipped as unchanged repeats the one before
+            for k in [k for k in stats if k.endswith("_0")]:
+                for p in range(1, c.passes):
+                    stats.setdefault(f"{k[:-2]}_{p}", stats[f"{k[:-2]}_{p - 1}"])
+        return ChannelVerdict(flags=margins > 1, unexplained=unexplained, margins=margins), stats
 
-    def _unexplained(
-        self, gram: np.ndarray, cross: np.ndarray, power: np.ndarray, nb_power: np.ndarray, use: np.ndarray
-    ) -> np.ndarray:
-        """(C,) share of each channel's band power its usable neighbours cannot predict (least squares)."""
+    def _predict(self, signal: np.ndarray, mix: np.ndarray) -> np.ndarray:
+        """`signal` (t, C) minus each channel's weighted neighbours: `signal @ mix.T`, one product per grid."""
+        out = np.zeros_like(signal)
+        for g in self._groups:
+            if isinstance(g, slice):
+                out[:, g] = signal[:, g] @ mix[g, g].T
+            else:
+                out[:, g] = signal[:, g] @ mix[np.ix_(g, g)].T
+        return out
+
+    def _explained(self, margins: np.ndarray) -> np.ndarray:
+        """(C,) channels flagged only by prediction tests next to one that fails them `EXPLAINED_BY` times worse:
+        they are judged to have lost that neighbour as a predictor, not to be bad themselves."""
+        flagged = margins > 1
+        only = flagged[:, _PREDICTED].any(axis=1) & ~flagged[:, _OTHER].any(axis=1)
+        score = np.where(flagged[:, _PREDICTED].any(axis=1), margins[:, _PREDICTED].max(axis=1), 0.0)
+        worst = np.where(self._has, score[self._nb], 0.0).max(axis=1)
+        return only & (worst > EXPLAINED_BY * score)
+
+    def _predictors(self, margins: np.ndarray, pass_no: int) -> np.ndarray:
+        """(C,) channels that may predict and serve as references in this pass.
+
+        A channel flagged only by a prediction test next to one that fails such a test worse may just have been
+        predicted from that one: it stays a predictor."""
+        flagged = margins > 1
+        good = self._mapped & ~flagged.any(axis=1)
+        if pass_no == 0:
+            return good
+        score = np.where(flagged[:, _PREDICTED].any(axis=1), margins[:, _PREDICTED].max(axis=1), 0.0)
+        worse = (np.where(self._has, score[self._nb], 0.0) > score[:, None]).any(axis=1)
+        return good | (self._mapped & ~flagged[:, _OTHER].any(axis=1) & worse)
+
+    def _weights(self, gram: np.ndarray, cross: np.ndarray, nb_power: np.ndarray, use: np.ndarray) -> np.ndarray:
+        """(C, 8) least-squares weights of each channel's usable neighbours in the EMG band (zero elsewhere)."""
         mask = use.astype(np.float64)
         g = gram * mask[:, :, None] * mask[:, None, :]
         # Ridge of 1 % of each neighbour's power keeps the solve stable; unused slots get a unit diagonal.
         diag = np.where(use, 0.01 * nb_power, 1.0)
         g[:, np.arange(8), np.arange(8)] += diag
         b = cross * mask
-        w = np.linalg.solve(g, b[:, :, None])[:, :, 0]
-        explained = np.einsum("ck,ck->c", w, b)
-        return np.asarray(np.clip(1.0 - explained / power, 0.0, 1.0))
+        return np.asarray(np.linalg.solve(g, b[:, :, None])[:, :, 0] * mask, dtype=np.float32)
+
+    def _references(self, values: np.ndarray, use: np.ndarray, good: np.ndarray, enough: np.ndarray) -> np.ndarray:
+        """(C, m) median of each column of `values` (C, m) over each channel's good neighbours, or over all good
+        channels when too few (one sort for every column)."""
+        gathered = np.where(use[:, :, None], values[self._nb], np.inf)  # (C, 8, m)
+        gathered.sort(axis=1)
+        k = np.maximum(use.sum(axis=1), 1)[:, None, None]
+        local = 0.5 * (
+            np.take_along_axis(gathered, (k - 1) // 2, axis=1) + np.take_along_axis(gathered, k // 2, axis=1)
+        )
+        overall = np.median(values[good] if good.any() else values, axis=0)
+        return np.where(enough[:, None], local[:, 0], overall[None, :]) + 1e-12
+
+    def _block_ratio(
+        self, step: np.ndarray, ratio: np.ndarray, use: np.ndarray, good: np.ndarray, enough: np.ndarray
+    ) -> np.ndarray:
+        """(C,) the first-difference energy against the neighbours' in the same block, the `flat_blocks // 2`-th
+        smallest over the sub-blocks: small when the channel is flat for half of the window or more. Only channels
+        that lost at least half of their band power against the neighbours are examined (such a dropout does)."""
+        out = np.full(len(ratio), np.inf)
+        suspect = np.flatnonzero(ratio < 0.5)
+        if not suspect.size:
+            return out
+        blocks = step[: self._n_blocks * self._block].reshape(self._n_blocks, self._block, -1)
+        energy = np.einsum("btc,btc->cb", blocks, blocks).astype(np.float64) + 1e-12  # (C, B)
+        refs = self._references(energy, use, good, enough)  # (C, B)
+        half = self._n_blocks // 2  # flat in half of the blocks: the half-th smallest ratio is small
+        out[suspect] = np.partition(energy[suspect] / refs[suspect], half - 1, axis=1)[:, half - 1]
+        return out
+
+    def _bridge_margin(self, apart: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """(C,) the largest `bridge_factor * (1 - r) of the neighbouring pairs of that direction / (1 - r)` over the
+        channel's neighbours: the neighbouring pairs are those that start at the channel's good neighbours (the
+        median over them); with fewer than two, the median of that direction over the whole window."""
+        typical = _row_median(np.where(pairs, apart, np.inf).T, pairs.sum(axis=0))  # (8,) per direction
+        factor = self.config.bridge_factor
+        # No reference exceeds the largest (1 - r) of its direction: only pairs below that share can fire.
+        largest = np.maximum(np.nanmax(np.where(pairs, apart, -np.inf), axis=0), typical)  # (8,)
+        suspect = np.flatnonzero((self._has & (apart < factor * largest[None, :])).any(axis=1))
+        out = np.zeros(len(apart))
+        if not suspect.size:
+            return out
+        nb, has, apart_s = self._nb[suspect], self._has[suspect], apart[suspect]
+        valid = has[:, :, None] & pairs[nb]  # (S, 8 neighbours j, 8 directions k)
+        around = np.where(valid, apart[nb], np.inf)
+        around.sort(axis=1)
+        count = valid.sum(axis=1)  # (C, 8)
+        k = np.maximum(count, 1)[:, None, :]
+        local = 0.5 * (np.take_along_axis(around, (k - 1) // 2, axis=1) + np.take_along_axis(around, k // 2, axis=1))
+        reference = np.where(count >= 2, local[:, 0], typical[None, :])
+        margin = np.where(has, factor * reference / np.maximum(apart_s, 1e-9), 0.0)
+        out[suspect] = np.nan_to_num(margin.max(axis=1), nan=0.0, posinf=0.0)
+        return out
 
     def _saturation_margin(self, x: np.ndarray) -> np.ndarray:
         """(C,) share of samples held at the window's maximum or minimum in runs of 4+, over `saturated_share`."""
@@ -243,16 +421,14 @@ class ChannelQualityDetector:
         high, low = x.max(axis=0), x.min(axis=0)
         tol = 1e-6 * (np.abs(high) + np.abs(low) + 1.0)
         share = np.zeros(x.shape[1])
+        need = c.saturated_share * (x.shape[0] - 3)  # fewer samples at an extreme cannot fill that many runs
         for at in (x >= high - tol, x <= low + tol):  # (n, C)
-            runs = at[3:] & at[2:-1] & at[1:-2] & at[:-3]
-            share = np.maximum(share, runs.mean(axis=0))
+            cand = np.flatnonzero(at.sum(axis=0) > need)
+            if cand.size:
+                a = at[:, cand]
+                runs = a[3:] & a[2:-1] & a[1:-2] & a[:-3]
+                share[cand] = np.maximum(share[cand], runs.mean(axis=0))
         return np.where(high - low > 10 * c.flat_floor_uv, share / c.saturated_share, 0.0)
-
-    def _reference(self, value: np.ndarray, use: np.ndarray, good: np.ndarray, enough: np.ndarray) -> np.ndarray:
-        """(C,) median of `value` over each channel's good neighbours, or over all good channels when too few."""
-        local = _row_median(np.where(use, value[self._nb], np.inf), use.sum(axis=1))
-        overall = float(np.median(value[good])) if good.any() else float(np.median(value))
-        return np.where(enough, local, overall) + 1e-12
 
 
 def _drifting_sinusoids(freqs_hz: tuple[float, ...], fs_hz: float, n_samples: int) -> np.ndarray | None:

@@ -10,6 +10,12 @@ windows of `window_ms`; a (window, channel) is truly bad when its ground-truth m
 the window, clean when it covers none, and not scored in between (an artifact that just starts or ends).
 An RMS threshold (a channel above `rms_factor` times the array's median RMS) is scored alongside, as the
 single-channel reference the neighbour test replaces.
+
+Beside the score, each kind reports how many of its truly bad (window, channel)s are faint: the disturbance
+inside that window (its mean removed, as the detector removes it) carries less than a tenth of the clean
+signal's power there (`faint_db`). A pop's slow recovery late in its masked span, an offset below an
+amplifier's rail, or a 0 dB motion artifact inside a strong contraction are faint: the recall on the
+others says how much of what a window shows the detector finds. The score itself counts every bad one.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class DetectorEvalOptions:
     draws: int = 3  # disturbance draws per recording and kind
     window_stride: int = 1  # judge every n-th window only (1: all), to bound the run time
     rms_factor: float = 3.0  # RMS-threshold reference: above this many times the array median
+    faint_db: float = 10.0  # a bad (window, channel) whose in-window SDR exceeds this is faint (diagnostic only)
     seed: int = 0
 
 
@@ -90,6 +97,14 @@ def measured_sdr_db(clean: np.ndarray, disturbed: np.ndarray, mask: np.ndarray) 
     return 10 * np.log10(max(s, 1e-12) / max(d, 1e-12))
 
 
+def window_sdr_db(clean: np.ndarray, disturbed: np.ndarray) -> np.ndarray:
+    """(C,) power of the clean window over the disturbance's in it, both with their mean removed, in dB."""
+    c = clean.astype(np.float64) - clean.mean(axis=0)
+    d = disturbed.astype(np.float64) - clean
+    d -= d.mean(axis=0)
+    return np.asarray(10 * np.log10(np.maximum((c**2).mean(axis=0), 1e-12) / np.maximum((d**2).mean(axis=0), 1e-12)))
+
+
 def rms_threshold(window: np.ndarray, factor: float) -> np.ndarray:
     """(C,) bool: the single-channel reference, RMS above `factor` times the array's median RMS."""
     rms = (window - window.mean(axis=0)).std(axis=0)
@@ -112,6 +127,7 @@ def evaluate_detector(
     for kind in kinds:
         counts, rms_counts = Counts(), Counts()
         sdrs = []
+        faint = found_plain = plain = 0
         for rec in recordings:
             n_win = max(16, int(round(opt.window_ms * rec.fs_hz / 1000.0)))
             key = (rec.layout.name, rec.fs_hz, n_win)
@@ -133,6 +149,11 @@ def evaluate_detector(
                     truth, scored = share >= 0.5, (share >= 0.5) | (share == 0)
                     verdict = detector.detect(disturbed[sl])
                     counts.add(verdict.bad, truth, scored)
+                    if truth.any():
+                        weak = window_sdr_db(clean[sl][:, truth], disturbed[sl][:, truth]) > opt.faint_db
+                        faint += int(weak.sum())
+                        plain += int((~weak).sum())
+                        found_plain += int((verdict.bad[truth] & ~weak).sum())
                     rms_counts.add(rms_threshold(disturbed[sl], opt.rms_factor), truth, scored)
                     if kind == kinds[0] and _ == 0:  # false alarms on the clean windows, once per recording
                         nothing = np.zeros_like(truth)
@@ -144,6 +165,8 @@ def evaluate_detector(
             "rms_f1": rms_counts.figures()["f1"],
             "sdr_db": float(np.nanmedian(sdrs)) if sdrs else float("nan"),
             "held_out": float(kind == HELD_OUT_KIND),
+            "faint_share": faint / max(faint + plain, 1),
+            "recall_not_faint": found_plain / max(plain, 1),
         }
         logger.info("detector %s: F1 %.3f (P %.3f R %.3f), RMS threshold F1 %.3f", kind, figures["f1"],
                     figures["precision"], figures["recall"], results[kind]["rms_f1"])  # fmt: skip
@@ -156,14 +179,16 @@ def evaluate_detector(
 
 
 def format_detector_table(title: str, results: dict[str, dict[str, float]]) -> str:
-    lines = [f"### {title}", "", "| kind | SDR (dB) | precision | recall | F1 | RMS-threshold F1 |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [f"### {title}", "",
+             "| kind | SDR (dB) | precision | recall | F1 | RMS-threshold F1 | faint | recall, not faint |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for kind, r in results.items():
         if kind == "clean":
             continue
         name = f"{kind} (held out)" if r.get("held_out") else kind
         lines.append(f"| {name} | {r['sdr_db']:.1f} | {100 * r['precision']:.1f} % | {100 * r['recall']:.1f} % | "
-                     f"{100 * r['f1']:.1f} % | {100 * r['rms_f1']:.1f} % |")  # fmt: skip
+                     f"{100 * r['f1']:.1f} % | {100 * r['rms_f1']:.1f} % | {100 * r.get('faint_share', 0.0):.0f} % | "
+                     f"{100 * r.get('recall_not_faint', 0.0):.1f} % |")  # fmt: skip
     if "clean" in results:
         c = results["clean"]
         lines += ["", f"False alarms on clean windows: detector {100 * c['false_alarm_rate']:.2f} % of "
@@ -199,7 +224,9 @@ def detector_report(
         f"(0 = one electrode), additive kinds at {opt.sdr_db:g} dB signal-to-disturbance; the others at their "
         "own strength (SDR as measured). A (window, channel) is bad when its ground-truth mask covers at least "
         "half the window, clean when none, unscored in between. Real flexemg trials carry artifacts of their own "
-        "that count as false alarms here.\n"
+        "that count as false alarms here. `faint`: share of the bad (window, channel)s whose disturbance inside "
+        f"the window (mean removed) is more than {opt.faint_db:g} dB below the clean signal there; the last column is "
+        "the recall on the others (a diagnostic: the score counts every bad one).\n"
     )
     tables = [format_detector_table(name, r) for name, r in results.items()]
     (out_dir / "detector.md").write_text(head + "\n" + "\n\n".join(tables) + "\n")

@@ -85,6 +85,51 @@ def test_reasons_name_the_physical_fault(emg: np.ndarray) -> None:
     assert verdict.margins.shape == (192, len(DETECTOR_FLAGS))
 
 
+def _active(emg: np.ndarray) -> np.ndarray:
+    """A copy of the window of strongest contraction (where EMG hides small disturbances best)."""
+    start = max(range(0, emg.shape[0] - WINDOW + 1, WINDOW), key=lambda s: float(emg[s : s + WINDOW].std()))
+    return emg[start : start + WINDOW].copy()
+
+
+def test_a_step_the_neighbours_do_not_share_is_a_transient(emg: np.ndarray) -> None:
+    detector = ChannelQualityDetector(default_layout(), 2048.0, WINDOW)
+    window = _active(emg)
+    window[400:, 70] += 2.0 * window[:, 70].std()  # a baseline step late in the window: little 1-20 Hz power
+    verdict = detector.detect(window)
+    assert verdict.bad_channels == [70] and "transient" in verdict.reasons(70)
+    assert verdict.margins.shape == (192, len(DETECTOR_FLAGS)) and DETECTOR_FLAGS[-1] == "transient"
+
+
+def test_hum_weaker_than_the_emg_is_found_where_the_neighbours_cannot_predict_it(emg: np.ndarray) -> None:
+    detector = ChannelQualityDetector(default_layout(), 2048.0, WINDOW)
+    window = _active(emg)
+    t = np.arange(WINDOW) / 2048.0
+    window[:, 100] += (0.7 * window[:, 100].std() * np.sin(2 * np.pi * 50.3 * t)).astype(np.float32)  # -6 dB
+    verdict = detector.detect(window)
+    assert verdict.bad_channels == [100] and "mains" in verdict.reasons(100)
+
+
+def test_a_channel_dropped_out_for_most_of_the_window_is_flat(emg: np.ndarray) -> None:
+    detector = ChannelQualityDetector(default_layout(), 2048.0, WINDOW)
+    window = _active(emg)
+    window[180:, 30] = np.random.default_rng(0).normal(0.0, 0.5, WINDOW - 180)  # 65 % of the window
+    verdict = detector.detect(window)
+    assert verdict.bad_channels == [30] and "flat" in verdict.reasons(30)
+
+
+def test_a_strongly_coherent_patch_is_not_taken_for_bridges() -> None:
+    # One grid under a strong common source: its pairs are far more alike than the quiet grids' pairs, yet no
+    # pair is more alike than its neighbouring pairs (the array-wide reference flagged all 64).
+    rng = np.random.default_rng(1)
+    window = rng.normal(0.0, 5.0, (WINDOW, 192)).astype(np.float32)
+    source = np.convolve(rng.normal(0.0, 1.0, WINDOW + 20), np.ones(8) / 8, "valid")[:WINDOW]
+    window[:, 128:] += (200.0 * source[:, None] * rng.uniform(0.5, 1.5, 64)[None, :]).astype(np.float32)
+    detector = ChannelQualityDetector(default_layout(), 2048.0, WINDOW)
+    assert detector.detect(window).bad_channels == []
+    window[:, 140] = window[:, 141]  # a real bridge inside the patch is still one
+    assert {140, 141} <= set(detector.detect(window).bad_channels)
+
+
 @pytest.mark.parametrize("mains_hz", [50.0, 60.0])
 def test_hum_the_notches_remove_is_judged_as_the_model_sees_it(emg: np.ndarray, mains_hz: float) -> None:
     from rohde.core.preprocessing import PreprocessingConfig
