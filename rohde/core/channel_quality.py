@@ -32,7 +32,7 @@ solve per channel and a few matrix products (pure numpy):
 A detector told which frequencies the model's preprocessing notches (`removed_hz`) first projects
 sinusoids at those frequencies (amplitude and phase drifting slowly over the window) out of every
 channel, so it judges a channel by what reaches the model: mains hum that the notches remove is no
-reason to rebuild a channel (the contact-quality report still shows it; `rohde.server.quality`).
+reason to rebuild a channel (the contact-quality report still shows it; `rohde.core.quality_monitor`).
 
 References come from the neighbours not yet flagged (two passes), or from the whole array's good
 channels when fewer than two neighbours are left, so a large patch is judged against healthy skin.

@@ -18,7 +18,8 @@ channel and flags it as:
   assembler);
 - `neighbour`: the shared neighbour detector (`rohde.core.channel_quality`, given the layout) finds
   the channel unlike its grid neighbours: flat, saturated, unpredictable from them, a slow artifact
-  or mains hum far above theirs, or bridged to one of them.
+  or mains hum far above theirs, a transient (a pop, step or burst) the neighbours do not share, or
+  bridged to one of them.
 
 The spectrum is a Hann-windowed FFT of the mean-removed raw window. A channel with any flag is in
 `bad_channels` (the contact-quality report). `repair_channels` are those whose fault reaches the model:
