@@ -5,10 +5,10 @@ A channel the detector (`rohde.core.channel_quality`) flags is replaced by the m
 before it, ring by ring from the patch's edge (zero only where a whole grid is flagged), so the
 classifier sees a plausible spatial pattern instead of the disturbance or a hole. The rebuild is
 linear and per channel, like the causal filter, so rebuilding raw samples and then filtering equals
-filtering and then rebuilding; training
-(`repair_blocks` on raw recordings, and `rohde.training.augment.mask_augment`, which rebuilds random
-channels so a rebuilt channel is ordinary input) and serving (the window assembler, on each
-normalised window, with the live monitor's bad channels) call the same `ChannelRepair.rebuild`.
+filtering and then rebuilding; training (`rohde.training.augment.mask_augment`, which rebuilds random
+channels so a rebuilt channel is ordinary input), serving (the window assembler, on each normalised
+window, with the live monitor's bad channels) and evaluation as served (`rebuild_windows`, with the
+monitor replayed offline) call the same `ChannelRepair.rebuild`.
 
 A model package opts in with `training_data["quality_masking"] = true` (`QUALITY_MASKING_KEY`): the
 server rebuilds the bad channels of its windows only for models trained to expect it.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rohde.core.channel_quality import ChannelQualityDetector, neighbour_table
+from rohde.core.channel_quality import neighbour_table
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import ElectrodeLayout
 
@@ -108,31 +108,3 @@ class ChannelRepair:
                     out[start:i] = self.rebuild_channels(windows[start:i], channels[start])
                 start = i
         return out
-
-
-def repair_blocks(
-    samples: np.ndarray, *, detector: ChannelQualityDetector, repair: ChannelRepair, block: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Raw `(n_samples, C)` uV judged and rebuilt block by block, as the live monitor does.
-
-    Each block of `block` samples is rebuilt with the channels the detector flags on the
-    `detector.n_samples` raw samples ending with the block (the live monitor judges the last
-    `quality_window_s` every `quality_interval_s`). Returns (float32 rebuilt copy, `(n_samples, C)`
-    bool mask of the rebuilt samples).
-    """
-    if block < 1:
-        raise ConfigError(f"block must be >= 1, got {block}.")
-    x = np.asarray(samples, dtype=np.float32)
-    out = x.copy()
-    flagged = np.zeros(x.shape, dtype=bool)
-    n_det = detector.n_samples
-    for start in range(0, x.shape[0], block):
-        stop = min(start + block, x.shape[0])
-        lo = max(0, stop - n_det)
-        if stop - lo < n_det:  # the first blocks: too little history, nothing is judged yet
-            continue
-        bad = detector.detect(x[lo:stop]).bad
-        if bad.any():
-            out[start:stop] = repair.rebuild(x[start:stop].T, bad).T
-            flagged[start:stop, bad] = True
-    return out, flagged

@@ -17,7 +17,8 @@ Protocol (reduced so one run fits in minutes on 2 CPU cores; the reduction is wr
   `PATCH_KINDS`: never the held-out kind, and not `dead`, which it does not generate; `copies` copies of
   each training trial with generated patches of a kind drawn at random, placed at random as the oracle's);
   `lda` (time-domain features). `+mask` rows run the very same model with quality masking at test time
-  (the neighbour detector flags channels, `ChannelRepair` rebuilds them, `repair_blocks`).
+  (the server's quality monitor flags channels, `ChannelRepair` rebuilds them: `iter_windows(rebuild_bad=True)`,
+  the windows the server would give the model).
 - Test: every kind of `DISTURBANCE_CONDITIONS` but the global powerline, one at a time, placed at random
   (`Placement("any")`) at each severity (share of electrodes disturbed), on every test trial; the held-out
   kind (`HELD_OUT_KIND`) is reported apart. Mean and standard deviation over seeds (each seed redraws
@@ -37,8 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from rohde.core.channel_quality import ChannelQualityDetector
-from rohde.core.channel_repair import ChannelRepair, repair_blocks
 from rohde.core.errors import ConfigError
 from rohde.core.preprocessing import PreprocessingConfig
 from rohde.core.recording import Recording
@@ -75,8 +74,6 @@ class StudyConfig:
     max_epochs: int = 25  # the same training budget for every variant
     patience: int = 5
     copies: int = 3  # disturbed copies per recording: the oracle's training set and the neutral validation set
-    quality_block_ms: float = 250.0  # the live monitor's estimate interval
-    quality_window_ms: float = 500.0  # the live monitor's history per estimate
     gan: PatchStudyConfig = STUDY_GAN  # the `gan` variant's patch cutting (copies, severity, shape) and GAN
     # The simulated recordings: 3 x 8 x 8 at 2048 Hz, the seven gestures held 2 s once (tests use a tiny one).
     simulator: SimulatorConfig = SimulatorConfig(rest_s=1.0, gesture_s=2.0, ramp_s=0.3, repetitions=1)
@@ -146,17 +143,6 @@ def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], N
     """Train every variant per seed, score the severity curves, write `robustness.json` (and return it)."""
     started = time.perf_counter()
     train, val, test = _simulated(config)
-    layout, fs = train[0].layout, train[0].fs_hz
-    # Judged as the model sees them: hum the notches remove is no reason to rebuild a channel (as in the server).
-    detector = ChannelQualityDetector(layout, fs, int(round(config.quality_window_ms * fs / 1000)),
-                                      removed_hz=_preprocessing(fs).notch_frequencies())
-    repair = ChannelRepair(layout)
-    block = int(round(config.quality_block_ms * fs / 1000))
-
-    def masked(rec: Recording) -> Recording:
-        samples, _ = repair_blocks(rec.samples, detector=detector, repair=repair, block=block)
-        return rec.with_samples(samples)
-
     curves: dict[str, dict[str, dict[str, list[float]]]] = {}  # variant -> kind -> severity -> [acc per seed]
     gan_seconds: list[float] = []
     result: dict[str, Any] = {}
@@ -202,7 +188,7 @@ def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], N
                 rng = seeded_rng(seed, 50, STUDY_KINDS.index(kind), si)
                 recs = test if severity == 0 else [_disturb(r, kind, severity, rng) for r in test]
                 plain = ctx.window_set(recs, with_td=True)
-                fixed = ctx.window_set([masked(r) for r in recs], with_td=True)
+                fixed = ctx.window_set(recs, with_td=True, rebuild_bad=True)  # as the server serves a masking model
                 for name in VARIANTS:
                     for suffix, windows in (("", plain), ("+mask", fixed)):
                         row = curves.setdefault(name + suffix, {}).setdefault(kind, {})
@@ -400,7 +386,7 @@ def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = N
         "from the training trials disturbed by each kind it generates, "
         f"{', '.join(PATCH_KINDS)}: never `{held}`, and not `dead`, which it does not generate; "
         f"{_gan_time(result)}), placed at random as the oracle's. `+mask`: the same model with quality masking at "
-        "test time (neighbour detector + rebuild). "
+        "test time (the server's quality monitor and rebuild, replayed window by window). "
         "Figures are accuracy of single 200 ms windows in %, mean ± standard deviation over seeds."
         + _preprocessing_note(result),
         "",
