@@ -422,13 +422,16 @@ def test_a_model_trained_with_quality_masking_gets_bad_channels_rebuilt() -> Non
     from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 
     shipped = load_model_package(default_models_dir() / "rohde-default")
-    meta = shipped.metadata.model_copy(update={"training_data": {**shipped.metadata.training_data,
-                                                                 QUALITY_MASKING_KEY: True}})  # fmt: skip
+
+    def masking(on: bool) -> ModelPackage:
+        data = {**shipped.metadata.training_data, QUALITY_MASKING_KEY: on}
+        return dataclasses.replace(shipped, metadata=shipped.metadata.model_copy(update={"training_data": data}))
+
     config = SimulatorConfig(gestures=("no_movement", "hand_close"), rest_s=0.5, gesture_s=2.0, repetitions=1)
     x = simulate_recording(config=config, subject=1, session=1, trial=1, condition="clean", seed=0).samples.copy()
     x[:, 77] = 0.0  # a dead electrode
     stamps = np.arange(len(x)) / 2048.0
-    for package, rebuilt in ((shipped, False), (dataclasses.replace(shipped, metadata=meta), True)):
+    for package, rebuilt in ((masking(False), False), (masking(True), True)):
         jobs: list[WindowJob] = []
         assembler = WindowAssembler("s", config=IngestConfig(), metrics=ServerMetrics(), emit=jobs.append)
         assembler.use_model(package, 1, max_chunk=4096)
