@@ -175,8 +175,8 @@ class StreamManager:
     def _retire(self, stream_id: str) -> None:
         """Stop a worker and drop it from `/streams`; its id stays reserved for its own device."""
         worker = self.workers.pop(stream_id)
-        worker.stop()
-        self.retired += 1
+        self.retired += 1  # counted as it leaves the table, so no reader sees it gone but not counted
+        worker.stop()  # joins the worker's thread: may take a while
 
     def _free_a_slot(self) -> bool:
         """Retire the longest-lost idle worker so a new stream can be served; False when none is lost."""
