@@ -71,6 +71,9 @@ _LOG_FLOOR = 1e-3  # keeps silent (or edge-filled zero) channels out of log(0)
 # 0.036 over it; a margin checked map by map instead moved 13 of 40 onto another folder's placement (a shifted
 # noise-free map of a look-alike forearm beat the trial's own map unshifted by 0.005-0.035).
 MIN_IMPROVEMENT = 0.05
+# An estimate whose map correlation stays under this is not applied (the server's default
+# `alignment_min_score`, and what the offline checks replay).
+MIN_SCORE = 0.9
 
 
 @dataclass(frozen=True)
@@ -517,7 +520,7 @@ class LiveAlignment:
         fs_hz: float,
         *,
         warmup_s: float = 30.0,
-        min_score: float = 0.9,
+        min_score: float = MIN_SCORE,
         scale_uv: tuple[float, ...] | None = None,
     ) -> None:
         if len(reference.activity_uv) != layout.n_channels:

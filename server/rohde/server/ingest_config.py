@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rohde.core.alignment import MIN_SCORE
 from rohde.core.quality_monitor import QualityThresholds
 
 
@@ -37,5 +38,5 @@ class IngestConfig:
     # package carries an alignment reference; a grid that did not move snaps to no shift (the gain alone).
     alignment: bool = True
     alignment_warmup_s: float = 30.0  # filtered signal collected before the estimate (one cycle of the gestures)
-    alignment_min_score: float = 0.9  # map correlation under which an estimate is not applied
+    alignment_min_score: float = MIN_SCORE  # map correlation under which an estimate is not applied
     quality: QualityThresholds = field(default_factory=QualityThresholds)

@@ -38,6 +38,7 @@ import torch
 from rohde.classic.lda import LDA
 from rohde.core.alignment import (
     MIN_IMPROVEMENT,
+    MIN_SCORE,
     POOLED,
     AlignmentReference,
     GridShift,
@@ -622,9 +623,6 @@ SIM_TEST_SHIFT = ShiftRange(max_rows=2.0, max_cols=2.0, gain_range=(0.8, 1.25))
 SIM_TRAIN_SHIFT = ShiftRange(max_rows=2.5, max_cols=2.5, max_rotation_deg=5.0, gain_range=(0.7, 1.4),
                              channel_gain_spread=0.1)  # fmt: skip
 SIM_DONNINGS = 3  # independent donnings per subject, for validation (session 2) and test (session 3)
-# The server applies an estimate only when its map correlation reaches its `alignment_min_score`
-# (0.9 by default, server IngestConfig); below it the stream is served as it comes.
-SERVER_MIN_SCORE = 0.9
 
 
 @dataclass(frozen=True)
@@ -685,7 +683,7 @@ def align_donning(
     scored: list[Recording],
     preprocessing: PreprocessingConfig,
     *,
-    min_score: float = SERVER_MIN_SCORE,
+    min_score: float = MIN_SCORE,
 ) -> tuple[list[Recording], ShiftEstimate]:
     """`scored` as the server serves them once it has estimated the donning's shift on `unlabelled`
     (no labels): moved back onto the reference's electrodes when the estimate's map correlation reaches
@@ -888,7 +886,7 @@ def render_simulated(result: SimulatedShiftResult) -> str:
         "new donning: shift and gain estimated on one unlabelled trial of that donning (trial 4) against the",
         "package's alignment reference (the MAV maps of the training trials, every subject's together and each",
         "subject's alone; the best-correlated map wins) and applied",
-        f"to the scored trials when the map correlation reaches {SERVER_MIN_SCORE} (the server's",
+        f"to the scored trials when the map correlation reaches {MIN_SCORE} (the server's",
         "`alignment_min_score`), else the trials as they come. The shift-robust models are trained with shift",
         "augmentation on clean trials "
         f"{', '.join(str(int(t.lstrip('t'))) for t in result.recordings.get('train', []))} of sessions 1-2. Every",
