@@ -335,7 +335,7 @@ class ChannelQualityDetector:
         they are judged to have lost that neighbour as a predictor, not to be bad themselves."""
         flagged = margins > 1
         only = flagged[:, _PREDICTED].any(axis=1) & ~flagged[:, _OTHER].any(axis=1)
-        score = np.where(flagged[:, _PREDICTED].any(axis=1), margins[:, _PREDICTED].max(axis=1), 0.0)
+        score = _prediction_score(margins)
         worst = np.where(self._has, score[self._nb], 0.0).max(axis=1)
         return only & (worst > EXPLAINED_BY * score)
 
@@ -348,7 +348,7 @@ class ChannelQualityDetector:
         good = self._mapped & ~flagged.any(axis=1)
         if pass_no == 0:
             return good
-        score = np.where(flagged[:, _PREDICTED].any(axis=1), margins[:, _PREDICTED].max(axis=1), 0.0)
+        score = _prediction_score(margins)
         worse = (np.where(self._has, score[self._nb], 0.0) > score[:, None]).any(axis=1)
         return good | (self._mapped & ~flagged[:, _OTHER].any(axis=1) & worse)
 
@@ -459,3 +459,9 @@ def _row_median(values: np.ndarray, count: np.ndarray) -> np.ndarray:
     lo = np.take_along_axis(ordered, ((k - 1) // 2)[:, None], axis=1)[:, 0]
     hi = np.take_along_axis(ordered, (k // 2)[:, None], axis=1)[:, 0]
     return np.where(count > 0, 0.5 * (lo + hi), 0.0)
+
+
+def _prediction_score(margins: np.ndarray) -> np.ndarray:
+    """(C,) the largest prediction-test margin of each channel that one of them flags, else 0."""
+    predicted = margins[:, _PREDICTED]
+    return np.where((predicted > 1).any(axis=1), predicted.max(axis=1), 0.0)
