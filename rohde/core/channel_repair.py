@@ -99,12 +99,13 @@ class ChannelRepair:
         """Windows `(n, C, W)` each rebuilt with its own bad channels `channels[i]` (runs of equal sets at once)."""
         if len(channels) != len(windows):
             raise ConfigError(f"{len(channels)} bad-channel sets for {len(windows)} windows.")
-        out = windows
+        if not any(channels):
+            return windows
+        out = windows.copy()
         start = 0
         for i in range(1, len(channels) + 1):
             if i == len(channels) or channels[i] != channels[start]:
                 if channels[start]:
-                    out = out if out is not windows else windows.copy()
                     out[start:i] = self.rebuild_channels(windows[start:i], channels[start])
                 start = i
         return out
