@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import signal
 
 from rohde.core.errors import ConfigError
 from rohde.core.preprocessing import (
@@ -152,11 +153,15 @@ def test_normalization_fit_apply_and_floor() -> None:
         Normalization(scale_uv=(1.0, 0.0))
 
 
-def test_public_sosfilt_fallback_gives_the_same_samples(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rohde.core.preprocessing as preprocessing
-
-    x = np.random.default_rng(7).normal(0, 30, size=(700, 5)).astype(np.float32)
-    config = PreprocessingConfig(fs_hz=2048.0)
-    kernel = _filter_in_random_chunks(x, config, seed=3)
-    monkeypatch.setattr(preprocessing, "_sosfilt_rows", None)
-    np.testing.assert_allclose(_filter_in_random_chunks(x, config, seed=3), kernel, rtol=1e-6, atol=1e-4)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_block_products_give_the_section_recursions_samples(name: str) -> None:
+    # A minute of EMG-like noise on a swinging DC offset of thousands of uV, in chunks of every size from one
+    # sample to a second: within float32 rounding of what the sections give one sample at a time (SciPy, float64).
+    config = CASES[name]
+    rng = np.random.default_rng(11)
+    n = int(60 * config.fs_hz)
+    drift = 4000 * np.sin(2 * np.pi * 0.1 * np.arange(n) / config.fs_hz)[:, None]
+    x = (rng.normal(0, 30, size=(n, 6)) + drift + 1500).astype(np.float32)
+    reference = signal.sosfilt(design_sos(config), x.astype(np.float64), axis=0).astype(np.float32)
+    for got in (filter_recording(x, config), _filter_in_random_chunks(x, config, seed=3)):
+        np.testing.assert_allclose(got, reference, rtol=0, atol=2 * float(np.spacing(np.abs(reference).max())))

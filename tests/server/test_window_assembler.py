@@ -28,6 +28,12 @@ def seeded_stream(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return samples, 100.0 + np.arange(n) / FS_HZ
 
 
+def assert_equal_to_float32_rounding(actual: np.ndarray, expected: np.ndarray, err_msg: str = "") -> None:
+    """Equal but for the last bits: the filter's block products round differently where a pull splits a block."""
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=2 * float(np.spacing(np.abs(expected).max())),
+                               err_msg=err_msg)
+
+
 def chunk_bounds(n: int, sizes: Iterable[int]) -> list[tuple[int, int]]:
     bounds, start = [], 0
     for size in sizes:
@@ -79,12 +85,12 @@ def test_windows_do_not_depend_on_how_the_stream_is_chunked(good: ModelPackage) 
     for label, jobs in runs.items():
         assert [job.end_index for job in jobs] == ends.tolist(), label
         for job, ref in zip(jobs, reference, strict=True):
-            np.testing.assert_array_equal(job.window, ref.window, err_msg=label)
+            assert_equal_to_float32_rounding(job.window, ref.window, err_msg=label)
             assert job.lsl_time == ref.lsl_time and job.reject_reason is None and job.generation == 1
-    # The same windows as the offline chain, bit for bit: the stream filtered from a zero state, normalised, cut.
+    # The same windows as the offline chain: the stream filtered from a zero state, normalised, cut.
     offline = extract_windows(good.normalization.apply(filter_recording(samples, good.preprocessing)), ends,
                               meta.window_samples)
-    np.testing.assert_array_equal(np.stack([job.window for job in reference]), offline)
+    assert_equal_to_float32_rounding(np.stack([job.window for job in reference]), offline)
     assert [job.lsl_time for job in reference] == [float(stamps[end - 1]) for end in ends]
 
 
@@ -332,7 +338,7 @@ def test_a_second_of_samples_at_once_gives_the_windows_of_a_steady_stream(good: 
     assert [job.end_index for job in bursty.jobs] == [job.end_index for job in steady.jobs]
     assert [job.lsl_time for job in bursty.jobs] == [job.lsl_time for job in steady.jobs]
     for job, ref in zip(bursty.jobs, steady.jobs, strict=True):
-        np.testing.assert_array_equal(job.window, ref.window)
+        assert_equal_to_float32_rounding(job.window, ref.window)
     assert bursty.count(StreamCounter.GAPS) == 0
 
 
