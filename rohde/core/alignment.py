@@ -565,21 +565,31 @@ class LiveAlignment:
             return None
         return self.accept(self.estimate_from(self.activity(), self.known))
 
-    def collect(self, filtered: np.ndarray, bad_channels: Sequence[int] = ()) -> bool:
+    def collect(self, filtered: np.ndarray, bad_channels: Sequence[int] = (), *,
+                scale: np.ndarray | None = None) -> bool:
         """Add a filtered chunk `(n, C)` to the map, leaving out the channels flagged bad during it; True once
         `warmup_s` seconds are in (nothing estimated yet: `push` does both, a caller that estimates elsewhere
-        calls `estimate_from(activity(), known)` and `accept`)."""
+        calls `estimate_from(activity(), known)` and `accept`). With `scale` `(C,)` positive, the chunk is
+        filtered uV divided by it (a normalised window's samples)."""
         if self.estimate is not None or filtered.shape[0] == 0:
             return False
         if filtered.ndim != 2 or filtered.shape[1] != self.layout.n_channels:
             raise ConfigError(f"Expected chunks (n, {self.layout.n_channels}), got {filtered.shape}.")
         if self.collected_s >= self.warmup_s:
             return True
-        good = np.ones(filtered.shape[1], dtype=bool)
-        good[list(bad_channels)] = False
-        finite = np.where(np.isfinite(filtered[:, good]), filtered[:, good], 0.0)
-        self._abs_sum[good] += np.abs(finite.astype(np.float64)).sum(axis=0)
-        self._good[good] += filtered.shape[0]
+        sums = np.abs(filtered).sum(axis=0, dtype=np.float64)  # (C,)
+        if not np.isfinite(sums).all():  # a non-finite sample counts as zero
+            sums = np.abs(np.where(np.isfinite(filtered), filtered, 0.0)).sum(axis=0, dtype=np.float64)
+        if scale is not None:
+            sums *= scale
+        if len(bad_channels) == 0:
+            self._abs_sum += sums
+            self._good += filtered.shape[0]
+        else:
+            good = np.ones(filtered.shape[1], dtype=bool)
+            good[list(bad_channels)] = False
+            self._abs_sum[good] += sums[good]
+            self._good[good] += filtered.shape[0]
         self._n += filtered.shape[0]
         return self.collected_s >= self.warmup_s
 

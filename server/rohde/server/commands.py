@@ -145,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_level="info",
                             lifespan="on", ws=_websocket_protocol(), ws_max_size=WS_MAX_MESSAGE_BYTES,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                            ws_per_message_deflate=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     # After uvicorn.Config, which sets up its loggers: a read token sent as ?token= stays out of the access log.
     logging.getLogger("uvicorn.access").addFilter(TokenRedactingFilter())
     server = _server_class(app)(config)
@@ -155,6 +155,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# Decisions are a few hundred bytes, 20 a second per stream: compressing each costs the server more CPU than the
+# bandwidth it saves is worth, so /ws offers no per-message compression.
 # Clients never send messages on /ws (it refuses them with 1003); anything this large is refused sooner, by the
 # WebSocket layer, with 1009, before it is buffered.
 WS_MAX_MESSAGE_BYTES = 64 * 1024

@@ -150,8 +150,8 @@ class StreamAlignment:
                 # Rejected windows stay out of the map, and so do the channels flagged bad in the others.
                 if job.reject_reason is not None:
                     return job
-                chunk = job.window[:, -self._hop:].T * self._scale  # (hop, C) filtered uV
-                if not live.collect(chunk, job.bad_channels):
+                chunk = job.window[:, -self._hop:].T  # (hop, C) normalised: filtered uV / scale
+                if not live.collect(chunk, job.bad_channels, scale=self._scale):
                     return job
                 activity, known, token = live.activity(), live.known, self._token
             else:
