@@ -6,10 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from rohde.core.errors import ConfigError
 from rohde.simulation.simulator import SimulatorConfig
 from rohde.training.gan_models import GANConfig
 from rohde.training.gan_patch_study import PatchStudyConfig
-from rohde.training.robustness_study import VARIANTS, StudyConfig, breaking_point, run_study, write_report
+from rohde.training.robustness_study import (
+    VARIANTS,
+    StudyConfig,
+    _recordings,
+    breaking_point,
+    run_study,
+    write_report,
+)
 
 TINY = SimulatorConfig(fs_hz=1000.0, layout="2x4x4", gestures=("no_movement", "hand_close", "hand_open"),
                        rest_s=0.6, gesture_s=1.0, ramp_s=0.1, repetitions=1)  # fmt: skip
@@ -45,3 +53,16 @@ def test_tiny_study_scores_every_variant(tmp_path: Path) -> None:
     assert "bridge (held out" in text and "Reduced protocol" in text and result["seeds_done"] == 2
     assert "Against the targets" in text and "notches at 50, 60, 100" in text
     assert (tmp_path / "robustness_seen.png").is_file() and (tmp_path / "docs" / "robustness_held_out.png").is_file()
+
+
+@pytest.mark.realdata
+def test_the_study_takes_one_flexemg_subjects_trials_within_session(flexemg_dir: Path) -> None:
+    train, val, test = _recordings(StudyConfig(flexemg=str(flexemg_dir), subject="002", train_trials=2,
+                                               test_trials=3))  # fmt: skip
+    assert [r.trial for r in train] + [r.trial for r in val] == sorted(r.trial for r in [*train, *val])
+    assert len(train) == 2 and len(val) == 1 and len(test) == 3
+    assert {r.session for r in [*train, *val]} != {r.session for r in test}  # Session1Train, then Session1Test
+    assert all(r.subject.endswith("002") and r.fs_hz == 1000.0 and r.layout.n_channels == 64
+               for r in [*train, *val, *test])  # fmt: skip
+    with pytest.raises(ConfigError, match="asks for 10 \\+ 1"):
+        _recordings(StudyConfig(flexemg=str(flexemg_dir), train_trials=10))

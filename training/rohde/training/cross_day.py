@@ -102,11 +102,16 @@ class DirectionResult:
                 "seconds": self.seconds, "shift": self.shift}  # fmt: skip
 
 
-def _load(data_dir: Path, subject: str, folder: str) -> list[Recording]:
+def load_session(data_dir: Path, subject: str, folder: str) -> list[Recording]:
+    """The trials of one flexemg session folder (`NNN-SessionX...`), in trial order; `data_dir` is the flexemg
+    folder or its `data` folder."""
     path = data_dir / f"{subject}-{folder}"
+    if not path.is_dir() and (data_dir / "data" / path.name).is_dir():
+        path = data_dir / "data" / path.name
     if not path.is_dir():
         raise ConfigError(
-            f"{str(path)!r} does not exist; --data must be the flexemg data folder (with NNN-SessionX...)."
+            f"{str(path)!r} does not exist; the data folder must be the flexemg folder or its data folder (with "
+            "NNN-SessionX... inside)."
         )
     recordings = sorted(load_dataset(path), key=lambda r: r.trial)
     if not recordings:
@@ -270,16 +275,16 @@ def run_direction(
     """
     seconds: dict[str, float] = {}
     pipeline = config.pipeline
-    source_train = _load(data_dir, subject, f"{source}Train")
+    source_train = load_session(data_dir, subject, f"{source}Train")
     if len(source_train) <= config.val_trials:
         raise ConfigError(
             f"{subject}-{source}Train has {len(source_train)} trials; need more than {config.val_trials}."
         )
     train, val = source_train[: -config.val_trials], source_train[-config.val_trials :]
-    within_test = _load(data_dir, subject, f"{source}Test")
-    target_train = _load(data_dir, subject, f"{target}Train")
+    within_test = load_session(data_dir, subject, f"{source}Test")
+    target_train = load_session(data_dir, subject, f"{target}Train")
     calibration = target_train[: config.calibration_trials]
-    target_test = _load(data_dir, subject, f"{target}Test")
+    target_test = load_session(data_dir, subject, f"{target}Test")
 
     ctx = make_context(pipeline, train, work_dir)
     layout = ctx.template.layout

@@ -5,6 +5,9 @@ Protocol (reduced so one run fits in minutes on 2 CPU cores; the reduction is wr
 - Data: the embedded simulator, one subject, 192 channels at 2048 Hz, short trials (rest 1 s, each of
   the seven gestures held 2 s once). Session 1: `train_trials` clean training trials and one validation
   trial; session 2: `test_trials` clean test trials (cross-session, as the shipped model is scored).
+  Or real recordings (`flexemg`: one subject's 16 x 4 array at 1000 Hz): `train_trials` trials of
+  Session1Train and its next one for validation, `test_trials` trials of Session1Test (within session:
+  re-applied electrodes are a study of their own, `rohde cross-day`); every disturbance is injected.
 - Variants, each a fresh CNN head on the fixed frontend with the same trainer budget (same epochs,
   patience and batch size) and each selected (early stopping) on the same validation windows: the clean
   validation trial plus copies disturbed by a neutral generator (every trainable kind in turn, placed at
@@ -77,6 +80,23 @@ class StudyConfig:
     gan: PatchStudyConfig = STUDY_GAN  # the `gan` variant's patch cutting (copies, severity, shape) and GAN
     # The simulated recordings: 3 x 8 x 8 at 2048 Hz, the seven gestures held 2 s once (tests use a tiny one).
     simulator: SimulatorConfig = SimulatorConfig(rest_s=1.0, gesture_s=2.0, ramp_s=0.3, repetitions=1)
+    flexemg: str | None = None  # the flexemg data folder: its recordings instead of the simulator's
+    subject: str = "001"  # the flexemg subject
+
+
+def _recordings(config: StudyConfig) -> tuple[list[Recording], list[Recording], list[Recording]]:
+    """Training, validation and test trials: simulated, or one flexemg subject's."""
+    if config.flexemg is None:
+        return _simulated(config)
+    from rohde.training.cross_day import load_session
+
+    data = Path(config.flexemg)
+    train = load_session(data, config.subject, "Session1Train")
+    test = load_session(data, config.subject, "Session1Test")
+    if len(train) < config.train_trials + 1 or len(test) < config.test_trials:
+        raise ConfigError(f"flexemg subject {config.subject} has {len(train)} training and {len(test)} test trials; "
+                          f"the study asks for {config.train_trials} + 1 and {config.test_trials}.")
+    return train[: config.train_trials], [train[config.train_trials]], test[: config.test_trials]
 
 
 def _simulated(config: StudyConfig) -> tuple[list[Recording], list[Recording], list[Recording]]:
@@ -142,7 +162,7 @@ def _gan_copy(gan: PatchGAN, rec: Recording, seed: int, i: int) -> Recording:
 def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every variant per seed, score the severity curves, write `robustness.json` (and return it)."""
     started = time.perf_counter()
-    train, val, test = _simulated(config)
+    train, val, test = _recordings(config)
     curves: dict[str, dict[str, dict[str, list[float]]]] = {}  # variant -> kind -> severity -> [acc per seed]
     gan_seconds: list[float] = []
     result: dict[str, Any] = {}
@@ -365,22 +385,28 @@ def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = N
     held = result["held_out_kind"]
     seen = [k for k in config["kinds"] if k != held]
     targets = [out_dir] if docs is None else [out_dir, docs.parent]
+    stem = docs.stem if docs is not None else "robustness"  # the plots are named after the markdown beside them
     for folder in targets:
         if seen:
-            plot_curves(result, folder / "robustness_seen.png", seen, title="trainable kinds")
+            plot_curves(result, folder / f"{stem}_seen.png", seen, title="trainable kinds")
         if held in config["kinds"]:
-            plot_curves(result, folder / "robustness_held_out.png", [held], title="held-out kind")
+            plot_curves(result, folder / f"{stem}_held_out.png", [held], title="held-out kind")
+    if config.get("flexemg") is None:
+        data = (f"one simulated subject (3 x 8 x 8, 2048 Hz), {config['train_trials']} short clean training trials "
+                f"and one validation trial from session 1, {config['test_trials']} test trial(s) from session 2")
+    else:
+        data = (f"flexemg subject {config['subject']} (real recordings, 16 x 4, 1000 Hz; every disturbance "
+                f"injected), {config['train_trials']} training trials and one validation trial of Session1Train, "
+                f"{config['test_trials']} test trial(s) of Session1Test (within session)")
     text = "\n".join([
         "# Robustness: accuracy against the share of electrodes disturbed",
         "",
         f"Written by `rohde study robustness` (`run_study`, `write_report`) in {result['seconds']:.0f} s. "
-        "**Reduced protocol** (2 CPU cores): one "
-        f"simulated subject (3 x 8 x 8, 2048 Hz), {config['train_trials']} short clean training trials and one "
-        f"validation trial from session 1, {config['test_trials']} test trial(s) from session 2; every variant a CNN "
-        f"head on the fixed frontend with at most {config['max_epochs']} epochs (patience {config['patience']}); "
+        f"**Reduced protocol** (2 CPU cores): {data}; every variant a CNN head on the fixed frontend with at most "
+        f"{config['max_epochs']} epochs (patience {config['patience']}); "
         f"{result.get('seeds_done', config['seeds'])} seeds; disturbances placed at random "
-        "(`Placement(\"any\")`). `oracle` trains on the simulator's own disturbance models (an upper bound that "
-        "only simulated data allow). `gan` trains on copies of the training trials with patches of the patch GAN "
+        "(`Placement(\"any\")`). `oracle` trains on the disturbance models that make the test disturbances (an upper "
+        "bound, labelled as such). `gan` trains on copies of the training trials with patches of the patch GAN "
         f"(`rohde/training/gan_patches.py`; {config['gan']['gan']['steps']} generator steps, trained per seed on "
         "patches cut "
         "from the training trials disturbed by each kind it generates, "
@@ -390,9 +416,9 @@ def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = N
         "Figures are accuracy of single 200 ms windows in %, mean ± standard deviation over seeds."
         + _preprocessing_note(result),
         "",
-        "![trainable kinds](robustness_seen.png)" if seen else "",
+        f"![trainable kinds]({stem}_seen.png)" if seen else "",
         "",
-        "![held-out kind](robustness_held_out.png)" if held in config["kinds"] else "",
+        f"![held-out kind]({stem}_held_out.png)" if held in config["kinds"] else "",
         "",
         format_study(result),
         "",

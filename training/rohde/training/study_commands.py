@@ -20,7 +20,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         "budget, "
         "select each on one validation set disturbed by a neutral generator, and score every disturbance kind "
         "(placed at random) at each severity, with and without quality masking; the held-out kind apart. Writes "
-        "robustness.json, robustness.md and severity plots. Reduced protocol (one simulated subject, short trials): "
+        "robustness.json, robustness.md and severity plots. Reduced protocol (one simulated subject, short trials, or "
+        "one flexemg subject with --flexemg): "
         "see rohde/training/robustness_study.py.",
     )
     robustness.add_argument("--out", type=Path, required=True, help="folder for the report and plots")
@@ -30,6 +31,11 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     robustness.add_argument("--max-epochs", type=int, default=15, help="training budget of every variant")
     robustness.add_argument("--patience", type=int, default=5, help="early-stopping patience of every variant")
     robustness.add_argument("--train-trials", type=int, default=2, help="clean training trials of session 1")
+    robustness.add_argument("--test-trials", type=int, default=1, help="clean test trials (default 1)")
+    robustness.add_argument("--flexemg", type=Path, default=None,
+                            help="the flexemg data folder: one subject's real recordings (Session1Train, "
+                                 "within-session Session1Test) instead of the simulator's, every disturbance injected")
+    robustness.add_argument("--subject", default="001", help="the flexemg subject (default 001)")
     robustness.add_argument(
         "--gan-steps",
         type=int,
@@ -62,7 +68,8 @@ def _robustness(args: argparse.Namespace) -> int:
 
     kinds = tuple(args.kinds.split(",")) if args.kinds else STUDY_KINDS
     config = StudyConfig(seeds=args.seeds, kinds=kinds, max_epochs=args.max_epochs, patience=args.patience,
-                         train_trials=args.train_trials,
+                         train_trials=args.train_trials, test_trials=args.test_trials,
+                         flexemg=str(args.flexemg) if args.flexemg is not None else None, subject=args.subject,
                          severities=tuple(float(s) for s in args.severities.split(",")))  # fmt: skip
     if args.gan_steps is not None:
         config = replace(config, gan=replace(config.gan, gan=replace(config.gan.gan, steps=args.gan_steps)))
