@@ -10,7 +10,7 @@ from rohde.core.layouts import grid_layout
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording
 from rohde.simulation.electrode_shift import ShiftRange
-from rohde.training.cross_day import Donning, align_donning, align_recordings, don, draw_donnings
+from rohde.training.cross_day import Donning, align_recordings, don, donning_alignment, draw_donnings
 
 LAYOUT = grid_layout(1, 8, 8, order="row")
 PREPROCESSING = PreprocessingConfig(fs_hz=1000.0, notch_hz=60.0)
@@ -49,10 +49,12 @@ def test_alignment_is_estimated_on_the_unlabelled_trial_and_applied_to_the_score
     unlabelled = don([_recording(_blob(), 4)], donning)
     # A scored trial without any spatial pattern: an estimate made on it could not find the shift.
     scored = don([_recording(np.full(64, 20.0), 5)], donning)
-    served, estimate = align_donning(reference, unlabelled, scored, PREPROCESSING, min_score=0.9)
+    alignment, estimate = donning_alignment(reference, unlabelled, PREPROCESSING, min_score=0.9)
     assert (estimate.shift.rows, estimate.shift.cols) == (2.0, -1.0) and abs(estimate.shift.gain - 1.5) < 0.15
-    np.testing.assert_array_equal(served[0].samples, align_recordings(scored, estimate)[0].samples)
-    assert not np.allclose(served[0].samples, scored[0].samples)
+    assert alignment is not None
+    served = (scored[0].samples.astype(np.float64) @ alignment.T).astype(np.float32)
+    np.testing.assert_array_equal(served, align_recordings(scored, estimate)[0].samples)
+    assert not np.allclose(served, scored[0].samples)
     # Under the server's score threshold the stream is served as it comes.
-    kept, _ = align_donning(reference, unlabelled, scored, PREPROCESSING, min_score=1.01)
-    assert kept[0] is scored[0]
+    kept, _ = donning_alignment(reference, unlabelled, PREPROCESSING, min_score=1.01)
+    assert kept is None

@@ -46,7 +46,9 @@ from rohde.core.alignment import (
     activity_map,
     alignment_matrix,
     estimate_shift,
+    normalized_matrix,
 )
+from rohde.core.channel_repair import QUALITY_MASKING_KEY
 from rohde.core.datasets import load_dataset
 from rohde.core.errors import ConfigError
 from rohde.core.preprocessing import PreprocessingConfig, filter_recording
@@ -682,21 +684,20 @@ def don(recordings: Sequence[Recording], donning: Donning) -> list[Recording]:
                             rng=np.random.default_rng(donning.seed)) for r in recordings]  # fmt: skip
 
 
-def align_donning(
+def donning_alignment(
     reference: AlignmentReference,
     unlabelled: list[Recording],
-    scored: list[Recording],
     preprocessing: PreprocessingConfig,
     *,
     min_score: float = MIN_SCORE,
-) -> tuple[list[Recording], ShiftEstimate]:
-    """`scored` as the server serves them once it has estimated the donning's shift on `unlabelled`
-    (no labels): moved back onto the reference's electrodes when the estimate's map correlation reaches
-    `min_score`, else as they are."""
+) -> tuple[np.ndarray | None, ShiftEstimate]:
+    """The server's correction of a donning, estimated on its `unlabelled` trials (no labels): the `(C, C)` map
+    moving its samples back onto the reference's electrodes (gain corrected), or None when the estimate's map
+    correlation stays under `min_score` and the stream is served as it comes."""
     estimate = estimate_session_shift(reference, unlabelled, preprocessing)
     if estimate.score < min_score:
-        return list(scored), estimate
-    return align_recordings(scored, estimate), estimate
+        return None, estimate
+    return alignment_matrix(unlabelled[0].layout, estimate), estimate
 
 
 @dataclass
@@ -743,7 +744,9 @@ def simulated_shift_check(
     Each subject puts the array on `donnings` times per session, each time with its own random shift
     within `SIM_TEST_SHIFT` for every trial of that donning. Label-free: the shift and gain are estimated
     on one unlabelled trial of the donning (session 3 trial 4) against the package's alignment reference
-    and applied to the scored trials (1-3), as the server does (`align_donning`). The candidates train on
+    and applied to the scored trials (1-3), as the server does (`donning_alignment`): each window is moved after
+    the quality monitor's flagged channels are rebuilt in it (for a package trained with quality masking), the
+    server's order. The candidates train on
     clean trials `train_trials` of sessions 1 and 2; the model of each method is chosen on session 2's
     donnings (trial 5 unlabelled, trial 6 scored). Session 3 is scored only.
     """
@@ -772,10 +775,19 @@ def simulated_shift_check(
         with torch.no_grad():
             return shipped.frontend(torch.from_numpy(x)).numpy()
 
-    def windows(recordings: list[Recording]) -> LabelledSet:
+    masking = bool(package.metadata.training_data.get(QUALITY_MASKING_KEY, False))
+    scale = np.asarray(package.normalization.scale_uv, dtype=np.float64)
+
+    def windows(recordings: list[Recording], alignment: np.ndarray | None = None) -> LabelledSet:
+        """Valid windows as served: bad channels rebuilt (a masking package), then moved by `alignment`."""
+        moved = None if alignment is None else normalized_matrix(alignment, scale).astype(np.float32)
+
+        def served(x: np.ndarray) -> np.ndarray:
+            return featurize(x if moved is None else np.matmul(moved, x))
+
         return valid_windows(build_window_set(recordings, preprocessing=package.preprocessing,
                                               normalization=package.normalization, windows=package.windows,
-                                              featurize=featurize))  # fmt: skip
+                                              featurize=served, rebuild_bad=masking))  # fmt: skip
 
     def redonned(session: str, scored: list[Recording], unlabelled: list[Recording]
                  ) -> tuple[list[LabelledSet], list[LabelledSet], list[dict[str, Any]]]:  # fmt: skip
@@ -784,12 +796,12 @@ def simulated_shift_check(
         subjects = sorted({r.subject for r in scored})
         for d in draw_donnings(subjects, session, count=donnings, shift_range=SIM_TEST_SHIFT, seed=seed):
             trials = don([r for r in scored if r.subject == d.subject], d)
-            served, estimate = align_donning(reference, don([r for r in unlabelled if r.subject == d.subject], d),
-                                             trials, package.preprocessing)  # fmt: skip
+            alignment, estimate = donning_alignment(
+                reference, don([r for r in unlabelled if r.subject == d.subject], d), package.preprocessing)
             shifted.append(windows(trials))
-            aligned.append(shifted[-1] if served[0] is trials[0] else windows(served))
+            aligned.append(shifted[-1] if alignment is None else windows(trials, alignment))
             info.append({"split": session, "subject": d.subject, "donning": d.index, "true": d.shift.to_dict(),
-                         "estimate": estimate.to_dict(), "applied": served[0] is not trials[0]})  # fmt: skip
+                         "estimate": estimate.to_dict(), "applied": alignment is not None})  # fmt: skip
         return shifted, aligned, info
 
     started = time.perf_counter()
