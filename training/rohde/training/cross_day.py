@@ -904,7 +904,9 @@ def render_simulated(result: SimulatedShiftResult) -> str:
         "package's alignment reference (the MAV maps of the training trials, every subject's together and each",
         "subject's alone; the best-correlated map wins) and applied",
         f"to the scored trials when the map correlation reaches {MIN_SCORE} (the server's",
-        "`alignment_min_score`), else the trials as they come. The shift-robust models are trained with shift",
+        "`alignment_min_score`), else the trials as they come. Every window is scored as served: for a package",
+        "trained with quality masking (the shipped one), the channels the server's quality monitor flags are",
+        "rebuilt in it, then it is moved. The shift-robust models are trained with shift",
         "augmentation on clean trials "
         f"{', '.join(str(int(t.lstrip('t'))) for t in result.recordings.get('train', []))} of sessions 1-2. Every",
         f"model is compared on validation, session 2 trial 6 under {SIM_DONNINGS} donnings per subject (trial 5 the",
