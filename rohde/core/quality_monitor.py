@@ -77,8 +77,7 @@ class QualityMonitor:
     """Keeps the last `quality_window_s` of raw `(n_samples, n_channels)` uV and re-estimates quality."""
 
     def __init__(self, n_channels: int, fs_hz: float, thresholds: QualityThresholds | None = None,
-                 layout: ElectrodeLayout | None = None, removed_hz: Sequence[float] = (),
-                 phase: float = 0.0) -> None:  # fmt: skip
+                 layout: ElectrodeLayout | None = None, removed_hz: Sequence[float] = ()) -> None:  # fmt: skip
         if n_channels < 1 or fs_hz <= 0:
             raise ConfigError(f"QualityMonitor needs n_channels >= 1 and fs_hz > 0, got {n_channels}, {fs_hz}.")
         self.thresholds = thresholds or QualityThresholds()
@@ -87,6 +86,7 @@ class QualityMonitor:
         self._n = max(16, int(round(self.thresholds.quality_window_s * fs_hz)))
         self._raw = np.zeros((self._n, n_channels), dtype=np.float32)
         self._written = 0
+        self._since_estimate = 0
         self._interval = max(1, int(round(self.thresholds.quality_interval_s * fs_hz)))
         # The neighbour detector needs the grid map; without a layout (or a mismatched one) it stays off. It
         # judges the newest 250 ms (its thresholds were chosen on 250 ms windows; half the cost of 500 ms).
@@ -97,17 +97,7 @@ class QualityMonitor:
         # Contacts fail for seconds at least: judging every second keeps its cost off most estimates.
         t = self.thresholds
         self._neighbour_every = max(1, int(round(t.neighbour_interval_s / t.quality_interval_s)))
-        # `phase` (0 to 1) moves this monitor's schedule by that share of the detector's period: streams that
-        # start together then estimate, and run the detector, at different pulls instead of all in one.
-        if not 0.0 <= phase < 1.0:
-            raise ConfigError(f"phase must be in [0, 1), got {phase}.")
-        offset = int(phase * self._interval * self._neighbour_every)
-        # The first estimate comes once the window is full and an interval has passed, `offset % interval` samples
-        # later; the detector runs on it and then on every `neighbour_every`-th estimate, `offset // interval`
-        # estimates later than phase 0's.
-        self._since_estimate = min(0, self._interval - self._n) - offset % self._interval
         self._estimates = 0
-        self._detector_offset = offset // self._interval
         self._neighbour_bad = np.zeros(n_channels, dtype=bool)
         self._nonfinite_until = np.zeros(n_channels, dtype=np.int64)  # sample index until which flagged
         freqs = np.fft.rfftfreq(self._n, 1.0 / fs_hz)
@@ -145,7 +135,7 @@ class QualityMonitor:
         ring_write(self._raw, self._written + n - len(tail), tail)
         self._written += n
         self._since_estimate += n
-        if self._since_estimate >= self._interval:  # the window is full by then (the count starts at or below zero)
+        if self._since_estimate >= self._interval and self._written >= self._n:
             self._since_estimate = 0
             self._estimate()
 
@@ -188,8 +178,7 @@ class QualityMonitor:
 
     def _neighbour(self, raw: np.ndarray) -> np.ndarray:
         """(C,) the neighbour detector's verdict on the newest samples, renewed every `neighbour_interval_s`."""
-        due = self._estimates == 0 or (self._estimates + self._detector_offset) % self._neighbour_every == 0
-        if self._detector is not None and due:
+        if self._detector is not None and self._estimates % self._neighbour_every == 0:
             self._neighbour_bad = self._detector.detect(raw[-self._detector_n :]).bad
         self._estimates += 1
         return self._neighbour_bad

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rohde.core.errors import ConfigError
 from rohde.core.quality_monitor import QualityMonitor, QualityThresholds
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,42 +101,3 @@ def test_mains_the_model_notches_is_reported_but_not_rebuilt() -> None:
         unnotched.push(data[start : start + 50])
     assert notched.bad_channels == unnotched.bad_channels == [1, 2]  # the contact report shows both
     assert notched.repair_channels == [2] and unnotched.repair_channels == [1, 2]
-
-
-def _schedule(phase: float, pulls: int, hop: int = 102) -> tuple[list[int], list[int]]:
-    """The pulls (of `hop` samples) at which a 192-channel monitor estimates, and those at which its detector runs."""
-    from rohde.core.layouts import default_layout
-
-    monitor = QualityMonitor(192, 2048.0, layout=default_layout(), phase=phase)
-    assert monitor._detector is not None
-    detector, detected = monitor._detector, []
-    estimated: list[int] = []
-    chunk = _emg(np.random.default_rng(1), hop, 192, 2048.0)
-    for pull in range(pulls):
-        before = monitor._estimates
-        runs = detector.detect
-        detector.detect = lambda raw, pull=pull, runs=runs: (detected.append(pull), runs(raw))[1]  # type: ignore[method-assign]
-        monitor.push(chunk)
-        detector.detect = runs  # type: ignore[method-assign]
-        if monitor._estimates > before:
-            estimated.append(pull)
-    return estimated, detected
-
-
-def test_streams_started_together_spread_their_estimates_and_detector_runs() -> None:
-    # Phase 0 is the plain schedule: the first estimate once the 0.5 s window is full, one every 0.25 s, the
-    # detector on the first and then on every fourth (once a second).
-    estimated, detected = _schedule(0.0, 60)
-    assert estimated[0] == 1024 // 102 and all(4 <= b - a <= 6 for a, b in zip(estimated, estimated[1:]))
-    assert detected == estimated[::4]
-    # Eight streams started at the same sample, at the stream manager's golden-ratio phases: after the first
-    # estimate (which runs the detector at once) no pull runs more than two detectors, where phase 0 for all
-    # would run all eight in the same pulls.
-    phases = [(k * 0.6180339887498949) % 1.0 for k in range(1, 9)]
-    runs = [_schedule(p, 80)[1] for p in phases]
-    assert all(len(r) >= 3 for r in runs)  # the first run plus about one a second
-    later = [pull for r in runs for pull in r[1:]]
-    assert max(later.count(p) for p in set(later)) <= 2
-    assert len({r[1] for r in runs}) >= 6  # their second runs fall at different pulls
-    with pytest.raises(ConfigError, match="phase"):
-        QualityMonitor(4, 1000.0, phase=1.0)

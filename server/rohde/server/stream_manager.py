@@ -33,8 +33,6 @@ from rohde.server.threads import OwnedThread
 
 logger = logging.getLogger(__name__)
 
-GOLDEN_RATIO_FRACTION = 0.6180339887498949  # (sqrt(5) - 1) / 2
-
 
 class DeviceSignature(NamedTuple):
     """What makes two LSL streams the same device for the server (source_id aside)."""
@@ -69,7 +67,6 @@ class StreamManager:
         # A retry reads for `stale_after_s`; waiting as long again between retries keeps a silent outlet cheap.
         self.retry_lost_after_s = config.stale_after_s if retry_lost_after_s is None else retry_lost_after_s
         self.workers: dict[str, StreamWorker] = {}
-        self._streams_started = 0  # workers created, for their quality phases
         self._issued: dict[str, tuple[DeviceSignature, str]] = {}  # every id given out -> (device, source_id)
         self._abandoned: set[str] = set()  # uids of outlets a worker left for a new one, while still advertised
         self._thread = OwnedThread(self._run, name="rohde-watchdog")
@@ -166,8 +163,7 @@ class StreamManager:
             elif len(self.workers) < self.max_streams or self._free_a_slot():
                 stream_id = self._new_id(desc)
                 worker = StreamWorker(stream_id, query=self.query, models=self._models, jobs=self._jobs,
-                                      metrics=self._metrics, config=self._config, announce=self._announce,
-                                      quality_phase=self._next_quality_phase())
+                                      metrics=self._metrics, config=self._config, announce=self._announce)
                 self.workers[stream_id] = worker
                 worker.attach(info)
                 worker.start()
@@ -175,13 +171,6 @@ class StreamManager:
                 logger.debug("Ignoring stream %r: already serving max_streams=%d.", desc.name, self.max_streams)
                 continue
             attached.add(desc.uid)
-
-    def _next_quality_phase(self) -> float:
-        """Spread the streams' quality estimates and detector runs over the detector's period (the golden-ratio
-        sequence: any number of consecutive streams lands evenly), so streams that connect in one resolve
-        round do not all run them at the same pull."""
-        self._streams_started += 1
-        return (self._streams_started * GOLDEN_RATIO_FRACTION) % 1.0
 
     def _retire(self, stream_id: str) -> None:
         """Stop a worker and drop it from `/streams`; its id stays reserved for its own device."""

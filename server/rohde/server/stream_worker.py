@@ -58,7 +58,7 @@ class StreamWorker:
     """Owns one stream's inlet, thread and window assembler; `start`, `attach`, `stop` (idempotent)."""
 
     def __init__(self, stream_id: str, *, query: StreamQuery, models: ModelManager, jobs: JobQueue,
-                 metrics: ServerMetrics, config: IngestConfig, announce: Announce, quality_phase: float = 0.0) -> None:
+                 metrics: ServerMetrics, config: IngestConfig, announce: Announce) -> None:
         self.stream_id = stream_id
         self.query = query
         self._models = models
@@ -67,7 +67,7 @@ class StreamWorker:
         # Label-free alignment moves each window onto the model's training grid before it is queued.
         self.alignment = StreamAlignment(stream_id, enabled=config.alignment, warmup_s=config.alignment_warmup_s,
                                          min_score=config.alignment_min_score)
-        self._assembler = WindowAssembler(stream_id, config=config, metrics=metrics, quality_phase=quality_phase,
+        self._assembler = WindowAssembler(stream_id, config=config, metrics=metrics,
                                           emit=lambda job: jobs.offer(self.alignment.process(job)))
         self._lock = threading.Lock()
         self._thread = OwnedThread(self._run, name=f"rohde-stream-{stream_id}")

@@ -129,9 +129,8 @@ class WindowAssembler:
     """
 
     def __init__(self, stream_id: str, *, config: IngestConfig, metrics: ServerMetrics,
-                 emit: Callable[[WindowJob], None], quality_phase: float = 0.0) -> None:
+                 emit: Callable[[WindowJob], None]) -> None:
         self.stream_id = stream_id
-        self._quality_phase = quality_phase  # where this stream's quality schedule sits (`QualityMonitor` phase)
         self._config = config
         self._metrics = metrics
         self._emit = emit
@@ -167,8 +166,7 @@ class WindowAssembler:
             self._signal = _SignalState(package, max_chunk)
             self._quality = QualityMonitor(package.metadata.n_channels, package.metadata.fs_hz,
                                            self._config.quality, layout=package.layout,
-                                           removed_hz=package.preprocessing.notch_frequencies(),
-                                           phase=self._quality_phase)
+                                           removed_hz=package.preprocessing.notch_frequencies())
             self._prev_pull_full = False
         # A model trained to expect it gets its windows' bad channels rebuilt from their neighbours.
         wants_repair = bool(package.metadata.training_data.get(QUALITY_MASKING_KEY, False))
