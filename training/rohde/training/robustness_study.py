@@ -14,8 +14,8 @@ Protocol (reduced so one run fits in minutes on 2 CPU cores; the reduction is wr
   random with 5-30 % severity, `copies` copies of a kind drawn at random), the same for all variants:
   `clean`; `generic` (gain, noise, channel dropout, spikes: `generic_augment`); `dropout` (random
   electrode sets rebuilt from their neighbours: `mask_augment`); `oracle` (`copies` copies of each training
-  trial with a trainable kind drawn at random, placed at random: the simulator's own models, an upper bound
-  only simulated data allow, labelled as such); `gan` (the patch GAN of `rohde.training.gan_patches`,
+  trial with a trainable kind drawn at random, placed at random: the very models that make the test
+  disturbances, an upper bound, labelled as such); `gan` (the patch GAN of `rohde.training.gan_patches`,
   trained per seed on patches cut from the training trials disturbed by every kind it generates,
   `PATCH_KINDS`: never the held-out kind, and not `dead`, which it does not generate; `copies` copies of
   each training trial with generated patches of a kind drawn at random, placed at random as the oracle's);
