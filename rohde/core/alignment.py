@@ -582,14 +582,10 @@ class LiveAlignment:
             sums = np.abs(np.where(np.isfinite(filtered), filtered, 0.0)).sum(axis=0, dtype=np.float64)
         if scale is not None:
             sums *= scale
-        if len(bad_channels) == 0:
-            self._abs_sum += sums
-            self._good += filtered.shape[0]
-        else:
-            good = np.ones(filtered.shape[1], dtype=bool)
-            good[list(bad_channels)] = False
-            self._abs_sum[good] += sums[good]
-            self._good[good] += filtered.shape[0]
+        good = np.ones(filtered.shape[1], dtype=bool)
+        good[list(bad_channels)] = False
+        self._abs_sum[good] += sums[good]
+        self._good[good] += filtered.shape[0]
         self._n += filtered.shape[0]
         return self.collected_s >= self.warmup_s
 

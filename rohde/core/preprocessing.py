@@ -140,7 +140,7 @@ class _BlockSystem:
     two transposed-direct-form-II delays), section by section: `(2 * n_sections, n_channels)`."""
 
     def __init__(self, sos: np.ndarray) -> None:
-        n_state = 2 * sos.shape[0]
+        self.n_state = n_state = 2 * sos.shape[0]
         # Column k of the transition is the step from unit state k with no input; the input's own column
         # and the output row follow from one step from zero state with a unit input.
         basis = np.eye(n_state)
@@ -208,7 +208,7 @@ class StreamFilter:
     def reset(self) -> None:
         """Forget the history (start of a new recording or after a stream gap)."""
         # State is zero: the first samples see a start-up transient, as any real stream would.
-        self._state = np.zeros((self._system.powers[0].shape[0], self.n_channels), dtype=np.float64)
+        self._state = np.zeros((self._system.n_state, self.n_channels), dtype=np.float64)
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Filter the next `(n_samples, n_channels)` chunk in uV; returns float32 of the same shape."""

@@ -51,6 +51,7 @@ from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 from rohde.training import augment
 from rohde.training.baselines import fit_lda
 from rohde.training.config import PipelineConfig, TrainerConfig
+from rohde.training.cross_day import load_session
 from rohde.training.gan_patch_study import PatchStudyConfig, patches_of
 from rohde.training.gan_patches import PATCH_KINDS, PatchGAN, PatchShape, train_patch_gan
 from rohde.training.run_context import RunContext, seeded_rng, stack_windows, valid_windows
@@ -88,8 +89,6 @@ def _recordings(config: StudyConfig) -> tuple[list[Recording], list[Recording], 
     """Training, validation and test trials: simulated, or one flexemg subject's."""
     if config.flexemg is None:
         return _simulated(config)
-    from rohde.training.cross_day import load_session
-
     data = Path(config.flexemg)
     train = load_session(data, config.subject, "Session1Train")
     test = load_session(data, config.subject, "Session1Test")
