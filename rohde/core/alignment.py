@@ -186,6 +186,14 @@ def resampling_matrix(layout: ElectrodeLayout, shift: GridShift, *, include_gain
     return matrix
 
 
+def round_trip_matrix(layout: ElectrodeLayout, shift: GridShift) -> np.ndarray:
+    """`(C, C)` map of `shift` followed by its inverse (gain left out): the grid back in place, but the sites
+    whose signal moved off the grid read the edge's copy and fractional moves interpolate twice. What exact
+    alignment leaves of a re-donned recording."""
+    plain = GridShift(rows=shift.rows, cols=shift.cols, rotation_deg=shift.rotation_deg)
+    return resampling_matrix(layout, plain.inverse()) @ resampling_matrix(layout, plain)
+
+
 def valid_sites(layout: ElectrodeLayout, shift: GridShift) -> np.ndarray:
     """`(C,)` bool: mapped channels whose source position under `shift` lies on their grid."""
     valid = np.zeros(layout.n_channels, dtype=bool)

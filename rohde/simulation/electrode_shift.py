@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rohde.core.alignment import GridShift, resampling_matrix
+from rohde.core.alignment import GridShift, resampling_matrix, round_trip_matrix
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.recording import Recording
@@ -42,6 +42,9 @@ class ShiftRange:
     gain_range: tuple[float, float] = (1.0, 1.0)  # global amplitude factor, drawn log-uniformly
     channel_gain_spread: float = 0.0  # per-channel gain = global * exp(N(0, spread))
     integer: bool = False  # whole sites only
+    # Re-donned, then moved back by alignment: the sites that left the grid come back edge-filled and
+    # fractional moves blur twice. What a model that runs behind label-free alignment meets.
+    moved_back: bool = False
 
     def __post_init__(self) -> None:
         if min(self.max_rows, self.max_cols, self.max_rotation_deg, self.channel_gain_spread) < 0:
@@ -70,14 +73,17 @@ def shift_samples(
     shift: GridShift,
     *,
     channel_gain: np.ndarray | None = None,
+    moved_back: bool = False,
 ) -> np.ndarray:
-    """Samples `(n, C)` after the re-donning `shift` (gain included) and an optional per-channel gain `(C,)`."""
+    """Samples `(n, C)` after the re-donning `shift` (gain included) and an optional per-channel gain `(C,)`;
+    with `moved_back`, then moved back onto the grid (`round_trip_matrix`), the gain kept."""
     if samples.ndim != 2 or samples.shape[1] != recording_layout.n_channels:
         raise ConfigError(
             f"Expected samples (n, {recording_layout.n_channels}) for layout {recording_layout.name!r}, "
             f"got {samples.shape}."
         )
-    matrix = resampling_matrix(recording_layout, shift, include_gain=True)
+    matrix = shift.gain * (round_trip_matrix(recording_layout, shift) if moved_back
+                           else resampling_matrix(recording_layout, shift))  # fmt: skip
     if channel_gain is not None:
         channel_gain = np.asarray(channel_gain, dtype=np.float64)
         if channel_gain.shape != (samples.shape[1],) or np.any(channel_gain <= 0):
@@ -92,8 +98,10 @@ def shift_recording(
     *,
     channel_gain_spread: float = 0.0,
     rng: np.random.Generator | None = None,
+    moved_back: bool = False,
 ) -> Recording:
-    """`recording` as if the array had been put on again by `shift`; labels and timing kept.
+    """`recording` as if the array had been put on again by `shift` (and with `moved_back`, moved back onto
+    the grid by exact alignment: `ShiftRange.moved_back`); labels and timing kept.
 
     The disturbance mask (if any) moves with the electrodes' signals: a channel is marked when any
     channel it reads from was. The ground truth goes to `provenance["electrode_shift"]`.
@@ -103,10 +111,12 @@ def shift_recording(
         if rng is None:
             raise ConfigError("channel_gain_spread > 0 needs an rng to draw the per-channel gains.")
         channel_gain = np.exp(rng.normal(0.0, channel_gain_spread, size=recording.n_channels))
-    samples = shift_samples(recording.samples, recording.layout, shift, channel_gain=channel_gain)
+    samples = shift_samples(recording.samples, recording.layout, shift, channel_gain=channel_gain,
+                            moved_back=moved_back)  # fmt: skip
     mask = recording.disturbance_mask
     if mask is not None:
-        reads = resampling_matrix(recording.layout, shift) > 0  # (C_out, C_in)
+        layout = recording.layout
+        reads = (round_trip_matrix(layout, shift) if moved_back else resampling_matrix(layout, shift)) > 0  # (out, in)
         mask = (mask.astype(np.uint8) @ reads.T.astype(np.uint8)) > 0
     truth: dict[str, Any] = shift.to_dict()
     if channel_gain is not None:
@@ -122,4 +132,6 @@ def random_shift_recording(recording: Recording, shift_range: ShiftRange, *, see
     """`recording` re-donned at random within `shift_range` (seeded); returns it and the applied shift."""
     rng = np.random.default_rng(seed)
     shift = random_shift(rng, shift_range)
-    return shift_recording(recording, shift, channel_gain_spread=shift_range.channel_gain_spread, rng=rng), shift
+    moved = shift_recording(recording, shift, channel_gain_spread=shift_range.channel_gain_spread, rng=rng,
+                            moved_back=shift_range.moved_back)  # fmt: skip
+    return moved, shift

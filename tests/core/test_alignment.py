@@ -16,6 +16,7 @@ from rohde.core.alignment import (
     apply_shift,
     estimate_shift,
     resampling_matrix,
+    round_trip_matrix,
     valid_sites,
 )
 from rohde.core.errors import ConfigError, LayoutError
@@ -61,6 +62,19 @@ def test_wrapping_axis_is_circular_and_exactly_invertible() -> None:
     back = apply_shift(moved, layout, GridShift(rows=2).inverse())
     assert np.allclose(back, x, atol=1e-5)
     assert valid_sites(layout, GridShift(rows=3)).all()
+
+
+def test_round_trip_keeps_the_sites_that_stayed_and_edge_fills_the_rest() -> None:
+    layout = _ramp_layout()
+    image = layout.index_array()[0]
+    x = np.random.default_rng(1).standard_normal((20, layout.n_channels))
+    shift = GridShift(rows=2, cols=0, gain=3.0)
+    back = x @ round_trip_matrix(layout, shift).T
+    # Rows 0-3 went to rows 2-5 and came back; rows 4-5 left the grid and come back as row 3's copy.
+    for r in range(4):
+        assert np.allclose(back[:, image[r]], x[:, image[r]])
+    assert np.allclose(back[:, image[4]], x[:, image[3]]) and np.allclose(back[:, image[5]], x[:, image[3]])
+    assert np.allclose(round_trip_matrix(_ramp_layout(wraps=(True, False)), shift), np.eye(layout.n_channels))
 
 
 def test_fractional_shift_interpolates_and_rows_sum_to_one() -> None:

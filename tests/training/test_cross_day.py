@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rohde.core.alignment import AlignmentReference, GridShift, resampling_matrix
+from rohde.core.alignment import AlignmentReference, GridShift, resampling_matrix, round_trip_matrix
 from rohde.core.layouts import flexemg_layout
 from rohde.core.preprocessing import PreprocessingConfig
 from rohde.core.recording import Recording
@@ -55,6 +55,13 @@ def test_shift_features_moves_log_power_like_the_raw_resampling() -> None:
     matrix = resampling_matrix(layout, bank[0])
     expected = np.log(np.einsum("ij,njf->nif", matrix, np.exp(features.astype(np.float64)) - 1e-6) + 1e-6)
     np.testing.assert_allclose(moved, expected, atol=1e-4)
+    back, bank = shift_features(features, layout, rng=rng, n_shifts=1,
+                                shift_range=ShiftRange(max_rows=3, max_cols=1, integer=True, moved_back=True))
+    expected = np.log(np.einsum("ij,njf->nif", round_trip_matrix(layout, bank[0]),
+                                np.exp(features.astype(np.float64)) - 1e-6) + 1e-6)  # fmt: skip
+    np.testing.assert_allclose(back, expected, atol=1e-4)
+    assert abs(bank[0].rows) >= 1  # this seed's draw: rows left the grid and come back as the edge row's copies
+    assert not np.allclose(back, features, atol=1e-3)
     x, y = shift_augment_windows(features, np.arange(50), layout, shift_range=ShiftRange(), copies=2, rng=rng)
     assert x.shape == (150, 64, 4) and np.array_equal(y, np.tile(np.arange(50), 3))
     np.testing.assert_array_equal(x[:50], features)

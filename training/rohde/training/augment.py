@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rohde.core.alignment import GridShift, resampling_matrix
+from rohde.core.alignment import GridShift, resampling_matrix, round_trip_matrix
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.recording import Recording
@@ -177,7 +177,8 @@ def shift_features(
         pick = np.flatnonzero(which == k)
         if not len(pick):
             continue
-        matrix = resampling_matrix(layout, shift) * shift.gain**2
+        grid_map = round_trip_matrix(layout, shift) if shift_range.moved_back else resampling_matrix(layout, shift)
+        matrix = grid_map * shift.gain**2
         if shift_range.channel_gain_spread > 0:
             spread = rng.normal(0.0, shift_range.channel_gain_spread, size=layout.n_channels)
             matrix = np.exp(2 * spread)[:, None] * matrix

@@ -9,6 +9,8 @@ and Session3 -> Session1) the study trains on the source session's Train folder 
 - `cnn`: the clean CNN (the pipeline's CNN, no shift augmentation);
 - `robust`: the same CNN trained with electrode-shift and gain augmentation
   (`augment.shift_augment_windows`), selected on validation windows that carry random shifts too;
+- `aligned`: the CNN meant to run behind alignment, trained on windows re-donned at random and moved
+  back (`ShiftRange.moved_back`: the rows that left the grid edge-filled) with random gains;
 - `+align`: the new session's data moved back onto the training grid by the shift and gain that
   `rohde.core.alignment.estimate_shift` finds in its first trial, unlabelled;
 - `+adabn`: batch-norm statistics re-estimated on that unlabelled trial (Du et al. 2017);
@@ -71,10 +73,12 @@ DEFAULT_SHIFT_RANGE = ShiftRange(
     max_rows=6.0, max_cols=2.0, max_rotation_deg=5.0, gain_range=(0.5, 2.0), channel_gain_spread=0.1
 )
 
-# Alignment finds the shift reliably but the amplitude of one 28 s trial is off by up to 1.6 x from the
-# rest of its session (the first trial of a session runs hot): the model meant to run behind the
-# alignment learns gain changes only.
-GAIN_ONLY_RANGE = ShiftRange(max_rows=0.0, max_cols=0.0, gain_range=(0.5, 2.0), channel_gain_spread=0.1)
+# What a model behind alignment meets: the array re-donned (4-5 rows, up to 2 columns on flexemg) and moved
+# back, so the rows that left the grid come back as copies of the edge row; and an amplitude off by up to
+# 1.6 x, as the gain comes from one 28 s trial and the first trial of a session runs hot.
+ALIGNED_RANGE = ShiftRange(
+    max_rows=6.0, max_cols=2.0, max_rotation_deg=5.0, gain_range=(0.5, 2.0), channel_gain_spread=0.1, moved_back=True
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class CrossDayConfig:
     val_trials: int = 2  # last trials of the source Train folder: validation (early stopping)
     calibration_trials: int = 1  # first trials of the target Train folder: alignment and recalibration
     shift_range: ShiftRange = DEFAULT_SHIFT_RANGE  # augmentation of the robust CNN
-    gain_range: ShiftRange = GAIN_ONLY_RANGE  # augmentation of the gain-robust CNN (alignment handles the shift)
+    aligned_range: ShiftRange = ALIGNED_RANGE  # augmentation of the CNN meant to run behind alignment
     copies: int = 4  # re-donned copies of every training window
     calibration_epochs: int = 40  # fine-tuning passes over the calibration windows
     calibration_lr: float = 5e-4  # fine-tuning learning rate
@@ -271,8 +275,8 @@ def run_direction(
 ) -> DirectionResult:
     """One subject, one direction: every method of the module docstring, with its time.
 
-    With `packages_dir`, the clean and the robust CNN are also exported as model packages
-    `NNN-SOURCE-cnn` and `NNN-SOURCE-robust` there, with the training data's alignment reference
+    With `packages_dir`, every CNN is also exported as a model package `NNN-SOURCE-cnn`, `-robust` and `-aligned`
+    there, with the training data's alignment reference
     (inputs for `rohde calibrate`).
     """
     seconds: dict[str, float] = {}
@@ -330,7 +334,7 @@ def run_direction(
     clean, _ = _timed(seconds, "cnn_train", lambda: ctx.fit_head(f"xday-{subject}-{source}-cnn", train_xy, val_xy,
                                                                   key=1))  # fmt: skip
     models = {"cnn": clean}
-    for label, shift_range, seed_key in (("robust", config.shift_range, 2), ("gain", config.gain_range, 3)):
+    for label, shift_range, seed_key in (("robust", config.shift_range, 2), ("aligned", config.aligned_range, 3)):
         augmented = shift_augment_windows(*train_xy, layout, shift_range=shift_range, copies=config.copies, rng=rng)
         # Validation as the model will meet it: the source trials as recorded and re-donned at random.
         augmented_val = shift_augment_windows(*val_xy, layout, shift_range=shift_range, copies=2, rng=rng)
@@ -428,7 +432,7 @@ MODELS = (
     ("lda", "LDA"),
     ("cnn", "CNN"),
     ("robust", "shift+gain-robust CNN"),
-    ("gain", "gain-robust CNN"),
+    ("aligned", "alignment-robust CNN"),
 )
 METHODS = (
     ("within", "same placement"),
@@ -447,13 +451,13 @@ STEPS = (
     "lda_train",
     "cnn_train",
     "robust_train",
-    "gain_train",
+    "aligned_train",
     "cnn_adabn",
     "robust_adabn",
-    "gain_adabn",
+    "aligned_adabn",
     "cnn_calibrate",
     "robust_calibrate",
-    "gain_calibrate",
+    "aligned_calibrate",
 )
 
 
@@ -521,11 +525,11 @@ def render_markdown(results: list[DirectionResult], *, command: str, extra: str 
 
 # (what, accuracy key(s) per direction, target %); the best model per row is named with its figures.
 TARGETS = (
-    ("zero-shot", ("robust/cross", "gain/cross", "cnn/cross"), 85.0),
+    ("zero-shot", ("robust/cross", "aligned/cross", "cnn/cross"), 85.0),
     ("label-free (alignment, renormalisation or AdaBN)",
-     tuple(f"{m}/{k}" for m in ("cnn", "robust", "gain") for k in ("cross+align", "cross+renorm", "cross+adabn")),
+     tuple(f"{m}/{k}" for m in ("cnn", "robust", "aligned") for k in ("cross+align", "cross+renorm", "cross+adabn")),
      92.0),
-    ("with recalibration", tuple(f"{m}/cross+align+calib" for m in ("cnn", "robust", "gain")), 97.0),
+    ("with recalibration", tuple(f"{m}/cross+align+calib" for m in ("cnn", "robust", "aligned")), 97.0),
 )  # fmt: skip
 
 
@@ -552,9 +556,9 @@ def render_targets(results: list[DirectionResult], simulated: SimulatedShiftResu
         lines.append(f"| {what} >= {target:.0f} % | `{best}` | {100 * means[best]:.1f} | {100 * worst:.1f} | {met} |")
     drops_of = (
         [(f"same-placement drop of `{m}` vs `cnn` <= 0.5 points", "cnn/within", f"{m}/within")
-         for m in ("robust", "gain")]
+         for m in ("robust", "aligned")]
         + [(f"same-placement drop of `{m}` from alignment <= 0.5 points", f"{m}/within", f"{m}/within+align")
-           for m in ("cnn", "robust", "gain")]
+           for m in ("cnn", "robust", "aligned")]
     )  # fmt: skip
     for what, before, after in drops_of:
         drops = [100 * (r.accuracy[before] - r.accuracy[after]) for r in results
