@@ -77,7 +77,7 @@ def stream_cost(model: Path, *, n_streams: int = 4, seconds: float = 5.0, repeat
     process = _timed(acc, "inference loop", loop.process)
     thresholds = QualityThresholds() if quality_interval_s is None else QualityThresholds(
         quality_interval_s=quality_interval_s)
-    config = IngestConfig(quality=thresholds)
+    config = IngestConfig(quality=thresholds, neighbour_thread=False)  # each stage timed in the thread it runs in
     assemblers = []
     for s in range(n_streams):
         alignment = StreamAlignment(f"s{s}", enabled=config.alignment, warmup_s=config.alignment_warmup_s,

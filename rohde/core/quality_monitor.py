@@ -27,6 +27,11 @@ told the frequencies its preprocessing notches (`removed_hz`), the neighbour det
 with them removed, and a `powerline` flag alone is no reason to rebuild a channel when the notches
 cover the mains it measures.
 
+The neighbour detector is the costliest test (a few ms of a 192-channel window), so its verdict takes effect
+one estimate after the window it judged, the same offline and live: the server runs it on one thread shared by
+every stream (`executor`), off the streams' own threads, and the stream only waits for a verdict still not in
+by the next estimate.
+
 The monitor lives in the core, not in the server, so offline evaluation can replay what the server does
 to a recording (`served_repair_sets`): a package trained with quality masking is scored on the windows
 the server would give it, rebuilt with the channels this monitor would have flagged at that moment.
@@ -35,6 +40,7 @@ the server would give it, rebuilt with the channels this monitor would have flag
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +83,8 @@ class QualityMonitor:
     """Keeps the last `quality_window_s` of raw `(n_samples, n_channels)` uV and re-estimates quality."""
 
     def __init__(self, n_channels: int, fs_hz: float, thresholds: QualityThresholds | None = None,
-                 layout: ElectrodeLayout | None = None, removed_hz: Sequence[float] = ()) -> None:  # fmt: skip
+                 layout: ElectrodeLayout | None = None, removed_hz: Sequence[float] = (),
+                 executor: Executor | None = None) -> None:  # fmt: skip
         if n_channels < 1 or fs_hz <= 0:
             raise ConfigError(f"QualityMonitor needs n_channels >= 1 and fs_hz > 0, got {n_channels}, {fs_hz}.")
         self.thresholds = thresholds or QualityThresholds()
@@ -99,6 +106,8 @@ class QualityMonitor:
         self._neighbour_every = max(1, int(round(t.neighbour_interval_s / t.quality_interval_s)))
         self._estimates = 0
         self._neighbour_bad = np.zeros(n_channels, dtype=bool)
+        self._executor = executor  # where the detector runs; None: in the caller's thread
+        self._pending: Future[np.ndarray] | np.ndarray | None = None  # the verdict that takes effect next
         self._nonfinite_until = np.zeros(n_channels, dtype=np.int64)  # sample index until which flagged
         freqs = np.fft.rfftfreq(self._n, 1.0 / fs_hz)
         self._taper = np.hanning(self._n).astype(np.float32)[:, None]
@@ -177,9 +186,19 @@ class QualityMonitor:
         self._hard_fraction = float(self._flags[:, _HARD].any(axis=1).mean())
 
     def _neighbour(self, raw: np.ndarray) -> np.ndarray:
-        """(C,) the neighbour detector's verdict on the newest samples, renewed every `neighbour_interval_s`."""
-        if self._detector is not None and self._estimates % self._neighbour_every == 0:
-            self._neighbour_bad = self._detector.detect(raw[-self._detector_n :]).bad
+        """(C,) the neighbour detector's verdict: on the newest samples of the estimate before, renewed every
+        `neighbour_interval_s` (module docstring)."""
+        if self._detector is None:
+            return self._neighbour_bad
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._neighbour_bad = pending.result() if isinstance(pending, Future) else pending
+        if self._estimates % self._neighbour_every == 0:
+            detector, newest = self._detector, raw[-self._detector_n :]
+            if self._executor is None:
+                self._pending = detector.detect(newest).bad
+            else:  # a copy: the estimate goes on to overwrite `raw`
+                self._pending = self._executor.submit(lambda window: detector.detect(window).bad, newest.copy())
         self._estimates += 1
         return self._neighbour_bad
 

@@ -60,6 +60,32 @@ def test_the_neighbour_detector_flags_what_amplitude_tests_miss() -> None:
     assert len(monitor.bad_channels) <= 6
 
 
+def test_the_neighbour_verdict_comes_one_estimate_late_on_a_shared_thread_as_inline() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rohde.core.layouts import default_layout
+    from rohde.simulation.simulator import SimulatorConfig, simulate_recording
+
+    config = SimulatorConfig(gestures=("no_movement", "hand_close"), rest_s=0.3, gesture_s=1.5, repetitions=1)
+    x = simulate_recording(config=config, subject=1, session=1, trial=1, condition="clean", seed=0).samples
+    x = x[int(0.5 * 2048) : int(1.5 * 2048)].copy()
+    x[1024:, 100] = x[1024:, 101]  # bridged from the middle on
+    hop = 512  # one estimate per push, each running the detector
+    every_estimate = QualityThresholds(quality_interval_s=0.25, neighbour_interval_s=0.25)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        monitors = [QualityMonitor(192, 2048.0, every_estimate, layout=default_layout()),
+                    QualityMonitor(192, 2048.0, every_estimate, layout=default_layout(), executor=pool)]  # fmt: skip
+        seen: list[list[bool]] = [[], []]
+        for start in range(0, len(x), hop):
+            for m, monitor in enumerate(monitors):
+                monitor.push(x[start : start + hop])
+                seen[m].append(100 in monitor.bad_channels)
+    assert seen[0] == seen[1]  # the same verdicts at the same estimates, on the shared thread or not
+    # The first estimate (1024 samples in) judges clean samples; the second judges the bridged half and shows the
+    # first's verdict; the third shows the bridge.
+    assert seen[0] == [False, False, False, True], seen[0]
+
+
 def test_quality_statistics_match_their_definitions() -> None:
     """The estimate's RMS, mains share and 1-20 Hz RMS are those of the plain formulas (float32 rounding)."""
     fs, c = 2048.0, 12

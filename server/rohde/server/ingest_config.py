@@ -40,3 +40,6 @@ class IngestConfig:
     alignment_warmup_s: float = 30.0  # filtered signal collected before the estimate (one cycle of the gestures)
     alignment_min_score: float = MIN_SCORE  # map correlation under which an estimate is not applied
     quality: QualityThresholds = field(default_factory=QualityThresholds)
+    # The neighbour detector of every stream runs on one shared thread, off the streams' own (QualityMonitor);
+    # False: in each stream's thread (the in-process cost benchmark, which times each stage where it runs).
+    neighbour_thread: bool = True

@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,10 @@ from rohde.server.jobs import WindowJob
 from rohde.server.metrics import ServerMetrics, StreamCounter
 
 logger = logging.getLogger(__name__)
+
+# One thread judges the channels of every stream against their neighbours (a few ms per stream and second):
+# a stream's windows never wait behind its own detector run, which under load stretched to tens of ms.
+NEIGHBOUR_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rohde-neighbours")
 
 
 def model_signature(package: ModelPackage) -> tuple[Any, ...]:
@@ -166,7 +171,8 @@ class WindowAssembler:
             self._signal = _SignalState(package, max_chunk)
             self._quality = QualityMonitor(package.metadata.n_channels, package.metadata.fs_hz,
                                            self._config.quality, layout=package.layout,
-                                           removed_hz=package.preprocessing.notch_frequencies())
+                                           removed_hz=package.preprocessing.notch_frequencies(),
+                                           executor=NEIGHBOUR_POOL if self._config.neighbour_thread else None)
             self._prev_pull_full = False
         # A model trained to expect it gets its windows' bad channels rebuilt from their neighbours.
         wants_repair = bool(package.metadata.training_data.get(QUALITY_MASKING_KEY, False))
