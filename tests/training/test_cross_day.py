@@ -176,3 +176,35 @@ def test_simulated_section_names_the_choice_and_the_target(tmp_path: Path) -> No
     data["simulated"] = {"accuracy": {"robust/shifted": 0.9}, "seconds": {}, "recordings": {}}
     (tmp_path / "results.json").write_text(json.dumps(data))
     assert read_results(tmp_path)[1] is None
+
+
+def test_redonning_copies_give_every_head_re_donned_and_moved_back_windows(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    import rohde.training.run_context as run_context
+    from rohde.training.augment import REDONNED_RANGE
+    from rohde.training.config import PipelineConfig
+    from rohde.training.cross_day import default_config, make_context
+
+    assert REDONNED_RANGE.moved_back
+    layout = flexemg_layout()
+    rng = np.random.default_rng(0)
+    recording = Recording((rng.standard_normal((3000, 64)) * 20).astype(np.float32), 1000.0, layout,
+                          np.zeros(3000, np.int16), ("rest",))  # fmt: skip
+    seen: list[tuple[int, int]] = []
+
+    def record_sizes(head: object, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                     **_: object) -> None:  # fmt: skip
+        seen.append((len(train[1]), len(val[1])))
+
+    monkeypatch.setattr(run_context, "train_classifier", record_sizes)
+    features = rng.normal(0.0, 1.0, (10, 64, 4)).astype(np.float32)
+    for copies in (0, 2):
+        config = PipelineConfig()
+        config = replace(config, augment=replace(config.augment, redonning_copies=copies))
+        ctx = make_context(config, [recording], tmp_path)
+        ctx.fit_head("h", (features, np.arange(10)), (features[:4], np.arange(4)), key=1)
+    assert seen == [(10, 4), (30, 12)]
+    # The cross-day study trains its own shift augmentation: none comes from the pipeline's config.
+    assert default_config(None).pipeline.augment.redonning_copies == 0

@@ -36,6 +36,13 @@ from rohde.training.windows_dataset import WindowSet
 
 _LOG_POWER_FLOOR = 1e-6  # the CNN frontend's log(power + 1e-6)
 
+# What a model behind alignment meets: the array re-donned (4-5 rows, up to 2 columns on flexemg) and moved
+# back, so the rows that left the grid come back as copies of the edge row; and an amplitude off by up to
+# 1.6 x, as the gain comes from one 28 s trial and the first trial of a session runs hot.
+REDONNED_RANGE = ShiftRange(
+    max_rows=6.0, max_cols=2.0, max_rotation_deg=5.0, gain_range=(0.5, 2.0), channel_gain_spread=0.1, moved_back=True
+)
+
 
 def _spike_kernel(fs_hz: float) -> np.ndarray:
     t = np.arange(int(0.01 * fs_hz) + 1) / fs_hz

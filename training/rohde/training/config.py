@@ -88,6 +88,10 @@ class AugmentConfig:
     # asks the server to rebuild the channels its detector flags (`training_data["quality_masking"]`).
     quality_masking: bool = True
     mask_severity: tuple[float, float] = (0.0, 0.3)  # share of electrodes rebuilt, drawn anew every block_ms
+    # Every CNN also trains on this many copies of each window re-donned at random and moved back
+    # (`augment.REDONNED_RANGE`): a model that stays accurate behind the server's label-free alignment after
+    # the array is put on again (docs/cross_day.md). 0: off.
+    redonning_copies: int = 0
 
     def __post_init__(self) -> None:
         low, high = self.mask_severity
@@ -101,6 +105,8 @@ class AugmentConfig:
                               "come with the generated twins); raise it or set quality_masking to false.")
         if self.copies < 1:
             raise ConfigError(f"augment.copies must be >= 1, got {self.copies}.")
+        if self.redonning_copies < 0:
+            raise ConfigError(f"augment.redonning_copies must be >= 0, got {self.redonning_copies}.")
         if any(not 0 <= f <= 1 for f in self.fraction_sweep):
             raise ConfigError(f"augment.fraction_sweep values must be in [0, 1], got {self.fraction_sweep}.")
 

@@ -57,7 +57,7 @@ from rohde.core.preprocessing import PreprocessingConfig, filter_recording
 from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig
 from rohde.simulation.electrode_shift import ShiftRange, random_shift, shift_recording
-from rohde.training.augment import shift_augment_windows
+from rohde.training.augment import REDONNED_RANGE, shift_augment_windows
 from rohde.training.cnn import RohdeCNN
 from rohde.training.config import PipelineConfig, TrainerConfig, load_config
 from rohde.training.run_context import RunContext, valid_windows
@@ -73,12 +73,6 @@ DEFAULT_SHIFT_RANGE = ShiftRange(
     max_rows=6.0, max_cols=2.0, max_rotation_deg=5.0, gain_range=(0.5, 2.0), channel_gain_spread=0.1
 )
 
-# What a model behind alignment meets: the array re-donned (4-5 rows, up to 2 columns on flexemg) and moved
-# back, so the rows that left the grid come back as copies of the edge row; and an amplitude off by up to
-# 1.6 x, as the gain comes from one 28 s trial and the first trial of a session runs hot.
-ALIGNED_RANGE = ShiftRange(
-    max_rows=6.0, max_cols=2.0, max_rotation_deg=5.0, gain_range=(0.5, 2.0), channel_gain_spread=0.1, moved_back=True
-)
 
 
 @dataclass(frozen=True)
@@ -87,7 +81,7 @@ class CrossDayConfig:
     val_trials: int = 2  # last trials of the source Train folder: validation (early stopping)
     calibration_trials: int = 1  # first trials of the target Train folder: alignment and recalibration
     shift_range: ShiftRange = DEFAULT_SHIFT_RANGE  # augmentation of the robust CNN
-    aligned_range: ShiftRange = ALIGNED_RANGE  # augmentation of the CNN meant to run behind alignment
+    aligned_range: ShiftRange = REDONNED_RANGE  # augmentation of the CNN meant to run behind alignment
     copies: int = 4  # re-donned copies of every training window
     calibration_epochs: int = 40  # fine-tuning passes over the calibration windows
     calibration_lr: float = 5e-4  # fine-tuning learning rate
@@ -420,7 +414,9 @@ def default_config(config_path: Path | None, *, max_epochs: int = 25, patience: 
     """
     pipeline = load_config(config_path if config_path is not None else _flexemg_config())
     trainer = replace(pipeline.trainer, max_epochs=max_epochs, patience=patience, batch_size=512)
-    return CrossDayConfig(pipeline=replace(pipeline, trainer=trainer))
+    # Each model of the study gets its own shift augmentation (or none): none from the pipeline's config.
+    augment = replace(pipeline.augment, redonning_copies=0)
+    return CrossDayConfig(pipeline=replace(pipeline, trainer=trainer, augment=augment))
 
 
 def _flexemg_config() -> Path | None:

@@ -17,6 +17,7 @@ import torch
 from rohde.core.preprocessing import Normalization, PreprocessingConfig
 from rohde.core.recording import Recording
 from rohde.core.windows import WindowConfig
+from rohde.training.augment import REDONNED_RANGE, shift_augment_windows
 from rohde.training.cnn import RohdeCNN
 from rohde.training.config import PipelineConfig
 from rohde.training.split import DataSplit
@@ -94,7 +95,13 @@ class RunContext:
     def fit_head(
         self, name: str, train: LabelledWindows, val: LabelledWindows, *, key: int
     ) -> tuple[RohdeCNN, TrainResult]:
-        """Train a fresh model's head (seeded by `key`); returns it on the CPU in eval mode."""
+        """Train a fresh model's head (seeded by `key`); returns it on the CPU in eval mode. With
+        `augment.redonning_copies`, training and validation windows get re-donned copies (selection sees them too)."""
+        copies = self.config.augment.redonning_copies
+        if copies:
+            rng, layout = seeded_rng(self.config.seed, 30, key), self.template.layout
+            train = shift_augment_windows(*train, layout, shift_range=REDONNED_RANGE, copies=copies, rng=rng)
+            val = shift_augment_windows(*val, layout, shift_range=REDONNED_RANGE, copies=copies, rng=rng)
         model = self.new_model(key)
         result = train_classifier(
             model.head,
