@@ -66,3 +66,12 @@ def test_the_study_takes_one_flexemg_subjects_trials_within_session(flexemg_dir:
                for r in [*train, *val, *test])  # fmt: skip
     with pytest.raises(ConfigError, match="asks for 10 \\+ 1"):
         _recordings(StudyConfig(flexemg=str(flexemg_dir), train_trials=10))
+
+
+def test_simulated_subjects_each_give_training_validation_and_unseen_session_test_trials() -> None:
+    train, val, test = _recordings(StudyConfig(simulator=TINY, sim_subjects=2, train_trials=2, test_trials=1))
+    assert [(r.subject, r.session) for r in train] == [("s01", "sess1")] * 2 + [("s02", "sess1")] * 2
+    assert [(r.subject, r.session) for r in val] == [("s01", "sess1"), ("s02", "sess1")]
+    assert [(r.subject, r.session) for r in test] == [("s01", "sess2"), ("s02", "sess2")]
+    with pytest.raises(ConfigError, match="sim_subjects"):
+        _recordings(StudyConfig(simulator=TINY, sim_subjects=0))

@@ -2,9 +2,10 @@
 
 Protocol (reduced so one run fits in minutes on 2 CPU cores; the reduction is written into the report):
 
-- Data: the embedded simulator, one subject, 192 channels at 2048 Hz, short trials (rest 1 s, each of
-  the seven gestures held 2 s once). Session 1: `train_trials` clean training trials and one validation
-  trial; session 2: `test_trials` clean test trials (cross-session, as the shipped model is scored).
+- Data: the embedded simulator, `sim_subjects` subjects (one by default), 192 channels at 2048 Hz, short trials
+  (rest 1 s, each of the seven gestures held 2 s once). Per subject, session 1: `train_trials` clean training
+  trials and one validation trial; session 2: `test_trials` clean test trials (cross-session, as the shipped
+  model is scored). One model learns every subject's trials, as the shipped one does.
   Or real recordings (`flexemg`: one subject's 16 x 4 array at 1000 Hz): `train_trials` trials of
   Session1Train and its next one for validation, `test_trials` trials of Session1Test (within session:
   re-applied electrodes are a study of their own, `rohde cross-day`); every disturbance is injected.
@@ -83,6 +84,7 @@ class StudyConfig:
     simulator: SimulatorConfig = SimulatorConfig(rest_s=1.0, gesture_s=2.0, ramp_s=0.3, repetitions=1)
     flexemg: str | None = None  # the flexemg data folder: its recordings instead of the simulator's
     subject: str = "001"  # the flexemg subject
+    sim_subjects: int = 1  # simulated subjects (the embedded data set has 3)
 
 
 def _recordings(config: StudyConfig) -> tuple[list[Recording], list[Recording], list[Recording]]:
@@ -99,13 +101,17 @@ def _recordings(config: StudyConfig) -> tuple[list[Recording], list[Recording], 
 
 
 def _simulated(config: StudyConfig) -> tuple[list[Recording], list[Recording], list[Recording]]:
-    def make(session: int, trial: int) -> Recording:
-        return simulate_recording(config=config.simulator, subject=1, session=session, trial=trial,
+    if config.sim_subjects < 1:
+        raise ConfigError(f"sim_subjects must be >= 1, got {config.sim_subjects}.")
+    subjects = range(1, config.sim_subjects + 1)
+
+    def make(subject: int, session: int, trial: int) -> Recording:
+        return simulate_recording(config=config.simulator, subject=subject, session=session, trial=trial,
                                   condition="clean", seed=0)  # fmt: skip
 
-    train = [make(1, t) for t in range(1, config.train_trials + 1)]
-    val = [make(1, config.train_trials + 1)]
-    test = [make(2, t) for t in range(1, config.test_trials + 1)]
+    train = [make(s, 1, t) for s in subjects for t in range(1, config.train_trials + 1)]
+    val = [make(s, 1, config.train_trials + 1) for s in subjects]
+    test = [make(s, 2, t) for s in subjects for t in range(1, config.test_trials + 1)]
     return train, val, test
 
 
@@ -391,8 +397,10 @@ def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = N
         if held in config["kinds"]:
             plot_curves(result, folder / f"{stem}_held_out.png", [held], title="held-out kind")
     if config.get("flexemg") is None:
-        data = (f"one simulated subject (3 x 8 x 8, 2048 Hz), {config['train_trials']} short clean training trials "
-                f"and one validation trial from session 1, {config['test_trials']} test trial(s) from session 2")
+        n = int(config.get("sim_subjects", 1))
+        data = (f"{'one simulated subject' if n == 1 else f'{n} simulated subjects'} (3 x 8 x 8, 2048 Hz), "
+                f"{config['train_trials']} short clean training trials and one validation trial from session 1, "
+                f"{config['test_trials']} test trial(s) from session 2{' each' if n > 1 else ''}")
     else:
         data = (f"flexemg subject {config['subject']} (real recordings, 16 x 4, 1000 Hz; every disturbance "
                 f"injected), {config['train_trials']} training trials and one validation trial of Session1Train, "

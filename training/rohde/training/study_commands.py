@@ -36,6 +36,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                             help="the flexemg data folder: one subject's real recordings (Session1Train, "
                                  "within-session Session1Test) instead of the simulator's, every disturbance injected")
     robustness.add_argument("--subject", default="001", help="the flexemg subject (default 001)")
+    robustness.add_argument("--sim-subjects", type=int, default=1,
+                            help="simulated subjects, each with its own trials (default 1; the embedded set has 3)")
     robustness.add_argument(
         "--gan-steps",
         type=int,
@@ -70,6 +72,7 @@ def _robustness(args: argparse.Namespace) -> int:
     config = StudyConfig(seeds=args.seeds, kinds=kinds, max_epochs=args.max_epochs, patience=args.patience,
                          train_trials=args.train_trials, test_trials=args.test_trials,
                          flexemg=str(args.flexemg) if args.flexemg is not None else None, subject=args.subject,
+                         sim_subjects=args.sim_subjects,
                          severities=tuple(float(s) for s in args.severities.split(",")))  # fmt: skip
     if args.gan_steps is not None:
         config = replace(config, gan=replace(config.gan, gan=replace(config.gan.gan, steps=args.gan_steps)))
