@@ -92,6 +92,24 @@ def test_disturbance_mask_moves_with_the_signals() -> None:
     assert shifted.disturbance_mask[0, image[12, :]].all() and not shifted.disturbance_mask[0, image[10, :]].any()
 
 
+def test_moved_back_keeps_the_rows_that_stayed_and_copies_the_edge_into_those_that_left() -> None:
+    layout = flexemg_layout()
+    rec = _recording(layout)
+    image = layout.index_array()[0]
+    rec.disturbance_mask[:, image[0, :]] = True  # first row disturbed
+    back = shift_recording(rec, GridShift(rows=-3, gain=2.0), moved_back=True)
+    x, y = rec.samples, back.samples
+    for r in range(3, 16):  # stayed on the grid: only the gain
+        np.testing.assert_allclose(y[:, image[r, :]], 2.0 * x[:, image[r, :]], rtol=1e-5)
+    for r in (0, 1, 2):  # moved to rows -3 to -1, off the grid: they come back as row 3's copy
+        np.testing.assert_allclose(y[:, image[r, :]], 2.0 * x[:, image[3, :]], rtol=1e-5)
+    # The disturbed row 0 was lost with them: its site now reads row 3, which the mask does not cover.
+    assert back.disturbance_mask is not None and not back.disturbance_mask[0, image[0, :]].any()
+    drawn, shift = random_shift_recording(rec, ShiftRange(max_rows=3, max_cols=0, integer=True, moved_back=True),
+                                          seed=1)  # fmt: skip
+    assert drawn.provenance["electrode_shift"]["rows"] == shift.rows
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ConfigError):
         ShiftRange(max_rows=-1)
