@@ -67,6 +67,12 @@ def random_shift(rng: np.random.Generator, shift_range: ShiftRange) -> GridShift
     return GridShift(rows=draw(shift_range.max_rows), cols=draw(shift_range.max_cols), rotation_deg=rotation, gain=gain)
 
 
+def redonning_matrix(layout: ElectrodeLayout, shift: GridShift, *, moved_back: bool = False) -> np.ndarray:
+    """`(C, C)` map of the re-donning `shift`, gain left out: `resampling_matrix`, or with `moved_back` the move
+    and its inverse (`round_trip_matrix`: what exact alignment leaves of it)."""
+    return round_trip_matrix(layout, shift) if moved_back else resampling_matrix(layout, shift)
+
+
 def shift_samples(
     samples: np.ndarray,
     recording_layout: ElectrodeLayout,
@@ -77,13 +83,14 @@ def shift_samples(
 ) -> np.ndarray:
     """Samples `(n, C)` after the re-donning `shift` (gain included) and an optional per-channel gain `(C,)`;
     with `moved_back`, then moved back onto the grid (`round_trip_matrix`), the gain kept."""
-    if samples.ndim != 2 or samples.shape[1] != recording_layout.n_channels:
-        raise ConfigError(
-            f"Expected samples (n, {recording_layout.n_channels}) for layout {recording_layout.name!r}, "
-            f"got {samples.shape}."
-        )
-    matrix = shift.gain * (round_trip_matrix(recording_layout, shift) if moved_back
-                           else resampling_matrix(recording_layout, shift))  # fmt: skip
+    grid = redonning_matrix(recording_layout, shift, moved_back=moved_back)
+    return _apply(samples, recording_layout, shift.gain * grid, channel_gain)
+
+
+def _apply(samples: np.ndarray, layout: ElectrodeLayout, matrix: np.ndarray,
+           channel_gain: np.ndarray | None) -> np.ndarray:  # fmt: skip
+    if samples.ndim != 2 or samples.shape[1] != layout.n_channels:
+        raise ConfigError(f"Expected samples (n, {layout.n_channels}) for layout {layout.name!r}, got {samples.shape}.")
     if channel_gain is not None:
         channel_gain = np.asarray(channel_gain, dtype=np.float64)
         if channel_gain.shape != (samples.shape[1],) or np.any(channel_gain <= 0):
@@ -111,12 +118,11 @@ def shift_recording(
         if rng is None:
             raise ConfigError("channel_gain_spread > 0 needs an rng to draw the per-channel gains.")
         channel_gain = np.exp(rng.normal(0.0, channel_gain_spread, size=recording.n_channels))
-    samples = shift_samples(recording.samples, recording.layout, shift, channel_gain=channel_gain,
-                            moved_back=moved_back)  # fmt: skip
+    grid = redonning_matrix(recording.layout, shift, moved_back=moved_back)  # one map for samples and mask
+    samples = _apply(recording.samples, recording.layout, shift.gain * grid, channel_gain)
     mask = recording.disturbance_mask
     if mask is not None:
-        layout = recording.layout
-        reads = (round_trip_matrix(layout, shift) if moved_back else resampling_matrix(layout, shift)) > 0  # (out, in)
+        reads = grid > 0  # (C_out, C_in)
         mask = (mask.astype(np.uint8) @ reads.T.astype(np.uint8)) > 0
     truth: dict[str, Any] = shift.to_dict()
     if channel_gain is not None:

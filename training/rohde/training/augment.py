@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from rohde.core.alignment import GridShift, resampling_matrix, round_trip_matrix
+from rohde.core.alignment import GridShift
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.recording import Recording
-from rohde.simulation.electrode_shift import ShiftRange, random_shift
+from rohde.simulation.electrode_shift import ShiftRange, random_shift, redonning_matrix
 from rohde.training.config import AugmentConfig
 from rohde.training.windows_dataset import WindowSet
 
@@ -184,8 +184,7 @@ def shift_features(
         pick = np.flatnonzero(which == k)
         if not len(pick):
             continue
-        grid_map = round_trip_matrix(layout, shift) if shift_range.moved_back else resampling_matrix(layout, shift)
-        matrix = grid_map * shift.gain**2
+        matrix = redonning_matrix(layout, shift, moved_back=shift_range.moved_back) * shift.gain**2
         if shift_range.channel_gain_spread > 0:
             spread = rng.normal(0.0, shift_range.channel_gain_spread, size=layout.n_channels)
             matrix = np.exp(2 * spread)[:, None] * matrix

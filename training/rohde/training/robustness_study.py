@@ -86,6 +86,10 @@ class StudyConfig:
     subject: str = "001"  # the flexemg subject
     sim_subjects: int = 1  # simulated subjects (the embedded data set has 3)
 
+    def __post_init__(self) -> None:
+        if self.sim_subjects < 1:
+            raise ConfigError(f"sim_subjects must be >= 1, got {self.sim_subjects}.")
+
 
 def _recordings(config: StudyConfig) -> tuple[list[Recording], list[Recording], list[Recording]]:
     """Training, validation and test trials: simulated, or one flexemg subject's."""
@@ -101,8 +105,6 @@ def _recordings(config: StudyConfig) -> tuple[list[Recording], list[Recording], 
 
 
 def _simulated(config: StudyConfig) -> tuple[list[Recording], list[Recording], list[Recording]]:
-    if config.sim_subjects < 1:
-        raise ConfigError(f"sim_subjects must be >= 1, got {config.sim_subjects}.")
     subjects = range(1, config.sim_subjects + 1)
 
     def make(subject: int, session: int, trial: int) -> Recording:
