@@ -78,6 +78,12 @@ class DetectorConfig:
     power_ratio: float = 50.0  # band power above this many times the neighbours': unpredictable
     lowband_ratio: float = 80.0  # 1-20 Hz power above this many times the neighbours' and
     lowband_share: float = 0.1  # ... above this share of the channel's band power: lowband
+    # ... or 1-20 Hz power above this many times the array's quiet channels' (the `array_quantile` of every
+    # channel's): a patch of lifted or swaying electrodes wider than a neighbourhood looks ordinary to its
+    # own neighbours, not to the rest of the array. 0: off.
+    array_lowband_ratio: float = 150.0
+    array_lowband_share: float = 0.3  # ... and above this share of the channel's band power (EMG has little there)
+    array_quantile: float = 0.25  # the array's reference: a quarter of its channels are quieter
     mains_ratio: float = 8.0  # mains power above this many times the neighbours' and
     mains_share: float = 0.3  # ... above this share of the channel's band power: mains; or
     mains_residual_ratio: float = 50.0  # unpredicted mains power above this many times the neighbours' and
@@ -93,6 +99,9 @@ class DetectorConfig:
             raise ConfigError(f"DetectorConfig.band_hz must be (low, high) with 0 < low < high, got {self.band_hz}.")
         if self.passes < 1:
             raise ConfigError(f"DetectorConfig.passes must be >= 1, got {self.passes}.")
+        if self.array_lowband_ratio < 0 or not 0 < self.array_quantile < 1:
+            raise ConfigError("DetectorConfig.array_lowband_ratio must be >= 0 and array_quantile in (0, 1), got "
+                              f"{self.array_lowband_ratio} and {self.array_quantile}.")  # fmt: skip
         if self.flat_blocks < 2:
             raise ConfigError(f"DetectorConfig.flat_blocks must be >= 2, got {self.flat_blocks}.")
 
@@ -119,6 +128,22 @@ class ChannelVerdict:
 
 
 _DIRECTIONS = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0))
+
+
+def with_enclosed(bad: np.ndarray, neighbours: np.ndarray, passes: int = 2) -> np.ndarray:
+    """(C,) `bad` plus every channel with more than half of a full neighbourhood (5 of 8) bad (`neighbours`: the
+    `neighbour_table`), `passes` times: disturbances come in patches, and a channel the tests missed inside one
+    would feed its fault into the rebuild of every bad neighbour. The straight edge of a patch does not grow, not
+    even along the border of the grid (where a channel has 5 neighbours, 3 of them in the patch)."""
+    has = neighbours >= 0
+    nb = np.where(has, neighbours, 0)
+    out = np.asarray(bad, dtype=bool).copy()
+    for _ in range(passes):
+        added = ~out & ((out[nb] & has).sum(axis=1) >= 5)
+        if not added.any():
+            break
+        out |= added
+    return out
 
 
 def neighbour_table(layout: ElectrodeLayout) -> np.ndarray:
@@ -218,6 +243,10 @@ class ChannelQualityDetector:
         low = spectrum[self._low]
         low_power = (low.real**2 + low.imag**2).sum(axis=0, dtype=np.float64) + 1e-12
         low_share = low_power / power
+        array_low = np.zeros(self.layout.n_channels)
+        if c.array_lowband_ratio > 0:
+            quiet = np.quantile(low_power[self._mapped], c.array_quantile)
+            array_low = np.minimum(low_power / (quiet * c.array_lowband_ratio), low_share / c.array_lowband_share)
         mains_power = band_power[self._mains_in_band].sum(axis=0, dtype=np.float64) + 1e-12
         mains_share = mains_power / power
         rms = np.sqrt(np.einsum("tc,tc->c", centred, centred) / self.n_samples)
@@ -285,7 +314,7 @@ class ChannelQualityDetector:
             margins[:, 0] = np.maximum(hard[:, 0], c.flat_ratio / np.maximum(flat_ratio, 1e-12))
             margins[:, 1] = hard[:, 1]
             margins[:, 2] = np.maximum(lowest[:, 0], ratio / c.power_ratio)
-            margins[:, 3] = np.minimum(low_ratio / c.lowband_ratio, low_share / c.lowband_share)
+            margins[:, 3] = np.maximum(np.minimum(low_ratio / c.lowband_ratio, low_share / c.lowband_share), array_low)
             margins[:, 4] = np.maximum(
                 np.minimum(mains_ratio / c.mains_ratio, mains_share / c.mains_share), lowest[:, 1]
             )

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rohde.core.channel_quality import DETECTOR_FLAGS, ChannelQualityDetector, neighbour_table
+from rohde.core.channel_quality import (
+    DETECTOR_FLAGS,
+    ChannelQualityDetector,
+    DetectorConfig,
+    neighbour_table,
+    with_enclosed,
+)
 from rohde.core.channel_repair import ChannelRepair
 from rohde.core.datasets import find_recordings, load_any
 from rohde.core.errors import ConfigError
@@ -192,3 +198,30 @@ def test_rebuild_takes_the_mean_of_good_neighbours() -> None:
     np.testing.assert_array_equal(repair.rebuild_channels(data, [9, 10]), out)
     with pytest.raises(ConfigError):
         repair.rebuild(data, np.zeros(64, dtype=bool))
+
+
+def test_a_channel_amid_bad_ones_is_added_and_the_edge_of_a_patch_does_not_grow() -> None:
+    layout = default_layout()
+    table = neighbour_table(layout)
+    index = layout.grids[0].index_array()
+    patch = np.zeros(layout.n_channels, dtype=bool)
+    patch[index[1:6, 1:6].ravel()] = True  # a 5 x 5 patch in grid 1 whose centre the tests missed
+    patch[index[3, 3]] = False
+    assert np.array_equal(with_enclosed(patch, table), patch | (np.arange(192) == index[3, 3]))
+    lone = np.zeros(layout.n_channels, dtype=bool)
+    lone[[index[0, 0], index[4, 4], 130]] = True  # scattered flags stay as they are
+    assert np.array_equal(with_enclosed(lone, table), lone)
+
+
+def test_a_wide_swaying_patch_is_found_against_the_rest_of_the_array(emg: np.ndarray) -> None:
+    # Half of grid 3 carries the same slow swing: inside the patch every neighbour sways alike, so only the
+    # array's quiet channels show it up.
+    layout = default_layout()
+    window = emg[-WINDOW:].copy()
+    patch = layout.grids[2].index_array()[:, :4].ravel()
+    t = np.arange(WINDOW) / 2048.0
+    window[:, patch] += (300.0 * np.sin(2 * np.pi * 6.0 * t))[:, None].astype(np.float32)
+    found = ChannelQualityDetector(layout, 2048.0, WINDOW).detect(window).bad
+    local = ChannelQualityDetector(layout, 2048.0, WINDOW, DetectorConfig(array_lowband_ratio=0.0)).detect(window).bad
+    assert found[patch].all() and not found[np.setdiff1d(np.arange(192), patch)].any()
+    assert local[patch].mean() < 0.5  # neighbours alone miss most of it

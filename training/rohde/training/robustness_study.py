@@ -20,6 +20,8 @@ Protocol (reduced so one run fits in minutes on 2 CPU cores; the reduction is wr
   trained per seed on patches cut from the training trials disturbed by every kind it generates,
   `PATCH_KINDS`: never the held-out kind, and not `dead`, which it does not generate; `copies` copies of
   each training trial with generated patches of a kind drawn at random, placed at random as the oracle's);
+  `rohde` (the recipe `rohde train` ships: the `gan` copies and one clean twin of each training trial, every one
+  with random electrode sets rebuilt from their neighbours, `mask_augment`);
   `lda` (time-domain features). `+mask` rows run the very same model with quality masking at test time
   (the server's quality monitor flags channels, `ChannelRepair` rebuilds them: `iter_windows(rebuild_bad=True)`,
   the windows the server would give the model).
@@ -51,7 +53,7 @@ from rohde.simulation.placement import Placement
 from rohde.simulation.simulator import SimulatorConfig, simulate_recording
 from rohde.training import augment
 from rohde.training.baselines import fit_lda
-from rohde.training.config import PipelineConfig, TrainerConfig
+from rohde.training.config import AugmentConfig, PipelineConfig, TrainerConfig
 from rohde.training.cross_day import load_session
 from rohde.training.gan_patch_study import PatchStudyConfig, patches_of
 from rohde.training.gan_patches import PATCH_KINDS, PatchGAN, PatchShape, train_patch_gan
@@ -63,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 STUDY_KINDS: tuple[str, ...] = tuple(k for k in DISTURBANCE_CONDITIONS if k != "powerline")
 TRAINABLE_KINDS: tuple[str, ...] = tuple(k for k in STUDY_KINDS if k != HELD_OUT_KIND)
-VARIANTS: tuple[str, ...] = ("clean", "generic", "dropout", "oracle", "gan", "lda")
+VARIANTS: tuple[str, ...] = ("clean", "generic", "dropout", "oracle", "gan", "rohde", "lda")
 # The `gan` variant's patches and GAN: the gan-patches study's cutting and networks, fewer copies, patches and steps
 # (its seeds, trials and simulator are not used here: the GAN learns from this study's training trials).
 STUDY_GAN = PatchStudyConfig(copies=4, max_patches=800, gan=replace(PatchStudyConfig().gan, steps=200))
@@ -166,6 +168,14 @@ def _gan_copy(gan: PatchGAN, rec: Recording, seed: int, i: int) -> Recording:
     return gan.splice_recording(rec, kind, seeded_rng(seed, 47, i), placement=Placement("any", severity))
 
 
+def _rohde_twins(gan_copies: list[Recording], train: list[Recording], seed: int) -> list[Recording]:
+    """The shipped recipe (`model_variants.augment_windows` with `quality_masking`): every GAN-made copy with random
+    electrode sets rebuilt from their neighbours, plus one clean twin of each training trial so rebuilt."""
+    severity = AugmentConfig().mask_severity
+    return [augment.mask_augment(r, rng=seeded_rng(seed, 48, i), severity=severity)
+            for i, r in enumerate([*gan_copies, *train])]  # fmt: skip
+
+
 def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every variant per seed, score the severity curves, write `robustness.json` (and return it)."""
     started = time.perf_counter()
@@ -191,10 +201,11 @@ def run_study(out_dir: Path, config: StudyConfig, *, progress: Callable[[str], N
         gan = train_study_gan(train, seed, config)
         gan_seconds.append(time.perf_counter() - gan_started)
         augmented["gan"] = [_gan_copy(gan, r, seed, i) for i, r in enumerate(train * config.copies)]
+        augmented["rohde"] = _rohde_twins(augmented["gan"], train, seed)
         if progress is not None:
             progress(f"seed {seed}: patch GAN trained in {gan_seconds[-1]:.0f} s")
         heads = {"clean": ctx.fit_head("clean", valid_windows(train_set), val_xy, key=1)[0]}
-        for key, name in enumerate(("generic", "dropout", "oracle", "gan"), start=2):
+        for key, name in enumerate(("generic", "dropout", "oracle", "gan", "rohde"), start=2):
             extra = valid_windows(ctx.window_set(augmented[name]))
             heads[name] = ctx.fit_head(name, stack_windows(valid_windows(train_set), extra), val_xy, key=key)[0]
         lda = fit_lda(train_set, n_classes=len(ctx.labels))
@@ -247,7 +258,7 @@ def _summarise(curves: dict[str, dict[str, dict[str, list[float]]]], config: Stu
 
 
 # Variants shown where the clean-only CNN breaks.
-_AT_BREAK = ("clean", "clean+mask", "dropout+mask", "oracle+mask", "gan", "gan+mask")
+_AT_BREAK = ("clean", "clean+mask", "dropout+mask", "oracle+mask", "gan+mask", "rohde", "rohde+mask")
 
 
 def breaking_point(curve: dict[str, dict[str, float]], level: float = 0.8) -> float | None:
@@ -288,8 +299,8 @@ def format_study(result: dict[str, Any], variants: Sequence[str] | None = None) 
     return "\n".join(lines)
 
 
-# The issue's quality-aware model: GAN augmentation plus quality masking at test time.
-ROHDE_VARIANT = "gan+mask"
+# RoHDE as `rohde train` ships it: GAN augmentation and random rebuilt electrode sets, quality masking when served.
+ROHDE_VARIANT = "rohde+mask"
 
 
 def format_targets(result: dict[str, Any], *, rohde: str = ROHDE_VARIANT) -> str:
@@ -332,7 +343,8 @@ def format_targets(result: dict[str, Any], *, rohde: str = ROHDE_VARIANT) -> str
     return "\n".join(lines)
 
 
-_PLOTTED = ("clean", "clean+mask", "generic", "dropout", "dropout+mask", "oracle", "gan", "gan+mask", "lda")
+_PLOTTED = ("clean", "clean+mask", "generic", "dropout", "dropout+mask", "oracle", "gan", "gan+mask", "rohde+mask",
+            "lda")
 
 
 def plot_curves(result: dict[str, Any], path: Path, kinds: Sequence[str], *, title: str) -> Path:
@@ -420,7 +432,9 @@ def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = N
         "patches cut "
         "from the training trials disturbed by each kind it generates, "
         f"{', '.join(PATCH_KINDS)}: never `{held}`, and not `dead`, which it does not generate; "
-        f"{_gan_time(result)}), placed at random as the oracle's. `+mask`: the same model with quality masking at "
+        f"{_gan_time(result)}), placed at random as the oracle's. `rohde` is the recipe `rohde train` ships: the "
+        "`gan` copies and one clean twin of each training trial, all with random electrode sets rebuilt from their "
+        "neighbours (`mask_augment`, the default `augment.mask_severity`). `+mask`: the same model with quality masking at "
         "test time (the server's quality monitor and rebuild, replayed window by window). "
         "Figures are accuracy of single 200 ms windows in %, mean ± standard deviation over seeds."
         + _preprocessing_note(result),
