@@ -434,7 +434,8 @@ def write_report(result: dict[str, Any], out_dir: Path, *, docs: Path | None = N
         f"{', '.join(PATCH_KINDS)}: never `{held}`, and not `dead`, which it does not generate; "
         f"{_gan_time(result)}), placed at random as the oracle's. `rohde` is the recipe `rohde train` ships: the "
         "`gan` copies and one clean twin of each training trial, all with random electrode sets rebuilt from their "
-        "neighbours (`mask_augment`, the default `augment.mask_severity`). `+mask`: the same model with quality masking at "
+        "neighbours (`mask_augment`, the default `augment.mask_severity`). `+mask`: the same model with quality "
+        "masking at "
         "test time (the server's quality monitor and rebuild, replayed window by window). "
         "Figures are accuracy of single 200 ms windows in %, mean ± standard deviation over seeds."
         + _preprocessing_note(result),
