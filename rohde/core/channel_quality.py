@@ -18,7 +18,9 @@ solve per channel and a few matrix products (pure numpy):
   little), or its band power is far above theirs:
   something adds to or replaces this channel's EMG (contact artifacts, pops, hum, a lifted electrode);
 - `lowband`: 1-20 Hz power (where surface EMG has almost none) far above the neighbours' and a
-  sizeable share of the channel's band power: motion, cable sway, baseline steps;
+  sizeable share of the channel's band power: motion, cable sway, baseline steps; or far above the
+  array's quietest quarter and a large share: a patch wider than a neighbourhood sways or wanders as one,
+  so inside it every neighbour looks alike (the whole array is the reference its neighbours cannot be);
 - `mains`: mains power (+-2 Hz of 50/60 Hz and harmonics) far above the neighbours' and a sizeable
   share of the channel's band power, or mains power the neighbours cannot predict far above what
   they leave unpredicted there: a high-impedance contact, even when its hum is weaker than the EMG;
