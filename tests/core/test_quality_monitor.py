@@ -127,3 +127,19 @@ def test_mains_the_model_notches_is_reported_but_not_rebuilt() -> None:
         unnotched.push(data[start : start + 50])
     assert notched.bad_channels == unnotched.bad_channels == [1, 2]  # the contact report shows both
     assert notched.repair_channels == [2] and unnotched.repair_channels == [1, 2]
+
+
+def test_a_channel_amid_dead_ones_is_rebuilt_but_not_reported() -> None:
+    from rohde.core.layouts import default_layout
+
+    layout = default_layout()
+    data = _emg(np.random.default_rng(2), 1024, 192, 2048.0)
+    index = layout.grids[1].index_array()
+    centre = int(index[4, 4])
+    patch = [int(ch) for ch in index[3:6, 3:6].ravel() if ch != centre]
+    data[:, patch] = 42.0  # eight dead electrodes around one that still works
+    monitor = QualityMonitor(192, 2048.0, layout=layout)
+    for start in range(0, len(data), 128):
+        monitor.push(data[start : start + 128])
+    assert set(patch) <= set(monitor.bad_channels) and centre not in monitor.bad_channels
+    assert set(monitor.repair_channels) == {*monitor.bad_channels, centre}
