@@ -245,13 +245,14 @@ class ChannelQualityDetector:
         low = spectrum[self._low]
         low_power = (low.real**2 + low.imag**2).sum(axis=0, dtype=np.float64) + 1e-12
         low_share = low_power / power
-        array_low = np.zeros(self.layout.n_channels)
-        if c.array_lowband_ratio > 0:
-            quiet = np.quantile(low_power[self._mapped], c.array_quantile)
-            array_low = np.minimum(low_power / (quiet * c.array_lowband_ratio), low_share / c.array_lowband_share)
         mains_power = band_power[self._mains_in_band].sum(axis=0, dtype=np.float64) + 1e-12
         mains_share = mains_power / power
         rms = np.sqrt(np.einsum("tc,tc->c", centred, centred) / self.n_samples)
+        array_low = np.zeros(self.layout.n_channels)
+        if c.array_lowband_ratio > 0:  # the quiet quarter of the channels with a signal (dead ones are quieter)
+            live = self._mapped & (rms >= c.flat_floor_uv)
+            quiet = np.quantile(low_power[live if live.any() else self._mapped], c.array_quantile)
+            array_low = np.minimum(low_power / (quiet * c.array_lowband_ratio), low_share / c.array_lowband_share)
         # First differences: a step or a burst is a spike here, where slow drifts all but vanish.
         step = np.diff(centred, axis=0)  # (n - 1, C)
         # Band-limited inner products between each channel and its neighbours (Parseval, real part).

@@ -225,3 +225,16 @@ def test_a_wide_swaying_patch_is_found_against_the_rest_of_the_array(emg: np.nda
     local = ChannelQualityDetector(layout, 2048.0, WINDOW, DetectorConfig(array_lowband_ratio=0.0)).detect(window).bad
     assert found[patch].all() and not found[np.setdiff1d(np.arange(192), patch)].any()
     assert local[patch].mean() < 0.5  # neighbours alone miss most of it
+
+
+def test_dead_electrodes_do_not_set_the_array_reference(emg: np.ndarray) -> None:
+    # A third of the array is dead (constant): the quietest quarter must come from electrodes with a signal, or
+    # every live one would look like slow drift against a reference of zero.
+    window = emg[-WINDOW:].copy()
+    t = np.arange(WINDOW)[:, None] / 2048.0
+    drift = np.random.default_rng(4).uniform(2.0, 6.0, 192)[None, :] * np.sin(2 * np.pi * 3.0 * t)
+    window += drift.astype(np.float32)  # every electrode's own small baseline wander, alike across the array
+    window[:, :64] = 3.0
+    verdict = ChannelQualityDetector(default_layout(), 2048.0, WINDOW).detect(window)
+    assert verdict.bad[:64].all()
+    assert not any("lowband" in verdict.reasons(ch) for ch in range(64, 192))
