@@ -80,8 +80,8 @@ class DetectorConfig:
     power_ratio: float = 50.0  # band power above this many times the neighbours': unpredictable
     lowband_ratio: float = 80.0  # 1-20 Hz power above this many times the neighbours' and
     lowband_share: float = 0.1  # ... above this share of the channel's band power: lowband
-    # ... or 1-20 Hz power above this many times the array's quiet channels' (the `array_quantile` of every
-    # channel's): a patch of lifted or swaying electrodes wider than a neighbourhood looks ordinary to its
+    # ... or 1-20 Hz power above this many times the array's quiet channels' (the `array_quantile` of the channels
+    # with a signal): a patch of lifted or swaying electrodes wider than a neighbourhood looks ordinary to its
     # own neighbours, not to the rest of the array. 0: off.
     array_lowband_ratio: float = 150.0
     array_lowband_share: float = 0.3  # ... and above this share of the channel's band power (EMG has little there)
