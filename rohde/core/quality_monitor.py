@@ -101,7 +101,7 @@ class QualityMonitor:
         self._detector = (ChannelQualityDetector(layout, fs_hz, self._detector_n, removed_hz=removed_hz)
                           if layout is not None and layout.n_channels == n_channels
                           and self.thresholds.neighbour_interval_s > 0 else None)  # fmt: skip
-        self._neighbours = neighbour_table(layout) if self._detector is not None else None
+        self._neighbours = neighbour_table(layout) if self._detector is not None and layout is not None else None
         # Contacts fail for seconds at least: judging every second keeps its cost off most estimates.
         t = self.thresholds
         self._neighbour_every = max(1, int(round(t.neighbour_interval_s / t.quality_interval_s)))
@@ -183,7 +183,7 @@ class QualityMonitor:
         self._stats = np.stack([std, mains_share, low_uv], axis=1).astype(np.float64)  # (n_channels, 3)
         self.bad_channels = np.flatnonzero(self._flags.any(axis=1)).tolist()
         reaching = self._flags if not self._mains_removed else np.delete(self._flags, _POWERLINE, axis=1)
-        repair = reaching.any(axis=1)
+        repair = np.asarray(reaching.any(axis=1), dtype=bool)
         if self._neighbours is not None:  # a channel amid rebuilt ones is rebuilt too (`with_enclosed`)
             repair = with_enclosed(repair, self._neighbours)
         self.repair_channels = np.flatnonzero(repair).tolist()
