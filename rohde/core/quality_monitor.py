@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sp_fft
 
-from rohde.core.channel_quality import ChannelQualityDetector, neighbour_table, with_enclosed
+from rohde.core.channel_quality import ChannelQualityDetector, with_enclosed
 from rohde.core.errors import ConfigError
 from rohde.core.layouts import ElectrodeLayout
 from rohde.core.windows import ring_write
@@ -101,7 +101,6 @@ class QualityMonitor:
         self._detector = (ChannelQualityDetector(layout, fs_hz, self._detector_n, removed_hz=removed_hz)
                           if layout is not None and layout.n_channels == n_channels
                           and self.thresholds.neighbour_interval_s > 0 else None)  # fmt: skip
-        self._neighbours = neighbour_table(layout) if self._detector is not None and layout is not None else None
         # Contacts fail for seconds at least: judging every second keeps its cost off most estimates.
         t = self.thresholds
         self._neighbour_every = max(1, int(round(t.neighbour_interval_s / t.quality_interval_s)))
@@ -184,8 +183,8 @@ class QualityMonitor:
         self.bad_channels = np.flatnonzero(self._flags.any(axis=1)).tolist()
         reaching = self._flags if not self._mains_removed else np.delete(self._flags, _POWERLINE, axis=1)
         repair = np.asarray(reaching.any(axis=1), dtype=bool)
-        if self._neighbours is not None:  # a channel amid rebuilt ones is rebuilt too (`with_enclosed`)
-            repair = with_enclosed(repair, self._neighbours)
+        if self._detector is not None:  # a channel amid rebuilt ones is rebuilt too (`with_enclosed`)
+            repair = with_enclosed(repair, self._detector.neighbours)
         self.repair_channels = np.flatnonzero(repair).tolist()
         self._hard_fraction = float(self._flags[:, _HARD].any(axis=1).mean())
 
