@@ -63,3 +63,17 @@ async def collect_decisions(ws_url: str, stream_ids: Sequence[str], duration_s: 
 
     await asyncio.gather(sampler(), *(client(s) for s in stream_ids))
     return records, samples, client_errors
+
+
+async def collect_replicas(replicas: Sequence[tuple[str, Sequence[str], int]], duration_s: float,
+                           sample_every_s: float = 5.0,
+                           ) -> tuple[list[Received], list[tuple[float, float, float]], list[str]]:
+    """`collect_decisions` for several servers at once, each `(ws_url, stream_ids, pid)`; the memory and CPU
+    samples are the servers' sums (sample i of each server, taken together)."""
+    parts = await asyncio.gather(*(collect_decisions(url, ids, duration_s, pid, sample_every_s)
+                                   for url, ids, pid in replicas))
+    records = [r for part_records, _, _ in parts for r in part_records]
+    errors = [e for _, _, part_errors in parts for e in part_errors]
+    n = min(len(samples) for _, samples, _ in parts)
+    summed = [(parts[0][1][i][0], sum(p[1][i][1] for p in parts), sum(p[1][i][2] for p in parts)) for i in range(n)]
+    return records, summed, errors

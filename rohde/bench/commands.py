@@ -35,6 +35,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     p.add_argument("--pull-interval-ms", type=float, help="server pull interval for latency runs (default: server's)")
     p.add_argument("--quality-interval-s", type=float,
                    help="server quality-estimate interval for latency runs (default: server's)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="latency section: split the streams by source_id over this many servers on this machine "
+                        "(default 1; docs/scale_out.md)")
     p.add_argument("--label", default="", help="key of this run in results.json (default cpu or gpu)")
     p.add_argument("--merge", action="store_true",
                    help="replace only the measured sections of the stored run with this label (re-measure one part)")
@@ -54,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         ingest_kinds=tuple(k.strip() for k in args.ingest_kinds.split(",") if k.strip()),
         chunk_ms=args.chunk_ms, inference_s=args.inference_s, gpu=args.gpu, label=args.label, merge=args.merge,
         compare_to=args.compare_to,
-        pull_interval_ms=args.pull_interval_ms, quality_interval_s=args.quality_interval_s,
+        pull_interval_ms=args.pull_interval_ms, quality_interval_s=args.quality_interval_s, replicas=args.replicas,
         command=_command_line(),
     )
     if args.quick:

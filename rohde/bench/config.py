@@ -39,6 +39,7 @@ class BenchConfig:
     gpu: bool = False  # run inference and latency with the CUDA provider (and IO binding)
     pull_interval_ms: float | None = None  # server setting for the latency runs; None = the server default
     quality_interval_s: float | None = None  # server setting for the latency runs; None = the server default
+    replicas: int = 1  # latency section: servers on this machine the streams are split over by source_id
     label: str = ""  # key of this run in results.json; default "cpu" or "gpu"
     merge: bool = False  # replace only the measured sections of the stored run with this label
     compare_to: str = ""  # label of the stored run RESULTS.md puts beside this one (default "cpu"; "none": no other)
@@ -50,6 +51,8 @@ class BenchConfig:
             raise ConfigError(f"Unknown bench sections {unknown}; choose from {list(SECTIONS)}.")
         if min(self.latency_streams + (self.soak_streams,), default=1) < 1 or self.capacity_probes < 0:
             raise ConfigError("Stream counts must be at least 1 and capacity_probes at least 0.")
+        if self.replicas < 1:
+            raise ConfigError(f"replicas must be at least 1, got {self.replicas}.")
         if self.step_s <= 0 or self.soak_s <= 0 or self.ingest_s <= 0 or self.chunk_ms <= 0:
             raise ConfigError("step_s, soak_s, ingest_s and chunk_ms must be positive.")
         bad_kinds = [k for k in self.ingest_kinds if k not in INGEST_KINDS]

@@ -54,6 +54,7 @@ def bench_latency(config: BenchConfig, model: Path, workdir: Path) -> dict[str, 
         "model": str(model), "n_channels": meta.n_channels, "fs_hz": meta.fs_hz, "window_ms": meta.window_ms,
         "hop_ms": meta.hop_ms, "chunk_ms": config.chunk_ms, "server_overrides": server_overrides(config),
         "pull_interval_ms": config.pull_interval_ms or 2.0, "step_s": config.step_s, "warmup_s": config.warmup_s,
+        "replicas": config.replicas,
         "steps": steps, "capacity_streams": capacity, "capacity_tried": tried, "p99_limit_ms": P99_LIMIT_MS,
         "stage_costs": stages, "server_providers": providers,
     }

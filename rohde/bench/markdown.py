@@ -59,7 +59,10 @@ def _md_latency(lat: dict[str, Any] | None) -> list[str]:
              f"{lat['warmup_s']:g} s warm-up. End-to-end = outlet push of a window's last sample -> WebSocket "
              "client receipt. Server processing = the server's own `latency_ms` (chunk pulled -> decision built: "
              "preprocessing, queue, inference). Delivery = decision built -> client receipt (serialisation, hub, "
-             "send, receive). The rest of end-to-end is push -> pull.", "",
+             "send, receive). The rest of end-to-end is push -> pull."
+             + (f" The streams are dealt by source_id over {lat['replicas']} servers on this machine (replicas, "
+                "`docs/scale_out.md`); CPU and memory are theirs together." if lat.get("replicas", 1) > 1 else ""),
+             "",
              "| streams | e2e p50 | e2e p95 | e2e p99 | e2e max | server proc p50 / p99 | delivery p50 / p99 | "
              "server CPU (cores) | outlets CPU (cores) | load avg 1 min start / end | RSS end (MB) | "
              "lost samples / gaps / overflows / tail / ws drops | real time |",

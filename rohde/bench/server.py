@@ -23,13 +23,16 @@ class ServerHandle:
 
 @contextmanager
 def running_server(*, model: Path, stream_name: str, max_streams: int, workdir: Path,
-                   overrides: Mapping[str, str]) -> Iterator[ServerHandle]:
-    """`rohde serve` on a free port for streams named `stream_name`, with `ROHDE_*` `overrides`."""
+                   overrides: Mapping[str, str], source_ids: Sequence[str] = ()) -> Iterator[ServerHandle]:
+    """`rohde serve` on a free port for streams named `stream_name` (and, given `source_ids`, only those: one
+    replica's share), with `ROHDE_*` `overrides`."""
     port_file = workdir / unique_id("port")
     cmd = [sys.executable, "-m", "rohde.cli", "serve", "--port", "0", "--port-file", str(port_file),
            "--models-dir", str(model.parent), "--model", model.name, "--stream-name", stream_name,
            "--max-streams", str(max_streams)]
-    with start_child(cmd, log=workdir / f"server-{stream_name}.log", extra_env=overrides) as child:
+    if source_ids:
+        cmd += ["--stream-source-id", ",".join(source_ids)]
+    with start_child(cmd, log=workdir / f"{port_file.name}-{stream_name}.log", extra_env=overrides) as child:
         port = child.wait_for_port(port_file, timeout_s=60.0)
         yield ServerHandle(child, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
 

@@ -9,16 +9,17 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rohde.bench.collectors import Received, collect_decisions
+from rohde.bench.collectors import Received, collect_replicas
 from rohde.bench.config import P99_LIMIT_MS, BenchConfig, server_overrides
 from rohde.bench.machine import proc_cpu_s, proc_rss_mb
 from rohde.bench.outlets import OutletGroup, outlet_group, stop_outlets
-from rohde.bench.server import http_json, http_text, parse_metrics, running_server, wait_connected
+from rohde.bench.server import ServerHandle, http_json, http_text, parse_metrics, running_server, wait_connected
 from rohde.core.errors import RohdeError
 from rohde.core.model_package import ModelMetadata
 
@@ -35,32 +36,58 @@ def percentiles_ms(values_s: Sequence[float]) -> dict[str, float]:
             "max": round(float(arr.max()), 3), "n": int(arr.size)}
 
 
+def replica_shares(source_ids: Sequence[str], replicas: int) -> list[list[str]]:
+    """The streams dealt over `replicas` servers in turn (each server's `--stream-source-id` set); one share per
+    server, never an empty one."""
+    k = max(1, min(replicas, len(source_ids)))
+    return [list(source_ids[i::k]) for i in range(k)]
+
+
 def run_streams(config: BenchConfig, *, model: Path, meta: ModelMetadata, n_streams: int, duration_s: float,
                 workdir: Path, sample_every_s: float = 5.0) -> dict[str, Any]:
-    """One measurement: `n_streams` outlets -> the real server -> one WebSocket client per stream."""
+    """One measurement: `n_streams` outlets -> the real server (or `config.replicas` servers, each serving its
+    share of the streams by source_id) -> one WebSocket client per stream. CPU, memory, losses and health are the
+    servers' together."""
     with outlet_group(n_streams=n_streams, n_channels=meta.n_channels, fs_hz=meta.fs_hz, chunk_ms=config.chunk_ms,
-                      per_process=config.outlets_per_process, workdir=workdir) as group, \
-            running_server(model=model, stream_name=group.name, max_streams=n_streams, workdir=workdir,
-                           overrides=server_overrides(config)) as server:
-        ids = wait_connected(server, group.source_ids, timeout_s=30.0 + n_streams)
+                      per_process=config.outlets_per_process, workdir=workdir) as group, ExitStack() as stack:
+        shares = replica_shares(group.source_ids, config.replicas)
+        servers: list[ServerHandle] = []
+        for i, share in enumerate(shares):
+            # Replicas each publish their decisions under a marker stream name of their own (docs/scale_out.md).
+            overrides = server_overrides(config) | ({"ROHDE_MARKER_STREAM_NAME": f"RoHDE-Decisions-{i + 1}"}
+                                                    if len(shares) > 1 else {})
+            servers.append(stack.enter_context(running_server(
+                model=model, stream_name=group.name, max_streams=len(share), workdir=workdir, overrides=overrides,
+                source_ids=share if len(shares) > 1 else ())))
+        ids: dict[str, str] = {}
+        for server, share in zip(servers, shares, strict=True):
+            ids.update(wait_connected(server, share, timeout_s=30.0 + n_streams))
         load_start = list(os.getloadavg())
         outlets_cpu = _children_cpu_s(group)
         outlets_t = time.monotonic()
-        records, mem, client_errors = asyncio.run(collect_decisions(
-            server.ws_url, list(ids.values()), duration_s + config.warmup_s, server.child.pid, sample_every_s))
+        records, mem, client_errors = asyncio.run(collect_replicas(
+            [(server.ws_url, [ids[sid] for sid in share], server.child.pid)
+             for server, share in zip(servers, shares, strict=True)],
+            duration_s + config.warmup_s, sample_every_s))
         outlet_cores = (_children_cpu_s(group) - outlets_cpu) / max(time.monotonic() - outlets_t, 1e-9)
         load_end = list(os.getloadavg())
         pushes = stop_outlets(group)
-        time.sleep(0.3)  # let the server pull and window what was pushed last
-        rss_end = proc_rss_mb(server.child.pid)
+        time.sleep(0.3)  # let the servers pull and window what was pushed last
+        rss_end = sum(proc_rss_mb(server.child.pid) for server in servers)
+        streams: dict[str, Any] = {}
+        metrics: dict[str, float] = {}
+        healths: list[dict[str, Any]] = []
         try:
-            streams = {s["stream_id"]: s for s in http_json(server.url + "/streams")["streams"]}
-            metrics = parse_metrics(http_text(server.url + "/metrics"))
-            health = http_json(server.url + "/health")
+            for server in servers:
+                streams |= {s["stream_id"]: s for s in http_json(server.url + "/streams")["streams"]}
+                for key, value in parse_metrics(http_text(server.url + "/metrics")).items():
+                    metrics[key] = metrics.get(key, 0.0) + value  # per-stream series differ; totals add up
+                healths.append(http_json(server.url + "/health"))
         except Exception as exc:  # an overloaded server that cannot answer has failed this step
-            raise RohdeError(f"The server did not answer after the run: {exc}") from exc
+            raise RohdeError(f"A server did not answer after the run: {exc}") from exc
     step = summarize_step(config, group=group, ids=ids, records=records, pushes=pushes, streams=streams,
-                          metrics=metrics, mem=mem, rss_end=rss_end, meta=meta, health=health)
+                          metrics=metrics, mem=mem, rss_end=rss_end, meta=meta, health=_worst_health(healths))
+    step["replicas"] = len(servers)
     step["client_errors"] = client_errors
     # What else ran: the machine's load (1, 5, 15 min) when the measurement began and ended, and the outlets'
     # own CPU, which shares the machine with the server.
@@ -70,6 +97,14 @@ def run_streams(config: BenchConfig, *, model: Path, meta: ModelMetadata, n_stre
     if client_errors:
         step["realtime_ok"] = False
     return step
+
+
+def _worst_health(healths: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One server's /health, or of several the first that is not ok (else the first); the provider is named only
+    when every server runs on the same one."""
+    worst = next((h for h in healths if h.get("status") != "ok"), healths[0])
+    providers = {h.get("provider") for h in healths}
+    return {**worst, "provider": providers.pop() if len(providers) == 1 else None}
 
 
 def _children_cpu_s(group: OutletGroup) -> float:
