@@ -4,7 +4,8 @@ against the offline aligned path on the same samples."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,59 @@ def test_stream_alignment_collects_estimates_moves_windows_and_follows_the_model
     off = StreamAlignment("t", enabled=False, warmup_s=1.0, min_score=0.9)
     off.use_model(package, 1)
     assert off.snapshot()["state"] == "disabled"
+
+
+class DeferredExecutor(Executor):
+    """Holds what is submitted until `run_all`: the shared alignment thread, made to run when the test says."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.calls.append((fn, args))
+        return Future()
+
+    def run_all(self) -> None:
+        calls, self.calls = self.calls, []
+        for fn, args in calls:
+            fn(*args)
+
+
+def test_the_estimate_runs_off_the_stream_thread_and_moves_the_windows_after_it(align_models: Path) -> None:
+    # The stream's windows never wait for the search: the window that completes the warm-up and those after it
+    # pass as they come until the shared thread has estimated; then they are moved as the inline estimate moves them.
+    package = load_model_package(align_models / "ref")
+    hop = package.windows.hop_samples(1000.0)
+    stream = _moved(_recording(seed=1, cycles=1), 2.0)
+    filtered = package.normalization.apply(filter_recording(stream.samples, package.preprocessing))
+    pool = DeferredExecutor()
+    shared = StreamAlignment("s", enabled=True, warmup_s=WARMUP_S - 0.5, min_score=0.9, executor=pool)
+    inline = StreamAlignment("s", enabled=True, warmup_s=WARMUP_S - 0.5, min_score=0.9)
+    for alignment in (shared, inline):
+        alignment.use_model(package, 1)
+
+    def job(end: int) -> WindowJob:
+        return WindowJob(stream_id="s", generation=1, window=np.ascontiguousarray(filtered[end - 200 : end].T),
+                         end_index=end, lsl_time=0.0, pulled_at=0.0, bad_channels=(), reject_reason=None, flags=())
+
+    ends = list(range(200, len(filtered) + 1, hop))
+    for end in ends[:-1]:
+        inline.process(job(end))
+        assert np.array_equal(shared.process(job(end)).window, job(end).window)
+    assert len(pool.calls) == 1  # one estimate per warm-up, however many windows come while it runs
+    assert shared.snapshot()["state"] == "collecting" and inline.snapshot()["state"] == "aligned"
+    pool.run_all()
+    assert shared.snapshot()["state"] == "aligned" and shared.snapshot()["shift"] == inline.snapshot()["shift"]
+    np.testing.assert_array_equal(shared.process(job(ends[-1])).window, inline.process(job(ends[-1])).window)
+    # An estimate still out when the stream restarts its collection is dropped, not applied to the new one.
+    shared.restart()
+    for end in ends[:-1]:
+        shared.process(job(end))
+    stale, pool.calls = pool.calls, []
+    shared.restart()
+    for fn, args in stale:
+        fn(*args)
+    assert shared.snapshot()["state"] == "collecting" and not pool.calls
 
 
 def test_channels_flagged_bad_during_the_warm_up_stay_out_of_the_estimate(align_models: Path) -> None:

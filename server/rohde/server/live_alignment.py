@@ -23,12 +23,16 @@ and `rejected` (the estimate's map correlation is under `min_score`: nothing app
 (`POST`) collects again; a new model (hot swap) starts over with that model's reference.
 
 Pure state behind one lock: `process` runs on the stream's worker thread, `restart`, `disable` and
-`snapshot` on the API's. The estimate itself runs once, on the worker thread, in the call that completes
-the warm-up, outside the lock: 0.15 s for 64 channels, 0.22 s for 192 (three 8 x 8 grids) against one map
-on a busy 2-core machine, by which the windows of that moment come late once. A reference of several
+`snapshot` on the API's. The estimate itself runs once per collection, outside the lock: 0.15 s for 64
+channels, 0.22 s for 192 (three 8 x 8 grids) against one map on a busy 2-core machine. A reference of several
 subjects is searched map by map (the pooled map and each subject's; the best-correlated wins, `reference` in
 the snapshot names it), sharing the moves built for the first: the shipped package's four maps take 1.5-1.8
 times one map's search (0.31-0.38 s against 0.21-0.24 s; 0.84-0.92 s against 0.46-0.50 s at a load of 5).
+The server runs it on one thread shared by every stream (`ALIGNMENT_POOL`), not on the stream's own: inline,
+that stream's windows waited for it, and streams that start together finish their warm-ups together, so every
+stream of a server stalled at once (measured: 7 streams, each 50 ms of samples still unpulled 0.8 s after their
+outlets stopped). Meanwhile the windows pass as they come, as during the warm-up; the windows after the
+estimate are moved.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import dataclasses
 import logging
 import threading
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any
 
@@ -48,6 +53,9 @@ from rohde.core.model_package import ModelPackage
 from rohde.server.jobs import WindowJob
 
 logger = logging.getLogger(__name__)
+
+# Where the server's streams estimate their alignment: one thread for all, off the streams' own threads.
+ALIGNMENT_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rohde-alignment")
 
 class AlignmentState(StrEnum):
     DISABLED = "disabled"
@@ -80,7 +88,9 @@ def expected_reference(package: ModelPackage) -> AlignmentReference:
 class StreamAlignment:
     """One stream's live alignment: `use_model`, `process` each window, `restart` / `disable` on request."""
 
-    def __init__(self, stream_id: str, *, enabled: bool, warmup_s: float, min_score: float) -> None:
+    def __init__(self, stream_id: str, *, enabled: bool, warmup_s: float, min_score: float,
+                 executor: Executor | None = None) -> None:
+        """`executor`: where the estimate runs (None: in the `process` call that completes the warm-up)."""
         if warmup_s <= 0:
             raise ConfigError(f"alignment_warmup_s must be positive, got {warmup_s}.")
         self.stream_id = stream_id
@@ -95,6 +105,8 @@ class StreamAlignment:
         self._reason = "no model yet"
         self._estimated_at: float | None = None
         self._token = 0  # bumped by every restart, switch-off and model: an estimate made before is dropped
+        self._executor = executor
+        self._pending: int | None = None  # the token of the collection whose estimate is being made elsewhere
 
     def use_model(self, package: ModelPackage, generation: int) -> None:
         """Follow model `generation`; a new one starts over with its own reference (or none)."""
@@ -103,6 +115,7 @@ class StreamAlignment:
                 return
             self._generation = generation
             self._token += 1
+            self._pending = None
             self._live = None
             self._estimated_at = None
             meta = package.metadata
@@ -136,6 +149,7 @@ class StreamAlignment:
         with self._lock:
             self._enabled = enabled
             self._token += 1
+            self._pending = None
             self._estimated_at = None
             if self._live is not None:
                 self._live.restart()
@@ -148,30 +162,43 @@ class StreamAlignment:
                 return job
             if live.estimate is None:
                 # Rejected windows stay out of the map, and so do the channels flagged bad in the others.
-                if job.reject_reason is not None:
+                if job.reject_reason is not None or self._pending == self._token:
                     return job
                 chunk = job.window[:, -self._hop:].T  # (hop, C) normalised: filtered uV / scale
                 if not live.collect(chunk, job.bad_channels, scale=self._scale):
                     return job
                 activity, known, token = live.activity(), live.known, self._token
+                self._pending = token
             else:
                 if live.matrix is None:
                     return job
                 return dataclasses.replace(job, window=np.ascontiguousarray(live.align_window(job.window)))
         # The warm-up is complete: the search runs outside the lock, so /streams never waits for it.
-        estimate = live.estimate_from(activity, known)
+        if self._executor is None:
+            self._estimate(live, token, activity, known)
+        else:
+            self._executor.submit(self._estimate, live, token, activity, known)
+        return job
+
+    def _estimate(self, live: LiveAlignment, token: int, activity: np.ndarray, known: np.ndarray) -> None:
+        try:
+            estimate = live.estimate_from(activity, known)
+        except Exception:  # on the shared thread nobody else would see it; the stream goes on unaligned
+            logger.exception("Stream %s: the alignment estimate failed; windows pass unaligned until a restart.",
+                             self.stream_id)
+            return
         with self._lock:
             if token != self._token or live is not self._live or live.estimate is not None:
-                return job  # restarted, switched off or another model meanwhile: this estimate is stale
+                return  # restarted, switched off or another model meanwhile: this estimate is stale
             live.accept(estimate)
             self._estimated_at = time.time()
+            self._pending = None
             state = live.state
         s = estimate.shift
         logger.info("Stream %s: alignment %s, %+.2f rows, %+.2f cols, gain %.2f (map correlation %.2f, unshifted "
                     "%.2f; %d channels flagged for most of the warm-up left out).",
                     self.stream_id, state, s.rows, s.cols, s.gain, estimate.score, estimate.score_unshifted,
                     int((~known).sum()))  # fmt: skip
-        return job
 
     def snapshot(self) -> dict[str, Any]:
         """What `/streams` shows (`api_models.StreamAlignmentReport`)."""

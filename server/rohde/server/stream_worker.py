@@ -30,7 +30,7 @@ from rohde.core.errors import StreamMismatchError
 from rohde.server.inference import ActiveModel, ModelManager
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import JobQueue
-from rohde.server.live_alignment import StreamAlignment
+from rohde.server.live_alignment import ALIGNMENT_POOL, StreamAlignment
 from rohde.server.lsl_inlet import InletReader, StreamDescription, StreamQuery, check_stream_basics, map_stream_channels
 from rohde.server.messages import StatusEvent
 from rohde.server.metrics import ServerMetrics
@@ -66,7 +66,7 @@ class StreamWorker:
         self._announce = announce
         # Label-free alignment moves each window onto the model's training grid before it is queued.
         self.alignment = StreamAlignment(stream_id, enabled=config.alignment, warmup_s=config.alignment_warmup_s,
-                                         min_score=config.alignment_min_score)
+                                         min_score=config.alignment_min_score, executor=ALIGNMENT_POOL)
         self._assembler = WindowAssembler(stream_id, config=config, metrics=metrics,
                                           emit=lambda job: jobs.offer(self.alignment.process(job)))
         self._lock = threading.Lock()
