@@ -13,7 +13,8 @@ and gain from a few seconds of *unlabelled* data of the new session, and undoes 
   shift: every output site reads its source position by bilinear interpolation, wrapping around
   along an axis the grid marks as `wraps`, else taking the nearest edge electrode. Being linear
   and the same for every sample, it commutes with the causal filters, so raw data and filtered
-  data can be moved alike.
+  data can be moved alike. `resampling_weights` is the same move as four weighted sources per
+  channel, which the shift search builds for every translation it tries.
 - `AlignmentReference`: the training data's spatial signature, stored in the model package
   (`ModelMetadata.alignment`): the per-channel mean absolute value (MAV) of the filtered
   training data, all gestures and rest mixed, as a new session's first seconds mix them too.
@@ -142,6 +143,53 @@ def _nearest_present(index: np.ndarray, row: float, col: float) -> int:
     return int(index[nearest[0], nearest[1]])
 
 
+def resampling_weights(layout: ElectrodeLayout, shift: GridShift) -> tuple[np.ndarray, np.ndarray]:
+    """`resampling_matrix` (gain left out) as each channel's four sources `(C, 4)` int and weights `(C, 4)`:
+    `moved[:, c] = sum_k weights[c, k] * samples[:, sources[c, k]]`. A tenth of the dense map's cost to build
+    and apply, which the shift search pays for every translation it tries."""
+    n = layout.n_channels
+    sources = np.repeat(np.arange(n, dtype=np.int64)[:, None], 4, axis=1)
+    weights = np.zeros((n, 4), dtype=np.float64)
+    weights[:, 0] = 1.0  # channels on no grid pass through
+    geometry: dict[tuple[int, int, tuple[bool, bool]], tuple[np.ndarray, ...]] = {}  # grids of one shape share it
+    for grid in layout.grids:
+        index = grid.index_array()
+        present = index != NO_ELECTRODE
+        out = index[present]  # (S,) output channels, their sites in row-major order
+        key = (grid.rows, grid.cols, grid.wraps)
+        if key not in geometry:
+            geometry[key] = _bilinear_neighbours(grid, shift)
+        src_r, src_c, rr, cc, wk = geometry[key]  # (R, Cc) source positions; (R*Cc, 4) neighbours and weights
+        in_ch = index[rr, cc][present.ravel()]  # (S, 4) the neighbours' channels
+        use = (wk[present.ravel()] > 1e-12) & (in_ch != NO_ELECTRODE)
+        src = np.where(use, in_ch, out[:, None])
+        w = np.where(use, wk[present.ravel()], 0.0)
+        total = w.sum(axis=1)
+        # Every neighbour an absent electrode: read the nearest present one.
+        for j in np.flatnonzero(total <= 0):
+            site = np.argwhere(present)[j]
+            src[j] = _nearest_present(index, float(src_r[site[0], site[1]]), float(src_c[site[0], site[1]]))
+            w[j] = (1.0, 0.0, 0.0, 0.0)
+            total[j] = 1.0
+        sources[out] = src
+        weights[out] = w / total[:, None]
+    return sources, weights
+
+
+def _bilinear_neighbours(grid: ElectrodeGrid, shift: GridShift) -> tuple[np.ndarray, ...]:
+    """Where every site of a grid of this shape reads from under `shift`: source positions `(R, Cc)` (row and
+    column) and, per site in row-major order, its four bilinear neighbours' rows, columns and weights `(R*Cc, 4)`."""
+    src_r, src_c = _source_positions(grid, shift)
+    r0, c0 = np.floor(src_r).ravel(), np.floor(src_c).ravel()
+    fr, fc = src_r.ravel() - r0, src_c.ravel() - c0
+    d = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])  # (0, 0), (0, 1), (1, 0), (1, 1)
+    wrap_r, wrap_c = grid.wraps
+    rr = _resolve_index((r0[:, None] + d[0]).astype(np.int64), grid.rows, wrap_r)
+    cc = _resolve_index((c0[:, None] + d[1]).astype(np.int64), grid.cols, wrap_c)
+    wk = np.where(d[0], fr[:, None], 1.0 - fr[:, None]) * np.where(d[1], fc[:, None], 1.0 - fc[:, None])
+    return src_r, src_c, rr, cc, wk
+
+
 def resampling_matrix(layout: ElectrodeLayout, shift: GridShift, *, include_gain: bool = False) -> np.ndarray:
     """`(C, C)` float64 map M with `moved = samples @ M.T` for samples `(n, C)` (see the module doc).
 
@@ -150,37 +198,10 @@ def resampling_matrix(layout: ElectrodeLayout, shift: GridShift, *, include_gain
     the interpolation and the other weights renormalised. Channels on no grid pass through.
     `include_gain` multiplies by `shift.gain`.
     """
+    sources, weights = resampling_weights(layout, shift)
     n = layout.n_channels
     matrix = np.zeros((n, n), dtype=np.float64)
-    mapped = np.zeros(n, dtype=bool)
-    for grid in layout.grids:
-        index = grid.index_array()
-        present = index != NO_ELECTRODE
-        out = index[present]  # (S,) output channels, their sites in row-major order
-        mapped[out] = True
-        src_r, src_c = _source_positions(grid, shift)
-        r0, c0 = np.floor(src_r[present]), np.floor(src_c[present])
-        fr, fc = src_r[present] - r0, src_c[present] - c0
-        wrap_r, wrap_c = grid.wraps
-        block = np.zeros((out.size, n), dtype=np.float64)  # the four bilinear neighbours of every site at once
-        rows = np.arange(out.size)
-        for dr, wr in ((0, 1.0 - fr), (1, fr)):
-            for dc, wc in ((0, 1.0 - fc), (1, fc)):
-                w = wr * wc
-                rr = _resolve_index((r0 + dr).astype(np.int64), grid.rows, wrap_r)
-                cc = _resolve_index((c0 + dc).astype(np.int64), grid.cols, wrap_c)
-                in_ch = index[rr, cc]
-                use = (w > 1e-12) & (in_ch != NO_ELECTRODE)
-                np.add.at(block, (rows[use], in_ch[use]), w[use])
-        total = block.sum(axis=1)
-        # Every neighbour an absent electrode: read the nearest present one.
-        for k in np.flatnonzero(total <= 0):
-            site = np.argwhere(present)[k]
-            block[k, _nearest_present(index, float(src_r[site[0], site[1]]), float(src_c[site[0], site[1]]))] = 1.0
-            total[k] = 1.0
-        matrix[out] = block / total[:, None]
-    unmapped = np.flatnonzero(~mapped)
-    matrix[unmapped, unmapped] = 1.0
+    np.add.at(matrix, (np.repeat(np.arange(n), 4), sources.ravel()), weights.ravel())
     if include_gain:
         matrix *= shift.gain
     return matrix
@@ -341,12 +362,16 @@ class ShiftEstimate:
         return data
 
 
-def _match(ref_log: np.ndarray, new_log: np.ndarray, matrix: np.ndarray, valid: np.ndarray) -> float:
-    predicted = np.log(np.maximum(matrix @ np.exp(ref_log), _LOG_FLOOR))
-    a, b = predicted[valid], new_log[valid]
-    if a.size < 3 or np.std(a) < 1e-9 or np.std(b) < 1e-9:
+def _match(predicted: np.ndarray, new_log: np.ndarray, valid: np.ndarray) -> float:
+    """Correlation of the log of the reference map as moved (`predicted`) with the new log map, on `valid` sites."""
+    a, b = np.log(np.maximum(predicted[valid], _LOG_FLOOR)), new_log[valid]
+    if a.size < 3:
         return -1.0
-    return float(np.corrcoef(a, b)[0, 1])
+    a, b = a - a.mean(), b - b.mean()
+    ss_a, ss_b = float(a @ a), float(b @ b)
+    if ss_a < a.size * 1e-18 or ss_b < b.size * 1e-18:  # a flat map (standard deviation under 1e-9)
+        return -1.0
+    return float(a @ b) / math.sqrt(ss_a * ss_b)
 
 
 def _axis_candidates(limit: float, step: float) -> np.ndarray:
@@ -355,23 +380,29 @@ def _axis_candidates(limit: float, step: float) -> np.ndarray:
 
 
 class _Moves:
-    """The resampling matrix and scored sites of each searched translation, built once per estimate and
+    """The resampling weights and scored sites of each searched translation, built once per estimate and
     shared by the reference's maps (building them is most of a search's cost)."""
 
     def __init__(self, layout: ElectrodeLayout, measured: np.ndarray, min_sites: float) -> None:
         self.layout = layout
         self.measured = measured
         self.min_sites = min_sites
-        self._cache: dict[tuple[float, float], tuple[np.ndarray, np.ndarray] | None] = {}
+        self._cache: dict[tuple[float, float], tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
 
-    def get(self, rows: float, cols: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """`(C, C)` matrix and `(C,)` valid sites of the move, None where too few sites read from the grid."""
+    def moved(self, ref: np.ndarray, rows: float, cols: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The map `ref` `(C,)` moved by the translation, and its `(C,)` valid sites; None where too few sites
+        read from the grid."""
         key = (float(rows), float(cols))
         if key not in self._cache:
             shift = GridShift(rows=key[0], cols=key[1])
             valid = valid_sites(self.layout, shift) & self.measured
-            self._cache[key] = None if valid.sum() < self.min_sites else (resampling_matrix(self.layout, shift), valid)
-        return self._cache[key]
+            self._cache[key] = None if valid.sum() < self.min_sites else (*resampling_weights(self.layout, shift),
+                                                                          valid)
+        move = self._cache[key]
+        if move is None:
+            return None
+        sources, weights, valid = move
+        return (weights * ref[sources]).sum(axis=1), valid
 
 
 def estimate_shift(
@@ -457,12 +488,12 @@ def _search_map(
     """`estimate_shift`'s search against one map `ref` `(C,)`: integer steps, then `step` refinements."""
     rows, cols = layout.grid_shape
     limit_r, limit_c = limits
-    ref_log = np.log(np.maximum(ref, _LOG_FLOOR))
+    ref_mav = np.maximum(ref, _LOG_FLOOR)  # silent channels floored, as their log is
     new_log = np.log(np.maximum(new, _LOG_FLOOR))
 
     def score(dr: float, dc: float) -> float:
-        move = moves.get(dr, dc)
-        return -2.0 if move is None else _match(ref_log, new_log, *move)
+        move = moves.moved(ref_mav, dr, dc)
+        return -2.0 if move is None else _match(move[0], new_log, move[1])
 
     coarse = [(score(dr, dc), dr, dc) for dr in _axis_candidates(limit_r, 1.0) for dc in _axis_candidates(limit_c, 1.0)]
     best_score, best_r, best_c = max(coarse)
@@ -474,7 +505,7 @@ def _search_map(
         if abs(best_r + a) <= limit_r and abs(best_c + b) <= limit_c
     ]
     best_score, best_r, best_c = max([(best_score, best_r, best_c), *fine])
-    unshifted = _match(ref_log, new_log, np.eye(layout.n_channels), valid_sites(layout, GridShift()) & moves.measured)
+    unshifted = _match(ref_mav, new_log, valid_sites(layout, GridShift()) & moves.measured)
     return _MapSearch(name, ref, GridShift(rows=float(best_r) + 0.0, cols=float(best_c) + 0.0), best_score, unshifted)
 
 

@@ -16,6 +16,7 @@ from rohde.core.alignment import (
     apply_shift,
     estimate_shift,
     resampling_matrix,
+    resampling_weights,
     round_trip_matrix,
     valid_sites,
 )
@@ -109,6 +110,18 @@ def test_unmapped_channels_pass_through_and_missing_electrodes_are_skipped() -> 
     assert matrix[4].max() == 1.0 and int(np.argmax(matrix[4])) in (1, 3, 4)
     assert matrix[1, 0] == 1.0  # (0, 1) reads (0, 0)
     assert np.allclose(matrix.sum(axis=1), 1.0)
+
+
+def test_the_sparse_weights_move_a_map_as_the_dense_matrix_does() -> None:
+    # Holes, a channel on no grid, a wrapping axis and a rotation: four weighted sources per channel, same move.
+    grid = ElectrodeGrid("g", ((0, 1, 2), (3, -1, 4), (5, 6, 7)), wraps=(False, True))
+    layout = ElectrodeLayout("holes", (grid,), n_channels=9)
+    x = np.random.default_rng(0).random(9)
+    for shift in (GridShift(cols=1), GridShift(rows=0.6, cols=-1.3, rotation_deg=12.0), GridShift(rows=-2.5)):
+        sources, weights = resampling_weights(layout, shift)
+        assert sources.shape == weights.shape == (9, 4) and np.allclose(weights.sum(axis=1), 1.0)
+        np.testing.assert_allclose((weights * x[sources]).sum(axis=1), resampling_matrix(layout, shift) @ x,
+                                   rtol=1e-12)
 
 
 @pytest.mark.parametrize("truth", [GridShift(rows=4.5, cols=-1.0, gain=1.6), GridShift(rows=-3.0, cols=1.5, gain=0.7)])

@@ -23,11 +23,11 @@ and `rejected` (the estimate's map correlation is under `min_score`: nothing app
 (`POST`) collects again; a new model (hot swap) starts over with that model's reference.
 
 Pure state behind one lock: `process` runs on the stream's worker thread, `restart`, `disable` and
-`snapshot` on the API's. The estimate itself runs once per collection, outside the lock: 0.15 s for 64
-channels, 0.22 s for 192 (three 8 x 8 grids) against one map on a busy 2-core machine. A reference of several
-subjects is searched map by map (the pooled map and each subject's; the best-correlated wins, `reference` in
-the snapshot names it), sharing the moves built for the first: the shipped package's four maps take 1.5-1.8
-times one map's search (0.31-0.38 s against 0.21-0.24 s; 0.84-0.92 s against 0.46-0.50 s at a load of 5).
+`snapshot` on the API's. The estimate itself runs once per collection, outside the lock. A reference of
+several subjects is searched map by map (the pooled map and each subject's; the best-correlated wins,
+`reference` in the snapshot names it), sharing the moves built for the first: the shipped package (192
+channels, four maps) takes 0.06 s of CPU on an idle 2-core machine (0.26 s before the moves were kept as four
+weighted sources per channel instead of dense matrices).
 The server runs it on one thread shared by every stream (`ALIGNMENT_POOL`), not on the stream's own: inline,
 that stream's windows waited for it, and streams that start together finish their warm-ups together, so every
 stream of a server stalled at once (measured: 7 streams, each 50 ms of samples still unpulled 0.8 s after their
