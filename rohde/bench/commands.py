@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     p.add_argument("--quality-interval-s", type=float,
                    help="server quality-estimate interval for latency runs (default: server's)")
     p.add_argument("--replicas", type=int, default=1,
-                   help="latency section: split the streams by source_id over this many servers on this machine "
+                   help="latency and soak: deal the streams by source_id over this many servers on this machine "
                         "(default 1; docs/scale_out.md)")
     p.add_argument("--label", default="", help="key of this run in results.json (default cpu or gpu)")
     p.add_argument("--merge", action="store_true",

@@ -39,7 +39,7 @@ class BenchConfig:
     gpu: bool = False  # run inference and latency with the CUDA provider (and IO binding)
     pull_interval_ms: float | None = None  # server setting for the latency runs; None = the server default
     quality_interval_s: float | None = None  # server setting for the latency runs; None = the server default
-    replicas: int = 1  # latency section: servers on this machine the streams are split over by source_id
+    replicas: int = 1  # latency and soak: servers on this machine the streams are dealt over by source_id
     label: str = ""  # key of this run in results.json; default "cpu" or "gpu"
     merge: bool = False  # replace only the measured sections of the stored run with this label
     compare_to: str = ""  # label of the stored run RESULTS.md puts beside this one (default "cpu"; "none": no other)
