@@ -30,8 +30,8 @@ channels, four maps) takes 0.06 s of CPU on an idle 2-core machine (0.26 s befor
 weighted sources per channel instead of dense matrices).
 The server runs it on one thread shared by every stream (`ALIGNMENT_POOL`), not on the stream's own: inline,
 that stream's windows waited for it, and streams that start together finish their warm-ups together, so every
-stream of a server stalled at once (measured: 7 streams, each 50 ms of samples still unpulled 0.8 s after their
-outlets stopped). Meanwhile the windows pass as they come, as during the warm-up; the windows after the
+stream of a server stalled at once (measured: 10 streams, every window late by up to 6-8 s; now 0.1-0.2 s,
+`bench/PROFILE.md`, round 6). Meanwhile the windows pass as they come, as during the warm-up; the windows after the
 estimate are moved.
 """
 
@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 # Where the server's streams estimate their alignment: one thread for all, off the streams' own threads.
 ALIGNMENT_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rohde-alignment")
+
 
 class AlignmentState(StrEnum):
     DISABLED = "disabled"
