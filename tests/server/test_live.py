@@ -86,6 +86,8 @@ def test_rest_api_and_decisions(model_set: ModelSet) -> None:
         text = client.get("/metrics").text
         assert f'rohde_windows_processed_total{{stream="{name}"}}' in text
         assert "rohde_inference_latency_seconds_bucket" in text
+        series = {line.rsplit(" ", 1)[0] for line in text.splitlines()}
+        assert {f'rohde_shared_thread_backlog{{thread="{t}"}}' for t in ("neighbours", "alignment")} <= series
         paths = client.get("/openapi.json").json()["paths"]
         assert {"/health", "/ready", "/models", "/models/active", "/streams", "/metrics"} <= set(paths)
         assert "put" in paths["/models/active"]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from rohde.server.metrics import ServerMetrics, StreamCounter
+from rohde.server.threads import SharedThread
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,3 +50,25 @@ def test_every_per_stream_counter_is_listed_in_order() -> None:
         "rohde_stream_missing_samples_total", "rohde_stream_overflows_total", "rohde_stream_nonfinite_samples_total",
         "rohde_windows_shed_total",
     ]
+
+
+def test_a_shared_thread_counts_its_backlog_and_metrics_show_it() -> None:
+    # One task holds the thread, two wait behind it: a backlog of 3 until they are done, then none.
+    pool = SharedThread("test-shared")
+    release = threading.Event()
+    try:
+        futures = [pool.submit(release.wait, 10.0) for _ in range(3)]
+        assert pool.backlog == 3
+        text = ServerMetrics().render({}, {"neighbours": pool.backlog, "alignment": 0})
+        assert "# TYPE rohde_shared_thread_backlog gauge" in text
+        assert 'rohde_shared_thread_backlog{thread="neighbours"} 3' in text.splitlines()
+        assert 'rohde_shared_thread_backlog{thread="alignment"} 0' in text.splitlines()
+        release.set()
+        for future in futures:
+            future.result(timeout=10.0)
+        wait_for(lambda: pool.backlog == 0, 10)  # a task leaves the count in its done callback, just after its result
+        assert pool.submit(lambda: 1 / 0).exception(timeout=10.0) is not None
+        wait_for(lambda: pool.backlog == 0, 10)  # a task that failed counts out too
+    finally:
+        release.set()
+        pool.shutdown(wait=True)

@@ -41,7 +41,7 @@ import dataclasses
 import logging
 import threading
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from enum import StrEnum
 from typing import Any
 
@@ -51,11 +51,12 @@ from rohde.core.alignment import AlignmentReference, GridShift, LiveAlignment, r
 from rohde.core.errors import ConfigError
 from rohde.core.model_package import ModelPackage
 from rohde.server.jobs import WindowJob
+from rohde.server.threads import SharedThread
 
 logger = logging.getLogger(__name__)
 
 # Where the server's streams estimate their alignment: one thread for all, off the streams' own threads.
-ALIGNMENT_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rohde-alignment")
+ALIGNMENT_POOL = SharedThread("rohde-alignment")
 
 
 class AlignmentState(StrEnum):

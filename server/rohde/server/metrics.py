@@ -123,8 +123,9 @@ class ServerMetrics:
             median, p99 = self.processing_latency.quantiles((0.5, 0.99))
             return {"median_ms": median * 1000, "p99_ms": p99 * 1000, "n": self.processing_latency.n}
 
-    def render(self, stream_states: Mapping[str, str]) -> str:
-        """The whole exposition text; `stream_states` maps stream id -> state name."""
+    def render(self, stream_states: Mapping[str, str], shared_backlog: Mapping[str, int] | None = None) -> str:
+        """The whole exposition text; `stream_states` maps stream id -> state name, `shared_backlog` each thread
+        the streams share (neighbours, alignment) -> tasks queued or running on it."""
         with self._lock:
             lines: list[str] = []
             for counter, table in self._per_stream.items():
@@ -148,6 +149,11 @@ class ServerMetrics:
                 "# TYPE rohde_inference_queue_depth gauge",
                 f"rohde_inference_queue_depth {self.inference_queue_depth}",
             ]
+            if shared_backlog:
+                lines += ["# HELP rohde_shared_thread_backlog Tasks queued or running on a thread every stream shares.",
+                          "# TYPE rohde_shared_thread_backlog gauge"]
+                lines += [f'rohde_shared_thread_backlog{{thread="{_escape(t)}"}} {n}'
+                          for t, n in sorted(shared_backlog.items())]
             lines += _histogram_lines(
                 "rohde_inference_latency_seconds", "ONNX Runtime time per batch.", self.inference_latency
             )

@@ -1,4 +1,5 @@
-"""One owned worker thread: idempotent start and stop, joined with a timeout."""
+"""One owned worker thread: idempotent start and stop, joined with a timeout; and the one-thread pools the
+streams share (`SharedThread`), which count what waits on them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 _every_owned: weakref.WeakSet[OwnedThread] = weakref.WeakSet()  # for the shutdown's "every thread joined"
@@ -47,3 +53,34 @@ class OwnedThread:
 def running_owned_threads() -> list[str]:
     """Names of the owned threads of this process still running (empty once every one was joined)."""
     return sorted(t.name for t in list(_every_owned) if t.alive)
+
+
+class SharedThread(ThreadPoolExecutor):
+    """One thread that every stream hands work to (the neighbour detector, the alignment estimate); `backlog` is
+    how many tasks are queued or running, which `/metrics` shows: a shared thread that cannot keep up shows there
+    before it shows as latency."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=name)
+        self._count_lock = threading.Lock()
+        self._backlog = 0
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        with self._count_lock:
+            self._backlog += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._task_done(None)
+            raise
+        future.add_done_callback(self._task_done)
+        return future
+
+    def _task_done(self, _future: object) -> None:
+        with self._count_lock:
+            self._backlog -= 1
+
+    @property
+    def backlog(self) -> int:
+        with self._count_lock:
+            return self._backlog

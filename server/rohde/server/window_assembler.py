@@ -48,7 +48,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,12 +61,13 @@ from rohde.core.windows import StreamWindower, ring_write
 from rohde.server.ingest_config import IngestConfig
 from rohde.server.jobs import WindowJob
 from rohde.server.metrics import ServerMetrics, StreamCounter
+from rohde.server.threads import SharedThread
 
 logger = logging.getLogger(__name__)
 
 # One thread judges the channels of every stream against their neighbours (a few ms per stream and second):
 # a stream's windows never wait behind its own detector run, which under load stretched to tens of ms.
-NEIGHBOUR_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rohde-neighbours")
+NEIGHBOUR_POOL = SharedThread("rohde-neighbours")
 
 
 def model_signature(package: ModelPackage) -> tuple[Any, ...]:
