@@ -147,10 +147,17 @@ def resampling_weights(layout: ElectrodeLayout, shift: GridShift) -> tuple[np.nd
     """`resampling_matrix` (gain left out) as each channel's four sources `(C, 4)` int and weights `(C, 4)`:
     `moved[:, c] = sum_k weights[c, k] * samples[:, sources[c, k]]`. A tenth of the dense map's cost to build
     and apply, which the shift search pays for every translation it tries."""
+    sources, weights, _ = _resampling(layout, shift)
+    return sources, weights
+
+
+def _resampling(layout: ElectrodeLayout, shift: GridShift) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`resampling_weights` and `valid_sites` from one pass over the grids (the shift search needs both)."""
     n = layout.n_channels
     sources = np.repeat(np.arange(n, dtype=np.int64)[:, None], 4, axis=1)
     weights = np.zeros((n, 4), dtype=np.float64)
     weights[:, 0] = 1.0  # channels on no grid pass through
+    valid = np.zeros(n, dtype=bool)
     geometry: dict[tuple[int, int, tuple[bool, bool]], tuple[np.ndarray, ...]] = {}  # grids of one shape share it
     for grid in layout.grids:
         index = grid.index_array()
@@ -159,11 +166,13 @@ def resampling_weights(layout: ElectrodeLayout, shift: GridShift) -> tuple[np.nd
         key = (grid.rows, grid.cols, grid.wraps)
         if key not in geometry:
             geometry[key] = _bilinear_neighbours(grid, shift)
-        src_r, src_c, rr, cc, wk = geometry[key]  # (R, Cc) source positions; (R*Cc, 4) neighbours and weights
+        src_r, src_c, on_grid, rr, cc, wk = geometry[key]  # (R, Cc) sources and whether on the grid; (R*Cc, 4)
+        valid[index[present & on_grid]] = True
         in_ch = index[rr, cc][present.ravel()]  # (S, 4) the neighbours' channels
-        use = (wk[present.ravel()] > 1e-12) & (in_ch != NO_ELECTRODE)
+        wk = wk[present.ravel()]
+        use = (wk > 1e-12) & (in_ch != NO_ELECTRODE)
         src = np.where(use, in_ch, out[:, None])
-        w = np.where(use, wk[present.ravel()], 0.0)
+        w = np.where(use, wk, 0.0)
         total = w.sum(axis=1)
         # Every neighbour an absent electrode: read the nearest present one.
         for j in np.flatnonzero(total <= 0):
@@ -173,21 +182,23 @@ def resampling_weights(layout: ElectrodeLayout, shift: GridShift) -> tuple[np.nd
             total[j] = 1.0
         sources[out] = src
         weights[out] = w / total[:, None]
-    return sources, weights
+    return sources, weights, valid
 
 
 def _bilinear_neighbours(grid: ElectrodeGrid, shift: GridShift) -> tuple[np.ndarray, ...]:
     """Where every site of a grid of this shape reads from under `shift`: source positions `(R, Cc)` (row and
-    column) and, per site in row-major order, its four bilinear neighbours' rows, columns and weights `(R*Cc, 4)`."""
+    column) and whether they lie on the grid `(R, Cc)`; per site in row-major order, its four bilinear
+    neighbours' rows, columns and weights `(R*Cc, 4)`."""
     src_r, src_c = _source_positions(grid, shift)
+    wrap_r, wrap_c = grid.wraps
+    on_grid = _inside(src_r, grid.rows, wrap_r) & _inside(src_c, grid.cols, wrap_c)
     r0, c0 = np.floor(src_r).ravel(), np.floor(src_c).ravel()
     fr, fc = src_r.ravel() - r0, src_c.ravel() - c0
     d = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])  # (0, 0), (0, 1), (1, 0), (1, 1)
-    wrap_r, wrap_c = grid.wraps
     rr = _resolve_index((r0[:, None] + d[0]).astype(np.int64), grid.rows, wrap_r)
     cc = _resolve_index((c0[:, None] + d[1]).astype(np.int64), grid.cols, wrap_c)
     wk = np.where(d[0], fr[:, None], 1.0 - fr[:, None]) * np.where(d[1], fc[:, None], 1.0 - fc[:, None])
-    return src_r, src_c, rr, cc, wk
+    return src_r, src_c, on_grid, rr, cc, wk
 
 
 def resampling_matrix(layout: ElectrodeLayout, shift: GridShift, *, include_gain: bool = False) -> np.ndarray:
@@ -217,14 +228,7 @@ def round_trip_matrix(layout: ElectrodeLayout, shift: GridShift) -> np.ndarray:
 
 def valid_sites(layout: ElectrodeLayout, shift: GridShift) -> np.ndarray:
     """`(C,)` bool: mapped channels whose source position under `shift` lies on their grid."""
-    valid = np.zeros(layout.n_channels, dtype=bool)
-    for grid in layout.grids:
-        index = grid.index_array()
-        src_r, src_c = _source_positions(grid, shift)
-        ok = _inside(src_r, grid.rows, grid.wraps[0]) & _inside(src_c, grid.cols, grid.wraps[1])
-        present = index != NO_ELECTRODE
-        valid[index[present & ok]] = True
-    return valid
+    return _resampling(layout, shift)[2]
 
 
 def apply_shift(
@@ -394,10 +398,9 @@ class _Moves:
         read from the grid."""
         key = (float(rows), float(cols))
         if key not in self._cache:
-            shift = GridShift(rows=key[0], cols=key[1])
-            valid = valid_sites(self.layout, shift) & self.measured
-            self._cache[key] = None if valid.sum() < self.min_sites else (*resampling_weights(self.layout, shift),
-                                                                          valid)
+            sources, weights, valid = _resampling(self.layout, GridShift(rows=key[0], cols=key[1]))
+            valid &= self.measured
+            self._cache[key] = None if valid.sum() < self.min_sites else (sources, weights, valid)
         move = self._cache[key]
         if move is None:
             return None
