@@ -54,7 +54,7 @@ def test_every_per_stream_counter_is_listed_in_order() -> None:
 
 def test_a_shared_thread_counts_its_backlog_and_metrics_show_it() -> None:
     # One task holds the thread, two wait behind it: a backlog of 3 until they are done, then none.
-    pool = SharedThread("test-shared")
+    pool = SharedThread("test")
     release = threading.Event()
     try:
         futures = [pool.submit(release.wait, 10.0) for _ in range(3)]

@@ -53,7 +53,6 @@ from rohde.server.hub import Hub
 from rohde.server.inference import MAX_NAME_CHARS, GpuRequiredError, ModelManager
 from rohde.server.inference_loop import InferenceLoop, Publisher
 from rohde.server.jobs import JobQueue
-from rohde.server.live_alignment import ALIGNMENT_POOL
 from rohde.server.lsl_inlet import StreamQuery
 from rohde.server.markers import DecisionMarkerOutlet
 from rohde.server.messages import CueMessage, PredictionMessage, StatusEvent, StatusMessage
@@ -61,8 +60,7 @@ from rohde.server.metrics import ServerMetrics
 from rohde.server.security import RequestGuard, loggable, read_refusal, token_matches, websocket_refusal
 from rohde.server.settings import ServerSettings
 from rohde.server.stream_manager import StreamManager
-from rohde.server.threads import running_owned_threads
-from rohde.server.window_assembler import NEIGHBOUR_POOL
+from rohde.server.threads import running_owned_threads, shared_thread_backlogs
 
 logger = logging.getLogger(__name__)
 
@@ -403,8 +401,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
              dependencies=reading,
              responses={**metrics_read_errors, 200: {"description": "Prometheus text format 0.0.4."}})
     async def metrics(runtime: Runtime) -> PlainTextResponse:
-        backlog = {"neighbours": NEIGHBOUR_POOL.backlog, "alignment": ALIGNMENT_POOL.backlog}
-        return PlainTextResponse(runtime.metrics.render(runtime.streams.states(), backlog),
+        return PlainTextResponse(runtime.metrics.render(runtime.streams.states(), shared_thread_backlogs()),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/schema/messages", summary="JSON schemas of the WebSocket messages", dependencies=reading,

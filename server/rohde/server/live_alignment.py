@@ -56,7 +56,7 @@ from rohde.server.threads import SharedThread
 logger = logging.getLogger(__name__)
 
 # Where the server's streams estimate their alignment: one thread for all, off the streams' own threads.
-ALIGNMENT_POOL = SharedThread("rohde-alignment")
+ALIGNMENT_POOL = SharedThread("alignment")
 
 
 class AlignmentState(StrEnum):

@@ -15,6 +15,7 @@ _T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 _every_owned: weakref.WeakSet[OwnedThread] = weakref.WeakSet()  # for the shutdown's "every thread joined"
+_every_shared: weakref.WeakSet[SharedThread] = weakref.WeakSet()  # for /metrics' backlog of each
 
 
 class OwnedThread:
@@ -60,10 +61,12 @@ class SharedThread(ThreadPoolExecutor):
     how many tasks are queued or running, which `/metrics` shows: a shared thread that cannot keep up shows there
     before it shows as latency."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(max_workers=1, thread_name_prefix=name)
+    def __init__(self, label: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=f"rohde-{label}")
+        self.label = label  # what /metrics calls it
         self._count_lock = threading.Lock()
         self._backlog = 0
+        _every_shared.add(self)
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         with self._count_lock:
@@ -84,3 +87,8 @@ class SharedThread(ThreadPoolExecutor):
     def backlog(self) -> int:
         with self._count_lock:
             return self._backlog
+
+
+def shared_thread_backlogs() -> dict[str, int]:
+    """Each shared thread of this process (by label) -> tasks queued or running on it."""
+    return {t.label: t.backlog for t in list(_every_shared)}

@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 # One thread judges the channels of every stream against their neighbours (a few ms per stream and second):
 # a stream's windows never wait behind its own detector run, which under load stretched to tens of ms.
-NEIGHBOUR_POOL = SharedThread("rohde-neighbours")
+NEIGHBOUR_POOL = SharedThread("neighbours")
 
 
 def model_signature(package: ModelPackage) -> tuple[Any, ...]:
